@@ -1,0 +1,110 @@
+"""Numba CPU kernels for the data movement around convolution and max-pooling.
+
+The kernels are serial on purpose: the matrix products between them run on
+BLAS threads, and Numba's thread pool spinning beside BLAS's makes both slower
+on small machines. Patch matrices are laid out (C·KH·KW, N·OH·OW) so that the
+innermost loops of these kernels, and every transpose around the matrix
+products, move contiguous runs of memory.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from mpdref.kernels.config import SERIAL
+
+
+@numba.njit(**SERIAL)
+def im2col(x, kh, kw, stride, padding, oh, ow):
+    """Patches of x as columns; equals `mpdref.ops.conv.im2col_reference`.
+
+    x (N, C, H, W) -> cols (C, KH, KW, N, OH, OW) with
+    cols[c, p, q, n, i, j] = x[n, c, i·s - pad + p, j·s - pad + q] (0 outside the
+    image); reshaped to (C·KH·KW, N·OH·OW) it is the patch matrix.
+    """
+    n_batch, channels, height, width = x.shape
+    cols = np.empty((channels, kh, kw, n_batch, oh, ow), dtype=x.dtype)
+    for c in range(channels):
+        for p in range(kh):
+            for q in range(kw):
+                for n in range(n_batch):
+                    for i in range(oh):
+                        h = i * stride - padding + p
+                        for j in range(ow):
+                            w = j * stride - padding + q
+                            if 0 <= h < height and 0 <= w < width:
+                                cols[c, p, q, n, i, j] = x[n, c, h, w]
+                            else:
+                                cols[c, p, q, n, i, j] = 0
+    return cols
+
+
+@numba.njit(**SERIAL)
+def col2im(dcols, height, width, stride, padding):
+    """Adjoint of `im2col`: sum each patch gradient back onto the image.
+
+    dcols (C, KH, KW, N, OH, OW) -> dx (N, C, H, W); equals
+    `mpdref.ops.conv.col2im_reference`.
+    """
+    channels, kh, kw, n_batch, oh, ow = dcols.shape
+    dx = np.zeros((n_batch, channels, height, width), dtype=dcols.dtype)
+    for c in range(channels):
+        for p in range(kh):
+            for q in range(kw):
+                for n in range(n_batch):
+                    for i in range(oh):
+                        h = i * stride - padding + p
+                        if h < 0 or h >= height:
+                            continue
+                        for j in range(ow):
+                            w = j * stride - padding + q
+                            if 0 <= w < width:
+                                dx[n, c, h, w] += dcols[c, p, q, n, i, j]
+    return dx
+
+
+@numba.njit(**SERIAL)
+def max_pool2d_forward(x, kh, kw, stride, oh, ow):
+    """Window maxima and where they are; equals `mpdref.ops.pool.max_pool2d_reference`.
+
+    x (N, C, H, W) -> (y (N, C, OH, OW), argmax int32 (N, C, OH, OW)), argmax the
+    flat index h·W + w of the *first* maximum in row-major window order
+    (strict `>`), the tie rule of PyTorch and ONNX.
+    """
+    n_batch, channels, height, width = x.shape
+    planes = x.reshape(n_batch * channels, height, width)
+    y = np.empty((n_batch * channels, oh, ow), dtype=x.dtype)
+    argmax = np.empty((n_batch * channels, oh, ow), dtype=np.int32)
+    for nc in range(n_batch * channels):
+        plane = planes[nc]
+        for i in range(oh):
+            h0 = i * stride
+            for j in range(ow):
+                w0 = j * stride
+                best = plane[h0, w0]
+                where = h0 * width + w0
+                for p in range(kh):
+                    for q in range(kw):
+                        v = plane[h0 + p, w0 + q]
+                        if v > best:
+                            best = v
+                            where = (h0 + p) * width + (w0 + q)
+                y[nc, i, j] = best
+                argmax[nc, i, j] = where
+    return y.reshape(n_batch, channels, oh, ow), argmax.reshape(n_batch, channels, oh, ow)
+
+
+@numba.njit(**SERIAL)
+def max_pool2d_backward(dout, argmax, height, width):
+    """Route each window's gradient to its first maximum (summing where windows overlap).
+
+    dout, argmax (N, C, OH, OW) -> dx (N, C, H, W).
+    """
+    n_batch, channels, oh, ow = dout.shape
+    dx = np.zeros((n_batch * channels, height * width), dtype=dout.dtype)
+    d = dout.reshape(n_batch * channels, oh * ow)
+    a = argmax.reshape(n_batch * channels, oh * ow)
+    for nc in range(n_batch * channels):
+        for k in range(oh * ow):
+            dx[nc, a[nc, k]] += d[nc, k]
+    return dx.reshape(n_batch, channels, height, width)

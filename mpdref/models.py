@@ -1,0 +1,327 @@
+"""The three MNIST networks of the compression papers.
+
+Parameters are named like the equivalent PyTorch module's state_dict keys
+(``fc1.weight``, ``conv2.bias``) and stored in PyTorch layout, so a PyTorch
+model's ``{k: v.numpy() for k, v in model.state_dict().items()}`` loads
+directly. Every network takes the normalized input of
+:func:`mpdref.data.to_network_input`, shape (N, 1, 28, 28).
+
+A weight may carry a 0/1 mask: data, never a trainable parameter. The masked
+weights are zero (set when the mask is set) and training keeps them zero.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpdref import __version__, ops
+from mpdref.io.model_file import read_model_file, write_model_file
+
+
+# ----------------------------------------------------------------------------- layers
+# A layer holds its hyper-parameters and parameter names; the math is in `ops`.
+
+
+@dataclass(frozen=True)
+class Dense:
+    name: str
+    in_features: int
+    out_features: int
+
+    def parameter_shapes(self):
+        return {f"{self.name}.weight": (self.out_features, self.in_features),
+                f"{self.name}.bias": (self.out_features,)}
+
+    def fan_in(self):
+        return self.in_features
+
+    def forward(self, params, x, train, rng):
+        return ops.dense_forward(x, params[f"{self.name}.weight"], params[f"{self.name}.bias"])
+
+    def backward(self, dout, cache, need_dx):
+        dx, dw, db = ops.dense_backward(dout, cache, need_dx)
+        return dx, {f"{self.name}.weight": dw, f"{self.name}.bias": db}
+
+
+@dataclass(frozen=True)
+class Conv2d:
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+
+    def parameter_shapes(self):
+        return {f"{self.name}.weight": (self.out_channels, self.in_channels, self.kernel, self.kernel),
+                f"{self.name}.bias": (self.out_channels,)}
+
+    def fan_in(self):
+        return self.in_channels * self.kernel * self.kernel
+
+    def forward(self, params, x, train, rng):
+        return ops.conv2d_forward(x, params[f"{self.name}.weight"], params[f"{self.name}.bias"],
+                                  self.stride, self.padding)
+
+    def backward(self, dout, cache, need_dx):
+        dx, dw, db = ops.conv2d_backward(dout, cache, need_dx)
+        return dx, {f"{self.name}.weight": dw, f"{self.name}.bias": db}
+
+
+@dataclass(frozen=True)
+class MaxPool2d:
+    kernel: int = 2
+
+    def forward(self, params, x, train, rng):
+        return ops.max_pool2d_forward(x, self.kernel, self.kernel)
+
+    def backward(self, dout, cache, need_dx):
+        return ops.max_pool2d_backward(dout, cache), {}
+
+
+@dataclass(frozen=True)
+class ReLU:
+    def forward(self, params, x, train, rng):
+        return ops.relu_forward(x)
+
+    def backward(self, dout, cache, need_dx):
+        return ops.relu_backward(dout, cache), {}
+
+
+@dataclass(frozen=True)
+class Dropout:
+    p: float = 0.5
+
+    def forward(self, params, x, train, rng):
+        if not train or self.p == 0.0:
+            return x, None
+        return ops.dropout_forward(x, self.p, rng)
+
+    def backward(self, dout, cache, need_dx):
+        return (dout if cache is None else ops.dropout_backward(dout, cache)), {}
+
+
+@dataclass(frozen=True)
+class Flatten:
+    def forward(self, params, x, train, rng):
+        return ops.flatten_forward(x)
+
+    def backward(self, dout, cache, need_dx):
+        return ops.flatten_backward(dout, cache), {}
+
+
+# ----------------------------------------------------------------------------- architectures
+
+
+def _lenet_300_100():
+    return [Flatten(), Dense("fc1", 784, 300), ReLU(), Dense("fc2", 300, 100), ReLU(),
+            Dense("fc3", 100, 10)]
+
+
+def _lenet_5():
+    # Caffe's LeNet as in the Deep Compression paper: no ReLU after the convolutions.
+    return [Conv2d("conv1", 1, 20, 5), MaxPool2d(2), Conv2d("conv2", 20, 50, 5), MaxPool2d(2),
+            Flatten(), Dense("fc1", 800, 500), ReLU(), Dense("fc2", 500, 10)]
+
+
+def _deep_mnist():
+    # TensorFlow's "Deep MNIST for experts" tutorial network.
+    return [Conv2d("conv1", 1, 32, 5, padding=2), ReLU(), MaxPool2d(2),
+            Conv2d("conv2", 32, 64, 5, padding=2), ReLU(), MaxPool2d(2),
+            Flatten(), Dense("fc1", 3136, 1024), ReLU(), Dropout(0.5), Dense("fc2", 1024, 10)]
+
+
+ARCHITECTURES = {"lenet-300-100": _lenet_300_100, "lenet-5": _lenet_5, "deep-mnist": _deep_mnist}
+INPUT_SHAPE = (1, 28, 28)
+
+
+def _layers(name: str):
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]()
+
+
+def parameter_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of architecture `name`, in layer order."""
+    shapes = {}
+    for layer in _layers(name):
+        if hasattr(layer, "parameter_shapes"):
+            shapes.update(layer.parameter_shapes())
+    return shapes
+
+
+# ----------------------------------------------------------------------------- network
+
+
+class Network:
+    """A feed-forward network: an ordered list of layers, parameters and masks by name.
+
+    Attributes:
+        name: architecture name (a key of ARCHITECTURES).
+        dtype: float32 or float64; every parameter has it.
+        params: dict name -> array, in layer order.
+        masks: dict name -> bool array of the parameter's shape (only masked weights).
+        rng: the generator that draws dropout masks.
+    """
+
+    def __init__(self, name: str, dtype=np.float32, seed: int = 0):
+        self.layers = _layers(name)
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
+        self.masks: dict[str, np.ndarray] = {}
+        self.metadata: dict = {}  # free-form, saved with the model (e.g. the recipe that trained it)
+        init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
+        self.params = self._initial_parameters(np.random.default_rng(init_seed))
+        self.rng = np.random.default_rng(dropout_seed)
+
+    def _initial_parameters(self, rng):
+        """PyTorch's default init: weight and bias ~ U(-1/√fan_in, 1/√fan_in).
+
+        Drawn in float64 and rounded to the dtype, so the float32 and float64
+        networks of one seed are the same network up to rounding.
+        """
+        params = {}
+        for layer in self.layers:
+            if not hasattr(layer, "parameter_shapes"):
+                continue
+            bound = 1.0 / np.sqrt(layer.fan_in())
+            for pname, shape in layer.parameter_shapes().items():
+                params[pname] = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+        return params
+
+    # -- description
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return parameter_shapes(self.name)
+
+    def weight_names(self) -> list[str]:
+        return [n for n in self.params if n.endswith(".weight")]
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    def __repr__(self):
+        return f"Network({self.name!r}, {self.dtype}, {self.num_parameters():,} parameters, {len(self.masks)} masked)"
+
+    # -- state
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters, keyed like PyTorch's state_dict."""
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load parameters from a plain dict of arrays (PyTorch tensors' ``.numpy()`` work).
+
+        Every parameter must be present with its exact shape; extra keys are an
+        error. Values are converted to the network's dtype (an explicit, visible
+        cast: loading is the one place where that is asked for). Masked weights
+        are zeroed again.
+        """
+        expected = self.parameter_shapes()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if missing or unexpected:
+            raise ValueError(f"state dict does not fit {self.name}: missing {missing}, unexpected {unexpected}")
+        new = {}
+        for k, shape in expected.items():
+            value = np.asarray(state[k])
+            if value.shape != shape:
+                raise ValueError(f"state dict: {k} has shape {value.shape}, {self.name} needs {shape}")
+            new[k] = np.array(value, dtype=self.dtype, copy=True)
+        self.params = new
+        for k, m in self.masks.items():
+            self.params[k] *= m
+
+    def set_mask(self, name: str, mask) -> None:
+        """Constrain weight `name` to the 0/1 `mask` (same shape); masked weights become 0."""
+        if name not in self.params:
+            raise KeyError(f"{self.name} has no parameter {name!r}")
+        mask = np.asarray(mask)
+        if mask.shape != self.params[name].shape:
+            raise ValueError(f"mask for {name} has shape {mask.shape}, the weight has {self.params[name].shape}")
+        if not np.all((mask == 0) | (mask == 1)):
+            raise ValueError(f"mask for {name} must hold only 0 and 1")
+        self.masks[name] = mask.astype(bool)
+        self.params[name] *= self.masks[name]
+
+    # -- computation
+
+    def _check_input(self, x):
+        if x.ndim != 4 or x.shape[1:] != INPUT_SHAPE:
+            raise ValueError(f"{self.name}: input must have shape (N, 1, 28, 28), got {x.shape}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{self.name}: input is {x.dtype}, the network is {self.dtype}")
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """x (N, 1, 28, 28) -> logits (N, 10). `train` turns dropout on (drawn from self.rng)."""
+        self._check_input(x)
+        for layer in self.layers:
+            x, _ = layer.forward(self.params, x, train, self.rng)
+        return x
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, train: bool = True):
+        """Mean softmax cross-entropy and its gradient for every parameter.
+
+        x (N, 1, 28, 28), y (N,) integer labels -> (loss, grads), grads keyed like params.
+        `train` turns dropout on.
+        """
+        loss, grads, _ = self.loss_grads_and_logits(x, y, train)
+        return loss, grads
+
+    def loss_grads_and_logits(self, x: np.ndarray, y: np.ndarray, train: bool = True):
+        """`loss_and_grads`, plus the logits (N, 10) of the same forward pass."""
+        self._check_input(x)
+        caches = []
+        for layer in self.layers:
+            x, cache = layer.forward(self.params, x, train, self.rng)
+            caches.append(cache)
+        logits = x
+        loss, loss_cache = ops.softmax_cross_entropy_forward(logits, y)
+        dout = ops.softmax_cross_entropy_backward(1.0, loss_cache)
+        grads = {}
+        first = self._first_parametric_layer
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            # The input needs no gradient: the first layer with parameters skips dx.
+            dout, layer_grads = self.layers[i].backward(dout, caches[i], need_dx=i > first)
+            grads.update(layer_grads)
+        return loss, {k: grads[k] for k in self.params}, logits
+
+    @property
+    def _first_parametric_layer(self) -> int:
+        return next(i for i, layer in enumerate(self.layers) if hasattr(layer, "parameter_shapes"))
+
+    def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Class predictions (N,) int64, computed in batches."""
+        out = np.empty(len(x), dtype=np.int64)
+        for start in range(0, len(x), batch_size):
+            out[start : start + batch_size] = self.forward(x[start : start + batch_size]).argmax(axis=1)
+        return out
+
+    def error_rate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+        """Fraction of misclassified examples."""
+        if len(x) == 0:
+            return float("nan")
+        return float(np.mean(self.predict(x, batch_size) != y))
+
+
+def build(name: str, dtype=np.float32, seed: int = 0) -> Network:
+    """A freshly initialized network: ``lenet-300-100``, ``lenet-5`` or ``deep-mnist``."""
+    return Network(name, dtype=dtype, seed=seed)
+
+
+def save(net: Network, path, metadata: dict | None = None) -> None:
+    """Write `net` (architecture, parameters, masks) to an HDF5 model file, atomically."""
+    write_model_file(path, net.name, net.dtype, net.params, net.masks, metadata, __version__)
+
+
+def load(path) -> Network:
+    """Read a model file written by :func:`save`; raises `mpdref.io.FormatError` on any problem."""
+    content = read_model_file(path, parameter_shapes)
+    net = Network(content["architecture"], dtype=content["dtype"])
+    net.params = content["params"]
+    net.masks = content["masks"]
+    net.metadata = content["metadata"]
+    return net

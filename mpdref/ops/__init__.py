@@ -1,0 +1,38 @@
+"""Pure forward/backward functions, NCHW, weights in PyTorch layout.
+
+Each op is a pair ``X_forward(...) -> (out, cache)`` and
+``X_backward(dout, cache) -> grads``. The dtype of the output is the dtype of
+the input (float32 or float64); mixing them raises TypeError.
+"""
+from mpdref.ops.activation import (
+    dropout_backward,
+    dropout_forward,
+    dropout_mask,
+    flatten_backward,
+    flatten_forward,
+    relu_backward,
+    relu_forward,
+)
+from mpdref.ops.conv import conv2d_backward, conv2d_forward
+from mpdref.ops.dense import dense_backward, dense_forward
+from mpdref.ops.loss import log_softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from mpdref.ops.pool import max_pool2d_backward, max_pool2d_forward
+
+__all__ = [
+    "conv2d_backward",
+    "conv2d_forward",
+    "dense_backward",
+    "dense_forward",
+    "dropout_backward",
+    "dropout_forward",
+    "dropout_mask",
+    "flatten_backward",
+    "flatten_forward",
+    "log_softmax",
+    "max_pool2d_backward",
+    "max_pool2d_forward",
+    "relu_backward",
+    "relu_forward",
+    "softmax_cross_entropy_backward",
+    "softmax_cross_entropy_forward",
+]

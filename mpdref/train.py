@@ -1,0 +1,199 @@
+"""Mask-constrained SGD with momentum, learning-rate schedules, the epoch loop.
+
+The update, for every parameter w with gradient g, velocity v and 0/1 mask m
+(m = 1 where a weight has no mask):
+
+    g ← g + λ·w            (weight decay, on weights only, not biases)
+    v ← (μ·v + g) ⊙ m      (masked weights keep zero momentum)
+    w ← (w − η·v) ⊙ m      (masked weights stay exactly 0.0)
+
+which is PyTorch's ``SGD(momentum=μ, weight_decay=λ)`` plus the two mask
+products. Everything random (shuffling, dropout) comes from generators seeded
+by the run's seed, so the same seed gives bit-identical weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+from tqdm import tqdm
+
+from mpdref.kernels.allocator import reuse_freed_memory
+from mpdref.models import Network
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides how a network is trained."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine: η_t = η/2·(1 + cos(π t / T)), per step
+    milestones: tuple[int, ...] = field(default=())  # step: epochs after which η ← γ·η
+    gamma: float = 0.1
+
+    def __post_init__(self):
+        problems = []
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            problems.append(f"epochs must be an integer >= 1, not {self.epochs!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            problems.append(f"batch_size must be an integer >= 1, not {self.batch_size!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a positive number, not {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"momentum must be in [0, 1), not {self.momentum!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            problems.append(f"weight_decay must be >= 0, not {self.weight_decay!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
+        if not 0 < self.gamma <= 1:
+            problems.append(f"gamma must be in (0, 1], not {self.gamma!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def replace(self, **changes) -> "Recipe":
+        known = {f.name for f in fields(self)}
+        values = asdict(self)
+        values.update({k: v for k, v in changes.items() if k in known and v is not None})
+        values["milestones"] = tuple(values["milestones"])
+        return Recipe(**values)
+
+
+#: The default recipe of each network (test errors measured with these are in the README).
+DEFAULT_RECIPES = {
+    "lenet-300-100": Recipe(epochs=30, lr=0.05, weight_decay=1e-4),
+    # Caffe's LeNet has no ReLU between its convolutions; at lr 0.05 it diverges in the first epoch.
+    "lenet-5": Recipe(epochs=20, lr=0.01, weight_decay=5e-4),
+    "deep-mnist": Recipe(epochs=12, lr=0.05, weight_decay=5e-4),
+}
+
+
+def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """η at optimizer step `step` (0-based)."""
+    if recipe.schedule == "constant":
+        return recipe.lr
+    if recipe.schedule == "step":
+        epoch = step // steps_per_epoch
+        return recipe.lr * recipe.gamma ** sum(epoch >= m for m in recipe.milestones)
+    total = recipe.epochs * steps_per_epoch
+    return 0.5 * recipe.lr * (1.0 + math.cos(math.pi * step / total))
+
+
+class SGD:
+    """Masked SGD with momentum and weight decay (see the module docstring)."""
+
+    def __init__(self, net: Network, momentum: float = 0.9, weight_decay: float = 0.0):
+        self.net = net
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.velocity = {k: np.zeros_like(v) for k, v in net.params.items()}
+
+    def step(self, grads: dict[str, np.ndarray], lr: float) -> None:
+        for name, w in self.net.params.items():
+            g = grads[name]
+            if self.weight_decay and name.endswith(".weight"):
+                g = g + self.weight_decay * w
+            v = self.velocity[name]
+            v *= self.momentum
+            v += g
+            mask = self.net.masks.get(name)
+            if mask is not None:
+                v *= mask
+            w -= lr * v
+            if mask is not None:
+                w *= mask
+
+
+def _shuffle_rng(seed: int) -> np.random.Generator:
+    # A stream of its own, independent of the init and dropout streams of the same seed.
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+
+
+def fit(
+    net: Network,
+    train: tuple[np.ndarray, np.ndarray],
+    recipe: Recipe,
+    seed: int = 0,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+    log_file=None,
+    progress: bool = True,
+    start_epoch: int = 0,
+    optimizer: SGD | None = None,
+) -> list[dict]:
+    """Train `net` in place; return one record per epoch.
+
+    train/val/test are (x (N, 1, 28, 28) in the network's dtype, labels (N,)).
+    Each record holds the epoch, learning rate, mean train loss and error, the
+    validation and test error (when given), seconds and samples per second; it
+    is also written to `log_file` (an open text file) as one JSON line.
+    """
+    reuse_freed_memory()
+    x_train, y_train = train
+    n = len(x_train)
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    optimizer = optimizer or SGD(net, recipe.momentum, recipe.weight_decay)
+    rng = _shuffle_rng(seed)
+    for _ in range(start_epoch):  # resume: replay the shuffles of the epochs already done
+        rng.permutation(n)
+    history = []
+    for epoch in range(start_epoch, recipe.epochs):
+        order = rng.permutation(n)
+        started = time.perf_counter()
+        loss_sum = 0.0
+        wrong = 0
+        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="img", unit_scale=True,
+                   disable=not progress, leave=False, file=sys.stderr, dynamic_ncols=True)
+        with bar:
+            for b in range(steps_per_epoch):
+                idx = order[b * recipe.batch_size : (b + 1) * recipe.batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                loss, grads, logits = net.loss_grads_and_logits(xb, yb)
+                if not np.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training diverged in epoch {epoch + 1}, step {b + 1} (loss is {loss}); "
+                        f"lower the learning rate (it was {recipe.lr})")
+                lr = learning_rate(recipe, epoch * steps_per_epoch + b, steps_per_epoch)
+                optimizer.step(grads, lr)
+                loss_sum += float(loss) * len(idx)
+                wrong += int(np.sum(logits.argmax(axis=1) != yb))
+                bar.update(len(idx))
+                if b % 20 == 0 or b == steps_per_epoch - 1:
+                    seen = min((b + 1) * recipe.batch_size, n)
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{1 - wrong / seen:.4f}")
+        seconds = time.perf_counter() - started
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": loss_sum / n,
+            "train_error": wrong / n,
+            "seconds": seconds,
+            "samples_per_second": n / seconds,
+        }
+        if val is not None and len(val[0]):
+            record["val_error"] = net.error_rate(*val)
+        if test is not None:
+            record["test_error"] = net.error_rate(*test)
+        history.append(record)
+        if log_file is not None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+        if progress:
+            shown = ", ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k != "epoch")
+            tqdm.write(f"epoch {epoch + 1}/{recipe.epochs}: {shown}", file=sys.stderr)
+    return history
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,104 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mpdref import cli, models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv", [[], ["demo"], ["train"], ["evaluate"], ["data"], ["data", "fetch"], ["data", "check"]])
+def test_every_command_has_help(capsys, argv):
+    code, out, err = run_cli(capsys, *argv, "--help")
+    assert code == 0 and "usage: mpdref" in out and len(out.splitlines()) > 3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "vgg", "--out", "x"], "invalid choice: 'vgg'"),
+        (["train", "--model", "lenet-5"], "required: --out"),
+        (["train", "--model", "lenet-5", "--out", "x", "--epochs", "two"], "invalid int value"),
+        (["train", "--model", "lenet-5", "--out", "x", "--epochs", "0"], "epochs must be an integer >= 1"),
+        (["train", "--model", "lenet-5", "--out", "x", "--lr", "-1"], "lr must be a positive number"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_wrong_arguments_give_one_clear_line(capsys, argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, *argv)
+    assert code in (1, 2)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_evaluate_reports_bad_model_files_in_one_line(capsys, tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5 at all")
+    code, out, err = run_cli(capsys, "evaluate", str(bad))
+    assert code == 1 and err.count("\n") == 1 and str(bad) in err
+
+
+def test_missing_data_is_one_clear_line(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "data", "check", "--data", str(tmp_path))
+    assert code == 1 and "lacks" in err and err.count("\n") == 1
+
+
+@pytest.mark.mnist
+def test_train_then_evaluate_on_real_mnist(capsys, mnist_dir, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--model", "lenet-300-100", "--epochs", "1", "--out", str(out_dir),
+                             "--data", str(mnist_dir), "--no-progress")
+    assert code == 0, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["config.json", "log.jsonl", "metrics.json", "model.h5"]
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["recipe"]["epochs"] == 1 and config["model"] == "lenet-300-100"
+    assert metrics["test_error"] < 0.05  # one epoch of LeNet-300-100 is near 2.5%
+    assert f"{metrics['test_error']:.2%}" in out
+
+    # evaluate recomputes the test error from the saved file
+    code, out, err = run_cli(capsys, "evaluate", str(out_dir / "model.h5"), "--data", str(mnist_dir))
+    assert code == 0 and f"test error {metrics['test_error']:.2%}" in out
+    net = models.load(out_dir / "model.h5")
+    assert net.metadata["recipe"]["epochs"] == 1
+
+    # a finished run is never overwritten without --force
+    code, out, err = run_cli(capsys, "train", "--model", "lenet-300-100", "--epochs", "1", "--out", str(out_dir),
+                             "--data", str(mnist_dir), "--no-progress")
+    assert code == 1 and "already holds a finished run" in err
+
+
+def test_console_script_runs_without_traceback():
+    result = subprocess.run([sys.executable, "-m", "mpdref.cli", "train", "--model", "nope", "--out", "x"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```")[1].strip().splitlines()
+    commands = [line for line in first_block if not line.startswith(("#", "sh", "bash"))]
+    assert len(commands) == 2
+    assert commands[0].endswith("mpdref demo") and "pip install -e ." in commands[0]
+    assert "pytest" in commands[1] and "[test]" in commands[1]
+    # .ci/run reads the same line from the README rather than keeping a copy of its own
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "README.md" in ci and "eval" in ci
+    assert re.search(r"awk '/\^```/\{n\+\+; next\} n==1 && /pytest/' README.md", ci)
+    assert readme.index("```") < 400  # the commands come first

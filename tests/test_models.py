@@ -1,0 +1,223 @@
+import h5py
+import numpy as np
+import pytest
+
+import naive
+from conftest import needs_torch
+from mpdref import models
+from mpdref.io import FormatError
+
+PARAMETER_COUNTS = {"lenet-300-100": 266_610, "lenet-5": 431_080, "deep-mnist": 3_274_634}
+
+
+@pytest.mark.parametrize("name", models.ARCHITECTURES)
+def test_parameter_names_shapes_and_counts(name):
+    net = models.build(name)
+    assert net.num_parameters() == PARAMETER_COUNTS[name]
+    assert list(net.params) == list(models.parameter_shapes(name))
+    assert all(v.dtype == np.float32 for v in net.params.values())
+    logits = net.forward(np.zeros((3, 1, 28, 28), np.float32))
+    assert logits.shape == (3, 10) and logits.dtype == np.float32
+
+
+def test_float32_and_float64_networks_of_one_seed_agree():
+    a, b = models.build("lenet-5", np.float32, seed=3), models.build("lenet-5", np.float64, seed=3)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k].astype(np.float32))
+    assert not np.array_equal(models.build("lenet-5", seed=4).params["conv1.weight"], a.params["conv1.weight"])
+
+
+def _kink_pattern(net, x):
+    """Which side of every kink the network is on: ReLU signs and max-pool winners."""
+    pattern = []
+    for layer in net.layers:
+        x, cache = layer.forward(net.params, x, False, None)
+        if isinstance(layer, models.ReLU):
+            pattern.append(cache > 0)
+        elif isinstance(layer, models.MaxPool2d):
+            pattern.append(cache[0])
+    return pattern
+
+
+@pytest.mark.parametrize("name", models.ARCHITECTURES)
+def test_whole_network_gradients_by_finite_differences(name, rng):
+    net = models.build(name, np.float64, seed=1)
+    x = rng.standard_normal((2, 1, 28, 28))
+    y = np.array([3, 7])
+    # train=False: dropout off, so the loss is a deterministic function of the parameters.
+    _, grads = net.loss_and_grads(x, y, train=False)
+    base = {k: v.copy() for k, v in net.params.items()}
+    eps = 1e-5
+    checked = 0
+    for _ in range(20):
+        direction = {k: rng.standard_normal(v.shape) for k, v in base.items()}
+        norm = np.sqrt(sum(np.sum(v * v) for v in direction.values()))
+        direction = {k: v / norm for k, v in direction.items()}  # a unit step moves every unit little
+
+        def at(t):
+            net.params = {k: base[k] + t * direction[k] for k in base}
+
+        # Central differences are only exact to O(eps²) where the loss is smooth: skip a
+        # direction that crosses a ReLU or max-pool kink between the two points.
+        at(eps)
+        plus = _kink_pattern(net, x)
+        at(-eps)
+        minus = _kink_pattern(net, x)
+        if any(not np.array_equal(p, m) for p, m in zip(plus, minus)):
+            continue
+
+        def loss_at(t):
+            at(t)
+            return float(net.loss_and_grads(x, y, train=False)[0])
+
+        numeric = naive.directional_derivative(loss_at, 0.0, 1.0, eps=eps)
+        analytic = sum(float(np.sum(grads[k] * direction[k])) for k in base)
+        assert abs(numeric - analytic) <= 1e-6 * max(abs(numeric), 1e-8)
+        checked += 1
+        if checked == 2:
+            break
+    net.params = base
+    assert checked == 2, "no direction free of kinks was found"
+
+
+def _torch_model(name):
+    import torch.nn as nn
+
+    if name == "lenet-300-100":
+        return nn.ModuleDict({"fc1": nn.Linear(784, 300), "fc2": nn.Linear(300, 100), "fc3": nn.Linear(100, 10)})
+    if name == "lenet-5":
+        return nn.ModuleDict({"conv1": nn.Conv2d(1, 20, 5), "conv2": nn.Conv2d(20, 50, 5),
+                              "fc1": nn.Linear(800, 500), "fc2": nn.Linear(500, 10)})
+    return nn.ModuleDict({"conv1": nn.Conv2d(1, 32, 5, padding=2), "conv2": nn.Conv2d(32, 64, 5, padding=2),
+                          "fc1": nn.Linear(3136, 1024), "fc2": nn.Linear(1024, 10)})
+
+
+def _torch_forward(name, m, x):
+    import torch.nn.functional as F
+
+    if name == "lenet-300-100":
+        h = x.flatten(1)
+        return m["fc3"](F.relu(m["fc2"](F.relu(m["fc1"](h)))))
+    if name == "lenet-5":
+        h = F.max_pool2d(m["conv2"](F.max_pool2d(m["conv1"](x), 2)), 2)
+        return m["fc2"](F.relu(m["fc1"](h.flatten(1))))
+    h = F.max_pool2d(F.relu(m["conv1"](x)), 2)
+    h = F.max_pool2d(F.relu(m["conv2"](h)), 2)
+    return m["fc2"](F.relu(m["fc1"](h.flatten(1))))
+
+
+@needs_torch
+@pytest.mark.parametrize("name", models.ARCHITECTURES)
+def test_logits_loss_and_every_gradient_agree_with_torch_float64(name, rng):
+    import torch
+    import torch.nn.functional as F
+
+    m = _torch_model(name).double()
+    net = models.build(name, np.float64)
+    net.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})  # PyTorch weights load directly
+    x = rng.standard_normal((4, 1, 28, 28))
+    y = np.array([0, 9, 4, 4])
+    logits_t = _torch_forward(name, m, torch.tensor(x))
+    loss_t = F.cross_entropy(logits_t, torch.tensor(y))
+    loss_t.backward()
+    loss, grads = net.loss_and_grads(x, y, train=False)
+    logits = net.forward(x)
+    assert np.max(np.abs(logits - logits_t.detach().numpy())) <= 1e-10 * np.max(np.abs(logits))
+    assert abs(loss - loss_t.item()) <= 1e-10 * loss_t.item()
+    for k, p in m.named_parameters():
+        theirs = p.grad.numpy()
+        assert np.max(np.abs(grads[k] - theirs)) <= 1e-10 * np.max(np.abs(theirs)), k
+
+
+def test_state_dict_round_trip_and_errors():
+    a, b = models.build("lenet-300-100", seed=1), models.build("lenet-300-100", seed=2)
+    b.load_state_dict(a.state_dict())
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    state = a.state_dict()
+    state["fc1.weight"] = state["fc1.weight"][:, :10]
+    with pytest.raises(ValueError, match="fc1.weight has shape"):
+        b.load_state_dict(state)
+    with pytest.raises(ValueError, match="missing"):
+        b.load_state_dict({"fc1.weight": a.params["fc1.weight"]})
+    with pytest.raises(ValueError, match="unknown network"):
+        models.build("resnet")
+
+
+def test_set_mask_zeroes_weights_and_is_validated(rng):
+    net = models.build("lenet-300-100")
+    mask = rng.random((300, 784)) < 0.1
+    net.set_mask("fc1.weight", mask)
+    assert np.all(net.params["fc1.weight"][~mask] == 0.0)
+    assert np.all(net.params["fc1.weight"][mask] != 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        net.set_mask("fc2.weight", mask)
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        net.set_mask("fc1.weight", mask * 2)
+
+
+def test_save_and_load_round_trip_with_masks(tmp_path, rng):
+    net = models.build("lenet-5", np.float64, seed=5)
+    net.set_mask("fc1.weight", rng.random((500, 800)) < 0.5)
+    path = tmp_path / "m.h5"
+    models.save(net, path, {"note": "test"})
+    back = models.load(path)
+    assert back.name == "lenet-5" and back.dtype == np.float64 and back.metadata == {"note": "test"}
+    for k in net.params:
+        np.testing.assert_array_equal(back.params[k], net.params[k])
+    np.testing.assert_array_equal(back.masks["fc1.weight"], net.masks["fc1.weight"])
+    assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]  # no temporary file left behind
+
+
+def _saved(tmp_path):
+    path = tmp_path / "m.h5"
+    models.save(models.build("lenet-300-100"), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda f: f.attrs.__setitem__("format", "keras"), "not an mpdref-model"),
+        (lambda f: f.attrs.__setitem__("version", 99), "version 99 is not supported"),
+        (lambda f: f.attrs.__delitem__("architecture"), "'architecture' is missing"),
+        (lambda f: f.attrs.__setitem__("architecture", "vgg"), "unknown network"),
+        (lambda f: f["parameters"].__delitem__("fc2.bias"), r"missing \['fc2.bias'\]"),
+        (lambda f: f["parameters"].create_dataset("fc9.weight", data=np.zeros(3)), "unexpected"),
+        (lambda f: (f["parameters"].__delitem__("fc3.bias"),
+                    f["parameters"].create_dataset("fc3.bias", data=np.zeros(11, np.float32))), "shape"),
+        (lambda f: (f["parameters"].__delitem__("fc3.bias"),
+                    f["parameters"].create_dataset("fc3.bias", data=np.zeros(10, np.int32))), "int32"),
+        (lambda f: f["parameters"]["fc2.weight"].__setitem__((0, 0), np.nan), "NaN or Inf"),
+        (lambda f: f["masks"].create_dataset("fc3.weight", data=np.full((10, 100), 2, np.uint8)), "0 and 1"),
+        (lambda f: f["masks"].create_dataset("fc3.weight", data=np.zeros((10, 100), np.uint8)), "nonzero where"),
+        (lambda f: f.__delitem__("masks"), "/masks is missing"),
+    ],
+)
+def test_invalid_model_files_raise_format_error_naming_the_file(tmp_path, corrupt, message):
+    path = _saved(tmp_path)
+    with h5py.File(path, "r+") as f:
+        corrupt(f)
+    with pytest.raises(FormatError, match=message) as info:
+        models.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_or_garbage_model_files(tmp_path):
+    path = _saved(tmp_path)
+    data = path.read_bytes()
+    for cut in (0, 100, len(data) // 2, len(data) - 1):
+        bad = tmp_path / f"cut{cut}.h5"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(FormatError, match=str(bad)):
+            models.load(bad)
+    with pytest.raises(FormatError, match="not found"):
+        models.load(tmp_path / "nope.h5")
+
+
+def test_input_checks():
+    net = models.build("lenet-5")
+    with pytest.raises(TypeError, match="float64"):
+        net.forward(np.zeros((1, 1, 28, 28)))
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
+        net.forward(np.zeros((1, 784), np.float32))

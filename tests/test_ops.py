@@ -1,0 +1,241 @@
+import numpy as np
+import pytest
+
+import naive
+from conftest import needs_torch
+from mpdref import ops
+from mpdref.kernels import cpu
+from mpdref.ops.conv import col2im_reference, conv2d_output_size, im2col_reference
+from mpdref.ops.pool import max_pool2d_reference
+
+# (N, C, H, W, F, K, stride, padding): batch 1, non-square, stride 2 with padding, C = 1, F = 1
+CONV_SHAPES = [
+    (1, 1, 7, 7, 1, 3, 1, 0),
+    (2, 3, 9, 6, 4, 3, 2, 1),
+    (3, 2, 8, 11, 5, 5, 1, 2),
+    (1, 4, 5, 5, 2, 5, 1, 0),
+    (2, 1, 10, 7, 3, 4, 3, 2),
+]
+POOL_SHAPES = [(1, 1, 4, 4, 2, 2), (2, 3, 7, 9, 2, 2), (1, 2, 7, 6, 3, 2), (2, 1, 5, 8, 3, 3), (1, 1, 6, 6, 1, 1)]
+
+
+def rel_err(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+# ----------------------------------------------------------------------------- against the oracles
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_forward_matches_loops(shape, dtype, rng):
+    n, c, h, w, f, k, s, p = shape
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c, k, k)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    y, _ = ops.conv2d_forward(x, wt, b, s, p)
+    expected = naive.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), s, p)
+    assert y.dtype == dtype and y.shape == expected.shape
+    assert rel_err(y, expected) < (1e-5 if dtype == np.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+def test_im2col_and_col2im_kernels_equal_numpy_references(shape, rng):
+    n, c, h, w, f, k, s, p = shape
+    x = rng.standard_normal((n, c, h, w))
+    oh, ow = conv2d_output_size(h, k, s, p), conv2d_output_size(w, k, s, p)
+    cols = cpu.im2col(x, k, k, s, p, oh, ow)
+    np.testing.assert_array_equal(cols, im2col_reference(x, k, k, s, p))
+    dcols = rng.standard_normal(cols.shape)
+    dx = cpu.col2im(dcols, h, w, s, p)
+    np.testing.assert_allclose(dx, col2im_reference(dcols, h, w, s, p), rtol=1e-13, atol=1e-13)
+    # col2im is the adjoint of im2col: <im2col(x), d> = <x, col2im(d)>
+    assert np.isclose(np.sum(cols * dcols), np.sum(x * dx), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool_matches_loops_including_ties(shape, dtype, rng):
+    n, c, h, w, k, s = shape
+    # Few distinct values, many zeros: ties everywhere, as after a ReLU.
+    x = np.maximum(rng.integers(-2, 3, size=(n, c, h, w)), 0).astype(dtype)
+    y, cache = ops.max_pool2d_forward(x, k, s)
+    y_ref, winner = naive.max_pool2d(x, k, s)
+    np.testing.assert_array_equal(y, y_ref)
+    dout = rng.standard_normal(y.shape).astype(dtype)
+    dx = ops.max_pool2d_backward(dout, cache)
+    assert dx.dtype == dtype
+    np.testing.assert_allclose(dx, naive.max_pool2d_backward(dout, winner, x.shape), rtol=1e-6)
+    y_np, argmax_np = max_pool2d_reference(x, k, s)
+    np.testing.assert_array_equal(y_np, y)
+    np.testing.assert_array_equal(argmax_np, cache[0])
+
+
+def test_max_pool_gradient_goes_to_first_maximum():
+    x = np.zeros((1, 1, 2, 2))
+    y, cache = ops.max_pool2d_forward(x, 2)
+    dx = ops.max_pool2d_backward(np.ones_like(y), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[1.0, 0.0], [0.0, 0.0]])
+    x = np.array([[[[0.0, 3.0], [3.0, 1.0]]]])
+    dx = ops.max_pool2d_backward(np.ones((1, 1, 1, 1)), ops.max_pool2d_forward(x, 2)[1])
+    np.testing.assert_array_equal(dx[0, 0], [[0.0, 1.0], [0.0, 0.0]])
+
+
+# ----------------------------------------------------------------------------- finite differences (float64)
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+def test_conv2d_gradients_by_finite_differences(shape, rng):
+    n, c, h, w, f, k, s, p = shape
+    inputs = [rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, k, k)), rng.standard_normal(f)]
+    cache = {}
+
+    def forward(x, wt, b):
+        y, cache["c"] = ops.conv2d_forward(x, wt, b, s, p)
+        return y
+
+    def backward(dout):
+        forward(*inputs)
+        return ops.conv2d_backward(dout, cache["c"])
+
+    naive.check_vjp(forward, backward, inputs, rng)
+
+
+def test_dense_gradients_by_finite_differences(rng):
+    inputs = [rng.standard_normal((5, 7)), rng.standard_normal((3, 7)), rng.standard_normal(3)]
+    naive.check_vjp(lambda x, w, b: ops.dense_forward(x, w, b)[0],
+                    lambda d: ops.dense_backward(d, ops.dense_forward(*inputs)[1]), inputs, rng)
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_max_pool_gradient_by_finite_differences(shape, rng):
+    n, c, h, w, k, s = shape
+    x = rng.permutation(n * c * h * w).reshape(n, c, h, w).astype(np.float64)  # distinct: differentiable
+    naive.check_vjp(lambda x: ops.max_pool2d_forward(x, k, s)[0],
+                    lambda d: [ops.max_pool2d_backward(d, ops.max_pool2d_forward(x, k, s)[1])], [x], rng)
+
+
+def test_relu_dropout_flatten_gradients_by_finite_differences(rng):
+    x = rng.standard_normal((4, 3, 5))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
+    naive.check_vjp(lambda x: ops.relu_forward(x)[0], lambda d: [ops.relu_backward(d, ops.relu_forward(x)[1])],
+                    [x], rng)
+    mask = ops.dropout_mask(x.shape, 0.3, np.random.default_rng(0), np.float64)
+    naive.check_vjp(lambda x: x * mask, lambda d: [ops.dropout_backward(d, mask)], [x], rng)
+    naive.check_vjp(lambda x: ops.flatten_forward(x)[0],
+                    lambda d: [ops.flatten_backward(d, ops.flatten_forward(x)[1])], [x], rng)
+
+
+def test_softmax_cross_entropy_gradient_by_finite_differences(rng):
+    logits = rng.standard_normal((6, 10)) * 3
+    labels = rng.integers(0, 10, 6)
+    naive.check_vjp(lambda z: ops.softmax_cross_entropy_forward(z, labels)[0],
+                    lambda d: [ops.softmax_cross_entropy_backward(d, ops.softmax_cross_entropy_forward(logits, labels)[1])],
+                    [logits], rng)
+
+
+def test_softmax_cross_entropy_value_and_stability():
+    logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    labels = np.array([2, 0])
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    expected = -np.mean(np.log(p[[0, 1], labels]))
+    loss, _ = ops.softmax_cross_entropy_forward(logits, labels)
+    assert abs(loss - expected) < 1e-15
+    # Shifting every logit by 1e4 changes nothing (log-sum-exp), in float32 too.
+    loss32, cache = ops.softmax_cross_entropy_forward((logits + 1e4).astype(np.float32), labels)
+    assert loss32.dtype == np.float32 and abs(float(loss32) - expected) < 1e-3
+    assert np.all(np.isfinite(ops.softmax_cross_entropy_backward(1.0, cache)))
+    with pytest.raises(ValueError, match="labels"):
+        ops.softmax_cross_entropy_forward(logits, np.array([0, 3]))
+
+
+# ----------------------------------------------------------------------------- dtypes and shapes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_op_keeps_the_dtype(dtype, rng):
+    x = rng.standard_normal((2, 3, 8, 8)).astype(dtype)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    b = np.zeros(4, dtype)
+    y, c = ops.conv2d_forward(x, w, b, 1, 1)
+    grads = ops.conv2d_backward(y, c)
+    p, pc = ops.max_pool2d_forward(y)
+    r, rc = ops.relu_forward(p)
+    d, dc = ops.dropout_forward(r, 0.5, rng)
+    f, fc = ops.flatten_forward(d)
+    z, zc = ops.dense_forward(f, rng.standard_normal((10, f.shape[1])).astype(dtype), np.zeros(10, dtype))
+    loss, lc = ops.softmax_cross_entropy_forward(z, np.arange(2))
+    arrays = [y, *grads, p, ops.max_pool2d_backward(p, pc), r, ops.relu_backward(r, rc), d,
+              ops.dropout_backward(d, dc), f, z, *ops.dense_backward(z, zc),
+              ops.softmax_cross_entropy_backward(1.0, lc)]
+    assert all(a.dtype == dtype for a in arrays)
+    assert loss.dtype == dtype
+
+
+def test_mixed_dtypes_are_refused(rng):
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    with pytest.raises(TypeError, match="float32 or all float64"):
+        ops.dense_forward(x, rng.standard_normal((4, 3)), np.zeros(4, np.float32))
+    with pytest.raises(TypeError):
+        ops.relu_forward(np.arange(3))
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        ops.conv2d_forward(np.zeros((1, 2, 5, 5)), np.zeros((3, 1, 3, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match="do not fit"):
+        ops.max_pool2d_forward(np.zeros((1, 1, 1, 1)), 2)
+
+
+def test_dropout_mask_is_drawn_from_the_given_generator(rng):
+    x = np.ones((1000, 100))
+    y1, m1 = ops.dropout_forward(x, 0.5, np.random.default_rng(3))
+    y2, m2 = ops.dropout_forward(x, 0.5, np.random.default_rng(3))
+    np.testing.assert_array_equal(m1, m2)
+    assert set(np.unique(m1)) == {0.0, 2.0}
+    assert abs(y1.mean() - 1.0) < 0.01  # inverted dropout keeps the expectation
+    with pytest.raises(ValueError):
+        ops.dropout_mask((2,), 1.0, rng, np.float32)
+
+
+# ----------------------------------------------------------------------------- torch float64
+
+
+@needs_torch
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+def test_conv_pool_dense_loss_agree_with_torch(shape, rng):
+    import torch
+    import torch.nn.functional as F
+
+    n, c, h, w, f, k, s, p = shape
+    x, wt, b = rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, k, k)), rng.standard_normal(f)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
+    ty = F.conv2d(tx, tw, tb, stride=s, padding=p)
+    y, cache = ops.conv2d_forward(x, wt, b, s, p)
+    dout = rng.standard_normal(y.shape)
+    ty.backward(torch.tensor(dout))
+    dx, dw, db = ops.conv2d_backward(dout, cache)
+    for ours, theirs in [(y, ty), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)]:
+        assert rel_err(ours, theirs.detach().numpy()) < 1e-10
+
+    if min(y.shape[2:]) >= 2:
+        tyy = ty.detach().requires_grad_(True)
+        tp = F.max_pool2d(tyy, 2)
+        pooled, pc = ops.max_pool2d_forward(y, 2)
+        dp = rng.standard_normal(pooled.shape)
+        tp.backward(torch.tensor(dp))
+        assert rel_err(pooled, tp.detach().numpy()) < 1e-10
+        assert rel_err(ops.max_pool2d_backward(dp, pc), tyy.grad.numpy()) < 1e-10
+
+    feats = y.reshape(n, -1)
+    wd, bd = rng.standard_normal((10, feats.shape[1])), rng.standard_normal(10)
+    tf, twd, tbd = (torch.tensor(a, requires_grad=True) for a in (feats, wd, bd))
+    labels = rng.integers(0, 10, n)
+    tz = F.relu(F.linear(tf, twd, tbd))
+    tloss = F.cross_entropy(tz, torch.tensor(labels))
+    tloss.backward()
+    z, zc = ops.dense_forward(feats, wd, bd)
+    r, rc = ops.relu_forward(z)
+    loss, lc = ops.softmax_cross_entropy_forward(r, labels)
+    dz = ops.relu_backward(ops.softmax_cross_entropy_backward(1.0, lc), rc)
+    dfeats, dwd, dbd = ops.dense_backward(dz, zc)
+    assert abs(loss - tloss.item()) <= 1e-10 * abs(tloss.item())
+    for ours, theirs in [(dfeats, tf.grad), (dwd, twd.grad), (dbd, tbd.grad)]:
+        assert rel_err(ours, theirs.numpy()) < 1e-10

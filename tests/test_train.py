@@ -1,0 +1,132 @@
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import needs_torch
+from mpdref import data, models
+from mpdref.train import DEFAULT_RECIPES, SGD, Recipe, fit, learning_rate
+
+
+def synthetic(n, rng, dtype=np.float32):
+    """A learnable toy problem in MNIST's shape: the label is the brightest of 10 stripes."""
+    labels = rng.integers(0, 10, n)
+    x = rng.standard_normal((n, 1, 28, 28)).astype(dtype) * 0.3
+    for i, y in enumerate(labels):
+        x[i, 0, 2 * y : 2 * y + 3, :] += 1.5
+    return x, labels
+
+
+def test_sgd_step_is_the_documented_rule(rng):
+    net = models.build("lenet-300-100", np.float64)
+    mask = rng.random((100, 300)) < 0.3
+    net.set_mask("fc2.weight", mask)
+    sgd = SGD(net, momentum=0.9, weight_decay=0.01)
+    w0 = {k: v.copy() for k, v in net.params.items()}
+    v_prev = {k: rng.standard_normal(v.shape) for k, v in w0.items()}
+    sgd.velocity = {k: v.copy() for k, v in v_prev.items()}
+    grads = {k: rng.standard_normal(v.shape) for k, v in w0.items()}
+    sgd.step(grads, lr=0.1)
+    for k in w0:
+        g = grads[k] + (0.01 * w0[k] if k.endswith(".weight") else 0.0)
+        m = mask if k == "fc2.weight" else 1.0
+        v = (0.9 * v_prev[k] + g) * m
+        np.testing.assert_allclose(sgd.velocity[k], v, rtol=1e-14)
+        np.testing.assert_allclose(net.params[k], (w0[k] - 0.1 * v) * m, rtol=1e-14, atol=1e-300)
+
+
+@needs_torch
+def test_unmasked_sgd_matches_torch_sgd(rng):
+    import torch
+
+    net = models.build("lenet-300-100", np.float64, seed=2)
+    tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in net.params.items()}
+    weights = [p for k, p in tparams.items() if k.endswith(".weight")]
+    biases = [p for k, p in tparams.items() if k.endswith(".bias")]
+    opt = torch.optim.SGD([{"params": weights, "weight_decay": 5e-4}, {"params": biases, "weight_decay": 0.0}],
+                          lr=0.05, momentum=0.9)
+    sgd = SGD(net, momentum=0.9, weight_decay=5e-4)
+    for step in range(4):
+        grads = {k: rng.standard_normal(v.shape) for k, v in net.params.items()}
+        for k, p in tparams.items():
+            p.grad = torch.tensor(grads[k])
+        opt.step()
+        sgd.step(grads, lr=0.05)
+    for k, p in tparams.items():
+        np.testing.assert_allclose(net.params[k], p.detach().numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])
+def test_masked_weights_stay_exactly_zero_through_training(name, rng):
+    net = models.build(name)
+    masks = {k: rng.random(v.shape) < 0.2 for k, v in net.params.items() if k.endswith(".weight")}
+    for k, m in masks.items():
+        net.set_mask(k, m)
+    sgd = SGD(net, 0.9, 5e-4)
+    fit(net, synthetic(256, rng), Recipe(epochs=2, batch_size=32, lr=0.05), progress=False, optimizer=sgd)
+    for k, m in masks.items():
+        assert np.all(net.params[k][~m] == 0.0), k
+        assert np.all(sgd.velocity[k][~m] == 0.0), k
+        assert np.count_nonzero(net.params[k][m]) == m.sum(), k  # the kept weights did train
+
+
+def test_same_seed_same_bits_and_another_seed_differs(rng):
+    train = synthetic(300, rng)
+
+    def run(seed):
+        net = models.build("deep-mnist", seed=seed)  # has dropout: its generator is seeded too
+        fit(net, (train[0][:96], train[1][:96]), Recipe(epochs=2, batch_size=32, lr=0.01),
+            seed=seed, progress=False)
+        return net.params
+
+    a, b, c = run(7), run(7), run(8)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["fc1.weight"], c["fc1.weight"])
+
+
+def test_learning_rate_schedules():
+    cos = Recipe(epochs=2, lr=0.1)
+    assert learning_rate(cos, 0, 10) == 0.1
+    assert math.isclose(learning_rate(cos, 10, 10), 0.05)
+    assert learning_rate(cos, 19, 10) < 0.001
+    step = Recipe(epochs=10, lr=0.1, schedule="step", milestones=(3, 6), gamma=0.5)
+    assert [learning_rate(step, e * 5, 5) for e in (0, 2, 3, 5, 6, 9)] == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    assert learning_rate(Recipe(schedule="constant", lr=0.3), 1000, 10) == 0.3
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(momentum=1.0), dict(schedule="linear"),
+                                 dict(batch_size=0), dict(weight_decay=float("nan")), dict(gamma=0.0)])
+def test_bad_recipes_are_refused_before_any_work(bad):
+    with pytest.raises(ValueError):
+        Recipe(**bad)
+
+
+def test_divergence_is_reported_at_once(rng):
+    net = models.build("lenet-300-100")
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        fit(net, synthetic(512, rng), Recipe(epochs=1, lr=1e6, schedule="constant"), progress=False)
+
+
+def test_fit_logs_one_json_line_per_epoch(rng):
+    log = io.StringIO()
+    net = models.build("lenet-300-100")
+    train, val = synthetic(400, rng), synthetic(100, rng)
+    history = fit(net, train, Recipe(epochs=3, lr=0.05), val=val, test=val, log_file=log, progress=False)
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert lines == history and [r["epoch"] for r in lines] == [1, 2, 3]
+    assert set(lines[0]) >= {"train_loss", "train_error", "val_error", "test_error", "seconds", "lr"}
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert lines[-1]["val_error"] == net.error_rate(*val)
+
+
+@pytest.mark.mnist
+def test_short_training_on_real_mnist_learns(mnist_dir):
+    images, labels = data.load_mnist("train", mnist_dir)
+    (tr_x, tr_y), (va_x, va_y) = data.split_validation(images[:6000], labels[:6000], 1000)
+    net = models.build("lenet-300-100")
+    fit(net, (data.to_network_input(tr_x), tr_y), DEFAULT_RECIPES["lenet-300-100"].replace(epochs=2),
+        progress=False)
+    # 5,000 images, 2 epochs: a correct implementation is near 7% error; a broken one near 90%.
+    assert net.error_rate(data.to_network_input(va_x), va_y) < 0.12
