@@ -40,6 +40,8 @@ def test_read_idx_round_trip(tmp_path, rng, type_code, dtype, compressed):
         (lambda b: b[:-1], "truncated: 59 payload bytes"),
         (lambda b: b + b"\x00\x00", "2 unexpected trailing bytes"),
         (lambda b: b[:4] + np.array([3, 4, 6], ">u4").tobytes() + b[16:], "truncated"),
+        # 2^32-1 cubed overflows int64; the length check must still say "truncated"
+        (lambda b: b[:4] + np.array([2**32 - 1] * 3, ">u4").tobytes() + b[16:], "truncated"),
     ],
 )
 def test_read_idx_rejects_malformed_files_naming_them(tmp_path, mangle, message):
