@@ -35,14 +35,6 @@ def _add_recipe_options(p):
                    help="float32 for speed, float64 for audits (default float32)")
 
 
-def _recipe(args):
-    from mpdref.train import DEFAULT_RECIPES
-
-    return DEFAULT_RECIPES[args.model].replace(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, schedule=args.schedule)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from mpdref import __version__
     from mpdref.models import ARCHITECTURES
@@ -65,9 +57,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("run", help="run an experiment (TOML) into a run directory, or resume one",
+                       description="Run the stages of an experiment file in order. The whole config is "
+                                   "validated before any work starts. A checkpoint closes every epoch and "
+                                   "every stage; --resume continues an interrupted run exactly.")
+    p.add_argument("config", nargs="?", metavar="EXPERIMENT.toml", help="experiment file (see configs/)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NAME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
+    p.add_argument("--force", action="store_true", help="overwrite a run in RUN_DIR")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("show", help="summarize a run directory",
+                       description="Print a run's settings and one row per stage.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("compare", help="several runs side by side",
+                       description="Print one row per run: network, stages, errors, time.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("train", help="train a network into a run directory",
-                       description="Train a network with SGD and write config.json, log.jsonl, "
-                                   "model.h5 and metrics.json into RUN_DIR.")
+                       description="Train a network with SGD: a one-stage experiment written into "
+                                   "RUN_DIR (config.json, log.jsonl, checkpoint.h5, model.h5, metrics.json, "
+                                   "figures/). `mpdref run --resume RUN_DIR` continues it if interrupted.")
     p.add_argument("--model", required=True, choices=tuple(ARCHITECTURES), help="network to train")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
     _add_data_option(p)
@@ -107,32 +121,93 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- commands
 
 
+def _training_config(model, stage, seed=0, dtype="float32", data_root=None, val_size=5000, name=None):
+    """A one-stage experiment from command-line options; problems are named by their option."""
+    import re
+
+    from mpdref.runner.config import ConfigError, resolve_config
+
+    raw = {"experiment": {"name": name or model, "model": model, "seed": seed, "dtype": dtype},
+           "data": {"validation_size": val_size, **({"root": str(data_root)} if data_root else {})},
+           "stages": [{"type": "train", **{k: v for k, v in stage.items() if v is not None}}]}
+    try:
+        return resolve_config(raw, "options")
+    except ConfigError as e:
+        message = re.sub(r"(?:stages\[0\]|experiment|data)\.(\w+)", lambda m: "--" + m[1].replace("_", "-"), str(e))
+        raise ConfigError(message.replace("--validation-size", "--val-size")) from None
+
+
+def _report(metrics, out) -> None:
+    from mpdref.runner.report import format_table
+
+    paper = PAPER_DENSE_ERROR.get(metrics["model"])
+    stage = metrics["stages"][0]
+    print(format_table(
+        ("network", "parameters", "epochs", "train time", "val error", "test error", "paper (dense)"),
+        [(metrics["model"], f"{metrics['parameters']:,}", stage.get("epochs", "-"),
+          f"{metrics['train_seconds']:.0f} s", _pct(metrics["val_error"]), _pct(metrics["test_error"]),
+          _pct(paper))]))
+    print(f"run directory: {out}")
+
+
 def cmd_train(args) -> int:
-    import numpy as np
+    from mpdref.runner import run_experiment
 
-    from mpdref.runner import run_training
-
-    recipe = _recipe(args)
-    metrics = run_training(args.model, recipe, args.out, seed=args.seed, dtype=np.dtype(args.dtype),
-                           data_root=args.data, val_size=args.val_size,
-                           progress=not args.no_progress, force=args.force)
-    print(_results_table([metrics]))
-    print(f"run directory: {args.out}")
+    stage = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
+             "weight_decay": args.weight_decay, "schedule": args.schedule}
+    config = _training_config(args.model, stage, args.seed, args.dtype, args.data, args.val_size)
+    metrics = run_experiment(config, args.out, force=args.force, progress=not args.no_progress)
+    _report(metrics, args.out)
     return 0
 
 
 def cmd_demo(args) -> int:
-    from mpdref.runner import run_training
-    from mpdref.train import DEFAULT_RECIPES
+    from mpdref.data import find_or_fetch_mnist
+    from mpdref.runner import run_experiment
 
-    recipe = DEFAULT_RECIPES["lenet-300-100"].replace(epochs=args.epochs)
-    print(f"mpdref demo: LeNet-300-100 on MNIST, {recipe.epochs} epochs of SGD (batch {recipe.batch_size}, "
-          f"lr {recipe.lr} {recipe.schedule}, momentum {recipe.momentum}, weight decay {recipe.weight_decay})",
+    root = find_or_fetch_mnist(args.data)
+    config = _training_config("lenet-300-100", {"epochs": args.epochs}, args.seed, data_root=root, name="demo")
+    s = config["stages"][0]
+    print(f"mpdref demo: LeNet-300-100 on MNIST ({root}), {s['epochs']} epochs of SGD (batch {s['batch_size']}, "
+          f"lr {s['lr']} {s['schedule']}, momentum {s['momentum']}, weight decay {s['weight_decay']})",
           file=sys.stderr)
-    metrics = run_training("lenet-300-100", recipe, args.out, seed=args.seed, data_root=args.data,
-                           progress=not args.no_progress, force=True)
-    print(_results_table([metrics]))
-    print(f"run directory: {args.out}")
+    metrics = run_experiment(config, args.out, force=True, progress=not args.no_progress)
+    _report(metrics, args.out)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from mpdref.runner import resume_experiment, run_experiment
+    from mpdref.runner.config import load_config
+    from mpdref.runner.report import show_run
+
+    if (args.config is None) == (args.resume is None):
+        raise ValueError("give either EXPERIMENT.toml or --resume RUN_DIR")
+    if args.resume:
+        if args.out or args.force:
+            raise ValueError("--resume continues RUN_DIR as it is: --out and --force do not apply")
+        out = args.resume
+        resume_experiment(out, progress=not args.no_progress)
+    else:
+        config = load_config(args.config)
+        out = args.out or f"runs/{config['experiment']['name']}"
+        print(f"mpdref run: {args.config} -> {out}", file=sys.stderr)
+        run_experiment(config, out, force=args.force, progress=not args.no_progress)
+    print(show_run(out))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from mpdref.runner.report import show_run
+
+    print(show_run(args.run_dir))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from mpdref.runner.report import compare_runs
+
+    print(compare_runs(args.run_dirs))
     return 0
 
 
@@ -184,20 +259,8 @@ def _kept_fraction(net):
     return sum(int(m.sum()) for m in net.masks.values()) / sum(m.size for m in net.masks.values())
 
 
-def _results_table(rows) -> str:
-    header = ("network", "parameters", "epochs", "train time", "val error", "test error", "paper (dense)")
-    lines = []
-    for m in rows:
-        paper = PAPER_DENSE_ERROR.get(m["model"])
-        val = m.get("val_error")
-        lines.append((m["model"], f"{m['parameters']:,}", str(m["epochs"]), f"{m['train_seconds']:.0f} s",
-                      "-" if val is None else f"{val:.2%}", f"{m['test_error']:.2%}",
-                      "-" if paper is None else f"{paper:.2%}"))
-    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*r) for r in lines]
-    return "\n".join(out)
+def _pct(v):
+    return "-" if v is None else f"{v:.2%}"
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpdref import __version__, ops
-from mpdref.io.model_file import read_model_file, write_model_file
+from mpdref.io.model_file import MODEL_FORMAT, read_network_file, write_network_file
 
 
 # ----------------------------------------------------------------------------- layers
@@ -314,12 +314,16 @@ def build(name: str, dtype=np.float32, seed: int = 0) -> Network:
 
 def save(net: Network, path, metadata: dict | None = None) -> None:
     """Write `net` (architecture, parameters, masks) to an HDF5 model file, atomically."""
-    write_model_file(path, net.name, net.dtype, net.params, net.masks, metadata, __version__)
+    write_network_file(path, MODEL_FORMAT, net.name, net.dtype, net.params, net.masks, metadata, __version__)
 
 
 def load(path) -> Network:
     """Read a model file written by :func:`save`; raises `mpdref.io.FormatError` on any problem."""
-    content = read_model_file(path, parameter_shapes)
+    return network_from_content(read_network_file(path, MODEL_FORMAT, parameter_shapes))
+
+
+def network_from_content(content: dict) -> Network:
+    """A Network from the validated content of a model file or checkpoint."""
     net = Network(content["architecture"], dtype=content["dtype"])
     net.params = content["params"]
     net.masks = content["masks"]

@@ -129,22 +129,26 @@ def fit(
     progress: bool = True,
     start_epoch: int = 0,
     optimizer: SGD | None = None,
+    shuffle_rng: np.random.Generator | None = None,
+    on_epoch_end=None,
 ) -> list[dict]:
     """Train `net` in place; return one record per epoch.
 
     train/val/test are (x (N, 1, 28, 28) in the network's dtype, labels (N,)).
     Each record holds the epoch, learning rate, mean train loss and error, the
     validation and test error (when given), seconds and samples per second; it
-    is also written to `log_file` (an open text file) as one JSON line.
+    is also written to `log_file` (an open text file) as one JSON line, and
+    passed to ``on_epoch_end(epoch, record)`` (the runner checkpoints there).
+
+    To resume, pass the optimizer and shuffling generator in their saved states
+    and the number of epochs already done as `start_epoch`.
     """
     reuse_freed_memory()
     x_train, y_train = train
     n = len(x_train)
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     optimizer = optimizer or SGD(net, recipe.momentum, recipe.weight_decay)
-    rng = _shuffle_rng(seed)
-    for _ in range(start_epoch):  # resume: replay the shuffles of the epochs already done
-        rng.permutation(n)
+    rng = shuffle_rng if shuffle_rng is not None else _shuffle_rng(seed)
     history = []
     for epoch in range(start_epoch, recipe.epochs):
         order = rng.permutation(n)
@@ -187,6 +191,8 @@ def fit(
         if log_file is not None:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
         if progress:
             shown = ", ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k != "epoch")
             tqdm.write(f"epoch {epoch + 1}/{recipe.epochs}: {shown}", file=sys.stderr)

@@ -21,7 +21,8 @@ def run_cli(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("argv", [[], ["demo"], ["train"], ["evaluate"], ["data"], ["data", "fetch"], ["data", "check"]])
+@pytest.mark.parametrize("argv", [[], ["demo"], ["train"], ["run"], ["show"], ["compare"], ["evaluate"], ["data"],
+                                  ["data", "fetch"], ["data", "check"]])
 def test_every_command_has_help(capsys, argv):
     code, out, err = run_cli(capsys, *argv, "--help")
     assert code == 0 and "usage: mpdref" in out and len(out.splitlines()) > 3
@@ -33,9 +34,14 @@ def test_every_command_has_help(capsys, argv):
         (["train", "--model", "vgg", "--out", "x"], "invalid choice: 'vgg'"),
         (["train", "--model", "lenet-5"], "required: --out"),
         (["train", "--model", "lenet-5", "--out", "x", "--epochs", "two"], "invalid int value"),
-        (["train", "--model", "lenet-5", "--out", "x", "--epochs", "0"], "epochs must be an integer >= 1"),
-        (["train", "--model", "lenet-5", "--out", "x", "--lr", "-1"], "lr must be a positive number"),
+        (["train", "--model", "lenet-5", "--out", "x", "--epochs", "0"], "--epochs: expected an integer >= 1, got 0"),
+        (["train", "--model", "lenet-5", "--out", "x", "--lr", "-1"], "--lr: expected a number > 0, got -1.0"),
+        (["train", "--model", "lenet-5", "--out", "x", "--val-size", "-1"], "--val-size: expected an integer in"),
         (["frobnicate"], "invalid choice"),
+        (["run"], "give either EXPERIMENT.toml or --resume RUN_DIR"),
+        (["run", "missing.toml"], "missing.toml: file not found"),
+        (["run", "--resume", "nowhere"], "not a run directory"),
+        (["show", "nowhere"], "not a run directory"),
     ],
 )
 def test_wrong_arguments_give_one_clear_line(capsys, argv, message, tmp_path, monkeypatch):
@@ -65,10 +71,11 @@ def test_train_then_evaluate_on_real_mnist(capsys, mnist_dir, tmp_path):
     code, out, err = run_cli(capsys, "train", "--model", "lenet-300-100", "--epochs", "1", "--out", str(out_dir),
                              "--data", str(mnist_dir), "--no-progress")
     assert code == 0, err
-    assert sorted(p.name for p in out_dir.iterdir()) == ["config.json", "log.jsonl", "metrics.json", "model.h5"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["checkpoint.h5", "config.json", "figures", "log.jsonl",
+                                                         "metrics.json", "model.h5", "stages"]
     metrics = json.loads((out_dir / "metrics.json").read_text())
     config = json.loads((out_dir / "config.json").read_text())
-    assert config["recipe"]["epochs"] == 1 and config["model"] == "lenet-300-100"
+    assert config["stages"][0]["epochs"] == 1 and config["experiment"]["model"] == "lenet-300-100"
     assert metrics["test_error"] < 0.05  # one epoch of LeNet-300-100 is near 2.5%
     assert f"{metrics['test_error']:.2%}" in out
 
@@ -76,7 +83,7 @@ def test_train_then_evaluate_on_real_mnist(capsys, mnist_dir, tmp_path):
     code, out, err = run_cli(capsys, "evaluate", str(out_dir / "model.h5"), "--data", str(mnist_dir))
     assert code == 0 and f"test error {metrics['test_error']:.2%}" in out
     net = models.load(out_dir / "model.h5")
-    assert net.metadata["recipe"]["epochs"] == 1
+    assert net.metadata["stages"] == ["train"]
 
     # a finished run is never overwritten without --force
     code, out, err = run_cli(capsys, "train", "--model", "lenet-300-100", "--epochs", "1", "--out", str(out_dir),

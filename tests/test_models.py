@@ -175,13 +175,33 @@ def _saved(tmp_path):
     return path
 
 
+def _rewrite(path, corrupt):
+    """Copy the model file's content into a new, correctly checksummed file, changed by `corrupt`.
+
+    This reaches the content checks: a file changed after it was written is caught by its checksum
+    before any of them (see test_damaged_bytes_are_caught_by_the_checksum).
+    """
+    from mpdref.io.hdf5 import write_verified_hdf5
+
+    with h5py.File(path, "r") as src, write_verified_hdf5(path.with_suffix(".new")) as dst:
+        for k, v in src.attrs.items():
+            dst.attrs[k] = v
+        for g in src:
+            src.copy(src[g], dst, name=g)
+        corrupt(dst)
+    path.with_suffix(".new").replace(path)
+
+
 @pytest.mark.parametrize(
     "corrupt, message",
     [
         (lambda f: f.attrs.__setitem__("format", "keras"), "not an mpdref-model"),
         (lambda f: f.attrs.__setitem__("version", 99), "version 99 is not supported"),
+        (lambda f: f.attrs.__setitem__("version", "1"), "must be an integer"),
         (lambda f: f.attrs.__delitem__("architecture"), "'architecture' is missing"),
         (lambda f: f.attrs.__setitem__("architecture", "vgg"), "unknown network"),
+        (lambda f: f.attrs.__setitem__("dtype", "float16"), "not float32 or float64"),
+        (lambda f: f.attrs.__setitem__("metadata", "{oops"), "not valid JSON"),
         (lambda f: f["parameters"].__delitem__("fc2.bias"), r"missing \['fc2.bias'\]"),
         (lambda f: f["parameters"].create_dataset("fc9.weight", data=np.zeros(3)), "unexpected"),
         (lambda f: (f["parameters"].__delitem__("fc3.bias"),
@@ -191,28 +211,47 @@ def _saved(tmp_path):
         (lambda f: f["parameters"]["fc2.weight"].__setitem__((0, 0), np.nan), "NaN or Inf"),
         (lambda f: f["masks"].create_dataset("fc3.weight", data=np.full((10, 100), 2, np.uint8)), "0 and 1"),
         (lambda f: f["masks"].create_dataset("fc3.weight", data=np.zeros((10, 100), np.uint8)), "nonzero where"),
+        (lambda f: f["masks"].create_dataset("fc3.bogus", data=np.zeros(3, np.uint8)), "masks no parameter"),
         (lambda f: f.__delitem__("masks"), "/masks is missing"),
     ],
 )
 def test_invalid_model_files_raise_format_error_naming_the_file(tmp_path, corrupt, message):
     path = _saved(tmp_path)
-    with h5py.File(path, "r+") as f:
-        corrupt(f)
+    _rewrite(path, corrupt)
     with pytest.raises(FormatError, match=message) as info:
         models.load(path)
     assert str(path) in str(info.value)
 
 
-def test_truncated_or_garbage_model_files(tmp_path):
+def test_damaged_bytes_are_caught_by_the_checksum(tmp_path):
     path = _saved(tmp_path)
-    data = path.read_bytes()
-    for cut in (0, 100, len(data) // 2, len(data) - 1):
+    data = bytearray(path.read_bytes())
+    for cut in (0, 100, 600, len(data) // 2, len(data) - 1):
         bad = tmp_path / f"cut{cut}.h5"
         bad.write_bytes(data[:cut])
         with pytest.raises(FormatError, match=str(bad)):
             models.load(bad)
+    for offset in (0, 30, 700, len(data) // 2, len(data) - 1):
+        flipped = bytearray(data)
+        flipped[offset] ^= 0x10
+        bad = tmp_path / f"flip{offset}.h5"
+        bad.write_bytes(bytes(flipped))
+        with pytest.raises(FormatError, match="checksum|not an mpdref HDF5|damaged"):
+            models.load(bad)
+    (tmp_path / "appended.h5").write_bytes(bytes(data) + b"x")
+    with pytest.raises(FormatError, match="bytes appended"):
+        models.load(tmp_path / "appended.h5")
     with pytest.raises(FormatError, match="not found"):
         models.load(tmp_path / "nope.h5")
+    with pytest.raises(FormatError, match="directory"):
+        models.load(tmp_path)
+
+
+def test_model_files_open_in_plain_h5py(tmp_path):
+    # The checksum lives in HDF5's user block, which HDF5 skips: other tools read the file as usual.
+    path = _saved(tmp_path)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "mpdref-model" and f["parameters"]["fc1.weight"].shape == (300, 784)
 
 
 def test_input_checks():

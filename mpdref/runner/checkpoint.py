@@ -1,0 +1,55 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+One ``mpdref-checkpoint`` file (see :mod:`mpdref.io.model_file`) holds the
+network (parameters and masks), the SGD velocity, and in its metadata the
+progress: which stage, how many of its epochs are done, whether the stage is
+finished, how many log lines belong to the run so far, the results of finished
+stages, the states of the random generators, and the fingerprint of the config
+it belongs to. It is written to a temporary name and renamed, so a crash leaves
+the previous checkpoint or the new one, never a broken one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mpdref import __version__, models
+from mpdref.io import FormatError
+from mpdref.io.model_file import CHECKPOINT_FORMAT, read_network_file, write_network_file
+
+_PROGRESS_FIELDS = {"config_digest": str, "stage_index": int, "epochs_done": int, "finished": bool,
+                    "log_lines": int, "results": list, "rng": dict}
+
+
+def write_checkpoint(path, net, velocity: dict, progress: dict) -> None:
+    write_network_file(path, CHECKPOINT_FORMAT, net.name, net.dtype, net.params, net.masks,
+                       metadata=progress, mpdref_version=__version__, per_parameter={"velocity": velocity})
+
+
+def _valid_rng_state(state) -> bool:
+    try:
+        np.random.PCG64().state = state
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return False
+    return True
+
+
+def read_checkpoint(path, config_digest: str) -> dict:
+    """Read and validate a checkpoint; returns net, velocity and the progress fields."""
+    content = read_network_file(path, CHECKPOINT_FORMAT, models.parameter_shapes, per_parameter=("velocity",))
+    progress = content["metadata"]
+    for key, kind in _PROGRESS_FIELDS.items():
+        value = progress.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise FormatError(f"{path}: progress field {key!r} is missing or not a {kind.__name__}")
+    if progress["config_digest"] != config_digest:
+        raise FormatError(f"{path}: this checkpoint belongs to another config (fingerprint "
+                          f"{progress['config_digest']}, the run's config has {config_digest})")
+    if min(progress["stage_index"], progress["epochs_done"], progress["log_lines"]) < 0:
+        raise FormatError(f"{path}: negative progress counters")
+    rng = progress["rng"]
+    if not _valid_rng_state(rng.get("dropout")) or not (rng.get("shuffle") is None or _valid_rng_state(rng["shuffle"])):
+        raise FormatError(f"{path}: random generator states are malformed")
+    net = models.network_from_content(content)
+    net.metadata = {}
+    net.rng.bit_generator.state = rng["dropout"]
+    return {"net": net, "velocity": content["velocity"], **progress}

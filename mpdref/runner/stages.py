@@ -1,0 +1,75 @@
+"""The stages of the reference core: train (from scratch or further), evaluate."""
+from __future__ import annotations
+
+import numpy as np
+
+from mpdref.runner.config import Option
+from mpdref.runner.registry import Stage, register
+from mpdref.train import DEFAULT_RECIPES, SCHEDULES, SGD, Recipe, fit
+
+_RECIPE_OPTIONS = {
+    "epochs": Option(int, check=lambda v: v >= 1, accepted="an integer >= 1"),
+    "batch_size": Option(int, check=lambda v: v >= 1, accepted="an integer >= 1"),
+    "lr": Option(float, check=lambda v: v > 0, accepted="a number > 0"),
+    "momentum": Option(float, check=lambda v: 0 <= v < 1, accepted="a number in [0, 1)"),
+    "weight_decay": Option(float, check=lambda v: v >= 0, accepted="a number >= 0"),
+    "schedule": Option(str, choices=SCHEDULES),
+    "milestones": Option(list, check=lambda v: all(isinstance(m, int) and not isinstance(m, bool) and m >= 1
+                                                   for m in v),
+                         accepted="a list of epoch numbers >= 1"),
+    "gamma": Option(float, check=lambda v: 0 < v <= 1, accepted="a number in (0, 1]"),
+}
+
+
+@register
+class TrainStage(Stage):
+    """Masked SGD on the current network; defaults are the network's default recipe."""
+
+    type = "train"
+    description = "train the network (from its current weights, under its masks)"
+    options = _RECIPE_OPTIONS
+
+    @classmethod
+    def defaults(cls, model):
+        recipe = DEFAULT_RECIPES[model]
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in vars(recipe).items() if k in cls.options}
+
+    @classmethod
+    def check(cls, settings):
+        try:
+            Recipe(**{**settings, "milestones": tuple(settings.get("milestones", ()))})
+        except (ValueError, TypeError) as e:
+            return [str(e)]
+        return []
+
+    def run(self, ctx, settings, resume):
+        recipe = Recipe(**{**settings, "milestones": tuple(settings["milestones"])})
+        train_set, val_set, test_set = ctx.datasets()
+        net = ctx.net
+        sgd = SGD(net, recipe.momentum, recipe.weight_decay)
+        shuffle = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(1, ctx.stage_index)))
+        start_epoch = 0
+        if resume is not None:
+            sgd.velocity = resume["velocity"]
+            shuffle.bit_generator.state = resume["rng"]["shuffle"]
+            start_epoch = resume["epochs_done"]
+
+        def on_epoch_end(epoch, record):
+            ctx.log(record)
+            ctx.checkpoint(epochs_done=epoch + 1, finished=False, velocity=sgd.velocity, shuffle=shuffle)
+
+        fit(net, train_set, recipe, val=val_set, test=test_set, progress=ctx.progress, start_epoch=start_epoch,
+            optimizer=sgd, shuffle_rng=shuffle, on_epoch_end=on_epoch_end)
+        return {"epochs": recipe.epochs, **ctx.errors()}
+
+
+@register
+class EvaluateStage(Stage):
+    """Validation and test error of the current network."""
+
+    type = "evaluate"
+    description = "measure validation and test error"
+
+    def run(self, ctx, settings, resume):
+        return ctx.errors()

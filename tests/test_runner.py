@@ -1,0 +1,230 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mpdref import models
+from mpdref.io import FormatError
+from mpdref.runner import RunDirectoryError, resume_experiment, run_experiment
+from mpdref.runner.checkpoint import read_checkpoint, write_checkpoint
+from mpdref.runner.config import ConfigError, config_digest, load_config, resolve_config
+from mpdref.runner.report import compare_runs, show_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = """
+[experiment]
+name = "small"
+model = "lenet-300-100"
+seed = 3
+
+[data]
+root = "{root}"
+train_limit = 1500
+validation_size = 500
+
+[[stages]]
+type = "train"
+epochs = 3
+lr = 0.05
+
+[[stages]]
+type = "train"
+name = "finetune"
+epochs = 2
+lr = 0.01
+schedule = "constant"
+
+[[stages]]
+type = "evaluate"
+"""
+
+
+def small_config(tmp_path, root):
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL.format(root=root))
+    return path
+
+
+# ----------------------------------------------------------------------------- config validation
+
+
+def test_config_defaults_are_filled_in(tmp_path):
+    path = tmp_path / "exp.toml"
+    path.write_text('[experiment]\nmodel = "lenet-5"\n[[stages]]\ntype = "train"\nepochs = 2\n')
+    config = load_config(path)
+    assert config["experiment"] == {"name": "exp", "model": "lenet-5", "seed": 0, "dtype": "float32"}
+    assert config["data"] == {"root": None, "validation_size": 5000, "train_limit": None}
+    stage = config["stages"][0]
+    assert stage["epochs"] == 2 and stage["lr"] == 0.01 and stage["batch_size"] == 64  # lenet-5's recipe
+    assert stage["name"] == "train" and config["mpdref_version"]
+
+
+@pytest.mark.parametrize(
+    "text, messages",
+    [
+        ('[experiment]\nmodel = "lenet-5"\nsede = 1\n[[stages]]\ntype = "train"\n',
+         ["experiment.sede: unknown key (accepted: name, model, seed, dtype)"]),
+        ('[experiment]\n[[stages]]\ntype = "train"\n', ["experiment.model: missing (expected one of 'lenet-300-100'"]),
+        ('[experiment]\nmodel = "lenet-5"\nseed = -1\ndtype = "float16"\n[[stages]]\ntype = "evaluate"\n',
+         ["experiment.seed: expected an integer >= 0, got -1", "experiment.dtype: expected one of 'float32', 'float64'"]),
+        ('[experiment]\nmodel = "lenet-5"\n[[stages]]\ntype = "train"\nlr = "fast"\nepochs = 1.5\n',
+         ["stages[0].lr: expected a number > 0, got 'fast' (str)", "stages[0].epochs: expected an integer >= 1, got 1.5"]),
+        ('[experiment]\nmodel = "lenet-5"\n[[stages]]\ntype = "prune"\n',
+         ["stages[0].type: expected one of 'train', 'evaluate', got 'prune'"]),
+        ('[experiment]\nmodel = "lenet-5"\n', ["stages: expected a non-empty list"]),
+        ('[experiment]\nmodel = "lenet-5"\n[data]\nvalidation_size = 60000\n[[stages]]\ntype = "evaluate"\nx = 1\n',
+         ["data.validation_size: expected an integer in [0, 60000)", "stages[0].x: unknown key"]),
+        ('[experiment]\nmodel = "lenet-5"\n[[stages]]\ntype = "train"\nmomentum = true\n',
+         ["stages[0].momentum: expected a number in [0, 1), got True (bool)"]),
+        ('[experiment]\nmodel = "lenet-5"\n[extra]\n[[stages]]\ntype = "train"\n', ["extra: unknown section"]),
+        ('[experiment\nmodel = 1', ["not valid TOML"]),
+    ],
+)
+def test_bad_configs_are_refused_with_every_problem_named(tmp_path, text, messages):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    for m in messages:
+        assert m in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "none.toml")
+
+
+def test_repository_configs_are_valid():
+    paths = sorted((ROOT / "configs").glob("*.toml"))
+    assert paths
+    for path in paths:
+        load_config(path)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@pytest.mark.mnist
+def test_run_directory_contents_and_reports(tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    metrics = run_experiment(load_config(small_config(tmp_path, mnist_dir)), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.h5", "config.json", "figures", "log.jsonl",
+                                                     "metrics.json", "model.h5", "stages"]
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["01-train.h5", "02-finetune.h5", "03-evaluate.h5"]
+    assert (out / "figures" / "training.png").stat().st_size > 1000
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r.get("epoch") for r in log if "epoch" in r] == [1, 2, 3, 1, 2]
+    assert sum("result" in r for r in log) == 3
+    assert metrics["test_error"] == log[-1]["result"]["test_error"]
+    # the final model reproduces the reported test error
+    net = models.load(out / "model.h5")
+    from mpdref.runner import load_datasets
+
+    _, _, test = load_datasets(net.dtype, mnist_dir, 500, 1500, fetch=False)
+    assert net.error_rate(*test) == metrics["test_error"]
+    text = show_run(out)
+    assert "finetune" in text and f"{metrics['test_error']:.2%}" in text and "finished" in text
+    assert "small" in compare_runs([out])
+    with pytest.raises(RunDirectoryError, match="already holds a finished run"):
+        run_experiment(load_config(small_config(tmp_path, mnist_dir)), out, progress=False)
+    with pytest.raises(RunDirectoryError, match="already finished"):
+        resume_experiment(out, progress=False)
+
+
+def _weights(path):
+    net = models.load(path)
+    return {**net.params, **{f"mask:{k}": v for k, v in net.masks.items()}}
+
+
+def _epoch_records(out):
+    drop = {"seconds", "samples_per_second"}
+    return [{k: v for k, v in json.loads(line).items() if k not in drop}
+            for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, mnist_dir):
+    config_path = small_config(tmp_path, mnist_dir)
+    reference = tmp_path / "reference"
+    run_experiment(load_config(config_path), reference, progress=False)
+    expected_weights = _weights(reference / "model.h5")
+    expected_log = _epoch_records(reference)
+    total_lines = len(expected_log)
+    rng = np.random.default_rng(int(time.time()))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    resumed = 0
+    for trial, kill_after_lines in enumerate(sorted(rng.choice(total_lines, size=3, replace=False))):
+        out = tmp_path / f"killed{trial}"
+        proc = subprocess.Popen([sys.executable, "-m", "mpdref.cli", "run", str(config_path), "--out", str(out),
+                                 "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            log = out / "log.jsonl"
+            if log.exists() and log.read_bytes().count(b"\n") >= kill_after_lines:
+                time.sleep(rng.uniform(0, 0.3))  # land anywhere: mid-epoch, mid-checkpoint, mid-stage
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if (out / "metrics.json").exists():
+            continue  # finished before the kill: nothing to resume
+        resume_experiment(out, progress=False)
+        resumed += 1
+        got = _weights(out / "model.h5")
+        assert got.keys() == expected_weights.keys()
+        for k in got:
+            assert np.array_equal(got[k], expected_weights[k]), f"{k} differs after resume (trial {trial})"
+        assert _epoch_records(out) == expected_log
+        assert not list(out.glob(".*.tmp"))
+    assert resumed >= 1, "every run finished before it could be killed"
+
+
+def test_checkpoint_round_trip_restores_generators_and_velocity(tmp_path, rng):
+    net = models.build("deep-mnist", seed=4)
+    net.set_mask("fc2.weight", rng.random((10, 1024)) < 0.5)
+    velocity = {k: rng.standard_normal(v.shape).astype(v.dtype) * (net.masks.get(k, 1)) for k, v in net.params.items()}
+    shuffle = np.random.default_rng(9)
+    shuffle.random(5)
+    net.rng.random(17)
+    progress = {"config_digest": "abc", "stage_index": 1, "epochs_done": 2, "finished": False, "log_lines": 7,
+                "results": [{"stage": "train"}], "rng": {"dropout": net.rng.bit_generator.state,
+                                                        "shuffle": shuffle.bit_generator.state}}
+    write_checkpoint(tmp_path / "c.h5", net, velocity, progress)
+    state = read_checkpoint(tmp_path / "c.h5", "abc")
+    assert state["epochs_done"] == 2 and state["log_lines"] == 7 and state["results"] == [{"stage": "train"}]
+    assert np.array_equal(state["net"].rng.random(8), net.rng.random(8))  # the same dropout masks follow
+    restored = np.random.default_rng(0)
+    restored.bit_generator.state = state["rng"]["shuffle"]
+    assert np.array_equal(restored.permutation(100), shuffle.permutation(100))
+    for k in velocity:
+        assert np.array_equal(state["velocity"][k], velocity[k])
+    with pytest.raises(FormatError, match="another config"):
+        read_checkpoint(tmp_path / "c.h5", "other")
+    bad = dict(progress, rng={"dropout": {"bit_generator": "PCG64", "state": "x"}, "shuffle": None})
+    write_checkpoint(tmp_path / "d.h5", net, velocity, bad)
+    with pytest.raises(FormatError, match="generator states are malformed"):
+        read_checkpoint(tmp_path / "d.h5", "abc")
+    velocity["fc2.weight"][~net.masks["fc2.weight"]] = 1.0
+    write_checkpoint(tmp_path / "e.h5", net, velocity, progress)
+    with pytest.raises(FormatError, match="/velocity/fc2.weight is nonzero where"):
+        read_checkpoint(tmp_path / "e.h5", "abc")
+
+
+def test_unfinished_run_is_not_overwritten_without_force(tmp_path):
+    config = resolve_config({"experiment": {"model": "lenet-5"}, "stages": [{"type": "evaluate"}]})
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunDirectoryError, match="unfinished run"):
+        run_experiment(config, tmp_path, progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirectoryError, match="not a directory"):
+        run_experiment(config, tmp_path / "file", progress=False)
+    assert config_digest(config) == config_digest(json.loads(json.dumps(config)))
