@@ -273,8 +273,11 @@ def main(argv=None) -> int:
         return args.func(args)
     # DataError, FormatError, RunDirectoryError and bad recipe values are ValueErrors whose
     # message names the file or setting; OSError covers disk full and permissions.
-    except (ValueError, OSError, FloatingPointError) as e:
+    except (ValueError, FloatingPointError) as e:
         print(f"mpdref {args.command}: error: {e}", file=sys.stderr)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mpdref {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"mpdref {args.command}: interrupted", file=sys.stderr)
         return 130

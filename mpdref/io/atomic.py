@@ -12,12 +12,23 @@ import tempfile
 from pathlib import Path
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _reason(e: OSError) -> str:
+    if e.errno:
+        return os.strerror(e.errno)  # short and standard ("No space left on device"); h5py's own is pages long
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text if len(text) < 200 else text[:200] + "..."
 
 
 @contextlib.contextmanager
@@ -37,13 +48,18 @@ def atomic_write(path: str | os.PathLike):
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     except OSError as e:
-        raise OSError(f"{path}: cannot write in {parent}: {e.strerror or e}") from e
+        raise OSError(e.errno, f"{path}: cannot write in {parent}: {_reason(e)}") from None
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a finished file gets the usual permissions
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         _fsync_path(tmp)
         os.replace(tmp, path)
+    except OSError as e:  # disk full, quota, a file-size limit: one line that names the file
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(e.errno, f"{path}: could not write: {_reason(e)}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -16,6 +16,7 @@ temporary name and renamed (see :mod:`mpdref.io.atomic`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -41,8 +42,17 @@ def _digest_after_userblock(f, chunk: int = 1 << 20) -> str:
 def write_verified_hdf5(path):
     """Yield an h5py.File open for writing; on success seal it with its checksum and rename it."""
     with atomic_write(path) as tmp:
-        with h5py.File(tmp, "w", userblock_size=USERBLOCK_SIZE) as f:
+        f = h5py.File(tmp, "w", userblock_size=USERBLOCK_SIZE)
+        try:
             yield f
+        except BaseException:
+            with contextlib.suppress(Exception):  # closing a half-written file fails too; keep the first error
+                f.close()
+            raise
+        try:
+            f.close()
+        except (RuntimeError, OSError) as e:  # the final flush can fail (disk full)
+            raise OSError(getattr(e, "errno", None) or errno.EIO, f"HDF5 could not finish the file: {e}") from None
         with open(tmp, "r+b") as raw:
             digest = _digest_after_userblock(raw)
             length = os.fstat(raw.fileno()).st_size

@@ -1,0 +1,102 @@
+"""Fuzz mpdref's file readers: >= 100,000 damaged IDX files, model files and checkpoints.
+
+    python benchmarks/fuzz_formats.py [--cases 100000] [--workers 2] [--seconds 10]
+
+Each case takes a valid file written by mpdref, damages it (bit flips, byte and run
+overwrites, truncation, extension, deleted or duplicated runs, splices of two files,
+zeroed runs; one to three at a time) and loads it with the matching reader under a
+time limit. Allowed: a correct load, or the reader's documented error (DataError,
+FormatError). Counted separately, and failing the run: any other exception, a hang
+(time limit), a crashed worker process. Cases are reproducible from (kind, seed).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("idx", "model", "checkpoint")
+_SAMPLES = None
+
+
+def run_chunk(kind: str, seeds: range, seconds: float) -> dict:
+    from mpdref.fuzzing import CaseTimeout, load_outcome, mutate, sample_files
+
+    global _SAMPLES
+    work = Path(tempfile.mkdtemp(prefix="mpdref-fuzz-"))
+    if _SAMPLES is None:
+        _SAMPLES = sample_files(work)
+    counts = collections.Counter()
+    failures = []
+    for seed in seeds:
+        rng = np.random.default_rng([seed, KINDS.index(kind)])
+        which = int(rng.integers(len(_SAMPLES[kind])))
+        suffix, data = _SAMPLES[kind][which]
+        other = _SAMPLES[kind][(which + 1) % len(_SAMPLES[kind])][1]
+        applied = []
+        for _ in range(int(rng.integers(1, 4))):
+            mutation, data = mutate(data, rng, other)
+            applied.append(mutation)
+        path = work / f"case{suffix}"
+        path.write_bytes(data)
+        try:
+            counts[load_outcome(kind, path, seconds)] += 1
+        except CaseTimeout:
+            counts["hang"] += 1
+            failures.append((kind, seed, applied, "hang"))
+        except Exception:  # noqa: BLE001 - exactly what this benchmark is looking for
+            counts["unexpected"] += 1
+            failures.append((kind, seed, applied, traceback.format_exc(limit=3)))
+    return {"kind": kind, "counts": counts, "failures": failures[:5]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", type=int, default=100_000, help="total cases, split evenly over the three kinds")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=10.0, help="time limit per case")
+    p.add_argument("--chunk", type=int, default=2000)
+    args = p.parse_args()
+
+    started = time.perf_counter()
+    per_kind = args.cases // len(KINDS)
+    jobs = [(kind, range(start, min(start + args.chunk, per_kind)))
+            for kind in KINDS for start in range(0, per_kind, args.chunk)]
+    totals = {kind: collections.Counter() for kind in KINDS}
+    failures = []
+    crashed = 0
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(run_chunk, kind, seeds, args.seconds) for kind, seeds in jobs]
+        for (kind, seeds), future in zip(jobs, futures):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                crashed += 1
+                failures.append((kind, seeds.start, [], "worker process crashed in this chunk"))
+                continue
+            totals[kind].update(result["counts"])
+            failures += result["failures"]
+    seconds = time.perf_counter() - started
+
+    print(f"{'format':<12}{'cases':>9}{'loaded':>9}{'rejected':>10}{'unexpected':>12}{'hangs':>7}")
+    for kind in KINDS:
+        c = totals[kind]
+        print(f"{kind:<12}{sum(c.values()):>9}{c['loaded']:>9}{c['rejected']:>10}{c['unexpected']:>12}{c['hang']:>7}")
+    total = sum(sum(c.values()) for c in totals.values())
+    print(f"{total} cases in {seconds:.0f} s, {crashed} crashed worker chunks")
+    for kind, seed, applied, what in failures[:10]:
+        print(f"FAIL {kind} seed {seed} {applied}:\n{what}")
+    bad = crashed + sum(c["unexpected"] + c["hang"] for c in totals.values())
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
