@@ -95,6 +95,7 @@ def plot_training_curves(out) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     x = list(range(1, len(epochs) + 1))
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
@@ -107,7 +108,10 @@ def plot_training_curves(out) -> Path | None:
             ax_err.plot(x, [100 * r[key] for r in epochs], label=label)
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("error (%)")
-    ax_err.set_ylim(bottom=0)
+    ax_err.set_yscale("log")  # the differences that matter are tenths of a percent
+    for ax in (ax_loss, ax_err):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, which="both", alpha=0.3)
     for i in range(1, len(epochs)):
         if epochs[i]["stage_index"] != epochs[i - 1]["stage_index"]:
             for ax in (ax_loss, ax_err):
