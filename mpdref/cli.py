@@ -138,15 +138,15 @@ def _training_config(model, stage, seed=0, dtype="float32", data_root=None, val_
 
 
 def _report(metrics, out) -> None:
-    from mpdref.runner.report import format_table
+    from mpdref.runner.report import percent, format_table
 
     paper = PAPER_DENSE_ERROR.get(metrics["model"])
     stage = metrics["stages"][0]
     print(format_table(
         ("network", "parameters", "epochs", "train time", "val error", "test error", "paper (dense)"),
         [(metrics["model"], f"{metrics['parameters']:,}", stage.get("epochs", "-"),
-          f"{metrics['train_seconds']:.0f} s", _pct(metrics["val_error"]), _pct(metrics["test_error"]),
-          _pct(paper))]))
+          f"{metrics['train_seconds']:.0f} s", percent(metrics["val_error"]), percent(metrics["test_error"]),
+          percent(paper))]))
     print(f"run directory: {out}")
 
 
@@ -257,10 +257,6 @@ def _kept_fraction(net):
     if not net.masks:
         return None
     return sum(int(m.sum()) for m in net.masks.values()) / sum(m.size for m in net.masks.values())
-
-
-def _pct(v):
-    return "-" if v is None else f"{v:.2%}"
 
 
 def main(argv=None) -> int:

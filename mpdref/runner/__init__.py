@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from mpdref import data, models
-from mpdref.io import FormatError
 from mpdref.io.atomic import write_bytes_atomic
 from mpdref.runner import stages as _stages  # noqa: F401  (registers the core stages)
 from mpdref.runner.checkpoint import read_checkpoint, write_checkpoint
@@ -168,7 +167,7 @@ def _truncate_log(path: Path, keep: int) -> None:
     """Keep the first `keep` lines: those the checkpoint accounts for (later ones will be written again)."""
     complete = path.read_bytes().split(b"\n")[:-1] if path.exists() else []  # a torn last line is dropped
     if len(complete) < keep:
-        raise FormatError(f"{path}: has {len(complete)} lines, fewer than its checkpoint accounts for ({keep})")
+        raise RunDirectoryError(f"{path}: has {len(complete)} lines, fewer than its checkpoint accounts for ({keep})")
     write_bytes_atomic(path, b"".join(line + b"\n" for line in complete[:keep]))
 
 

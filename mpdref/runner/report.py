@@ -19,7 +19,7 @@ def read_log(out) -> list[dict]:
     return records
 
 
-def _pct(v):
+def percent(v):
     return "-" if v is None else f"{v:.2%}"
 
 
@@ -57,13 +57,13 @@ def show_run(out) -> str:
         rows.append((i + 1, stage["name"], stage["type"],
                      f"{len(epochs)}/{stage['epochs']}" if "epochs" in stage else "-",
                      f"{last['train_loss']:.4f}" if "train_loss" in last else "-",
-                     _pct((result or last).get("val_error")), _pct((result or last).get("test_error")),
+                     percent((result or last).get("val_error")), percent((result or last).get("test_error")),
                      f"{sum(r['seconds'] for r in epochs):.0f} s" if epochs else "-",
                      "done" if result is not None else ("running" if epochs else "pending")))
     lines.append(format_table(("#", "stage", "type", "epochs", "train loss", "val error", "test error", "time",
                                "state"), rows))
     if metrics is not None:
-        lines += ["", f"final: test error {_pct(metrics['test_error'])}, val error {_pct(metrics['val_error'])}, "
+        lines += ["", f"final: test error {percent(metrics['test_error'])}, val error {percent(metrics['val_error'])}, "
                       f"{metrics['parameters']:,} parameters"]
     return "\n".join(lines)
 
@@ -78,7 +78,7 @@ def compare_runs(outs) -> str:
         status, metrics = _status(out)
         e = config["experiment"]
         rows.append((str(out), e["name"], e["model"], e["seed"], " > ".join(s["name"] for s in config["stages"]),
-                     _pct(metrics["val_error"]) if metrics else "-", _pct(metrics["test_error"]) if metrics else "-",
+                     percent(metrics["val_error"]) if metrics else "-", percent(metrics["test_error"]) if metrics else "-",
                      f"{metrics['train_seconds']:.0f} s" if metrics else "-", status.split(" ")[0]))
     return format_table(("run", "name", "network", "seed", "stages", "val error", "test error", "train time",
                          "status"), rows)
