@@ -70,3 +70,20 @@ def test_block_diagonal_matmul_equals_the_masked_dense_product(dtype, rng):
     np.testing.assert_allclose(y, dense[:, m.row_perm], rtol=1e-5 if dtype == np.float32 else 1e-12)
     with pytest.raises(ValueError, match="columns"):
         block_diagonal_matmul(m.blocks(w), x[:, :50])
+
+
+@pytest.mark.parametrize("rows, cols, k, n", [(37, 53, 5, 4), (8, 8, 8, 1), (64, 33, 3, 17), (5, 40, 1, 2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_kernel_equals_the_numpy_reference(rows, cols, k, n, dtype, rng):
+    from mpdref.kernels.blockdiag import block_diagonal_matmul_permuted, pack_blocks
+
+    m = mpd_mask(rows, cols, k, rng)
+    w = (rng.standard_normal((rows, cols)) * m.mask).astype(dtype)
+    x = rng.standard_normal((n, cols)).astype(dtype)
+    flat, offsets = pack_blocks(m.blocks(w), dtype)
+    y = block_diagonal_matmul_permuted(flat, offsets, m.row_bounds, m.col_bounds, m.row_perm, m.col_perm, x)
+    reference = np.empty((n, rows), dtype)
+    reference[:, m.row_perm] = block_diagonal_matmul(m.blocks(w), x[:, m.col_perm])
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, reference, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    np.testing.assert_allclose(y, x @ w.T, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5)
