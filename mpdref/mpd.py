@@ -146,3 +146,178 @@ def block_diagonal_matmul(blocks: list[np.ndarray], x: np.ndarray) -> np.ndarray
         out.append(x[:, start : start + block.shape[1]] @ block.T)  # (N, r_b)
         start += block.shape[1]
     return np.concatenate(out, axis=1)
+
+
+# ----------------------------------------------------------------------------- layers and storage
+
+
+def channel_mask(weight_shape: tuple[int, ...], structure: MPDMask) -> np.ndarray:
+    """The 0/1 mask of a weight from its (rows, cols) structure.
+
+    Dense (out, in): the mask itself. Conv (F, C, KH, KW): the mask over
+    (output, input) channel pairs, each kept pair keeping its whole kernel, so
+    that after permutation the layer is a grouped convolution.
+    """
+    if len(weight_shape) == 2:
+        return structure.mask.copy()
+    return np.broadcast_to(structure.mask[:, :, None, None], weight_shape).copy()
+
+
+def weight_structure(mask: np.ndarray) -> MPDMask:
+    """`block_structure` of a dense or conv weight's mask (conv: over channel pairs)."""
+    mask = np.asarray(mask)
+    if mask.ndim == 4:
+        pairs = mask[:, :, 0, 0]
+        if not np.array_equal(np.broadcast_to(pairs[:, :, None, None], mask.shape), mask):
+            raise ValueError("a conv mask must keep or drop whole kernels (one value per channel pair)")
+        mask = pairs
+    return block_structure(mask)
+
+
+def index_bits(n: int) -> int:
+    """Bits of one index into n items: ceil(log2 n), at least 1."""
+    return max(1, int(np.ceil(np.log2(n)))) if n > 1 else 1
+
+
+def layer_storage_bits(weight_shape: tuple[int, ...], k: int | None, bias_size: int) -> dict:
+    """Stored bits of one layer: dense (k None) or MPD with k blocks.
+
+    MPD: the kept weights (the blocks) in float32, the bias in float32, both
+    permutations at ceil(log2 n) bits per index, and the k - 1 inner boundaries
+    of each dimension at ceil(log2 (n + 1)) bits each.
+    """
+    rows, cols = weight_shape[0], weight_shape[1]
+    kernel = int(np.prod(weight_shape[2:], dtype=np.int64)) if len(weight_shape) > 2 else 1
+    if k is None:
+        return {"weights": rows * cols * kernel * 32, "bias": bias_size * 32, "permutations": 0, "boundaries": 0}
+    row_sizes, col_sizes = np.diff(split_bounds(rows, k)), np.diff(split_bounds(cols, k))
+    kept = int(np.sum(row_sizes * col_sizes)) * kernel
+    return {"weights": kept * 32, "bias": bias_size * 32,
+            "permutations": rows * index_bits(rows) + cols * index_bits(cols),
+            "boundaries": (k - 1) * (index_bits(rows + 1) + index_bits(cols + 1))}
+
+
+def storage_table(shapes: dict[str, tuple[int, ...]], ks: dict[str, int]) -> dict:
+    """Per-layer and total stored bits of a network whose weights `ks` are MPD-masked.
+
+    `shapes`: parameter name -> shape (weights and biases). Returns
+    {"layers": {weight: {..bits..}}, "stored_bits", "dense_bits", "ratio"}.
+    """
+    layers = {}
+    for name, shape in shapes.items():
+        if not name.endswith(".weight"):
+            continue
+        bias = shapes.get(name[: -len("weight")] + "bias", (0,))
+        layers[name] = layer_storage_bits(shape, ks.get(name), int(np.prod(bias)))
+    dense = 32 * sum(int(np.prod(s)) for s in shapes.values())
+    stored = sum(sum(v.values()) for v in layers.values())
+    return {"layers": layers, "stored_bits": stored, "dense_bits": dense, "ratio": dense / stored}
+
+
+def choose_k(shapes: dict[str, tuple[int, ...]], layers: list[str], ratio: float) -> dict[str, int]:
+    """The smallest common k for `layers` (capped per layer at its smaller dimension) that stores
+    the network at least `ratio` times smaller than dense float32; ValueError if none does."""
+    for k in range(1, max(min(shapes[n][:2]) for n in layers) + 1):
+        ks = {n: min(k, *shapes[n][:2]) for n in layers}
+        if storage_table(shapes, ks)["ratio"] >= ratio:
+            return ks
+    best = storage_table(shapes, {n: min(shapes[n][:2]) for n in layers})["ratio"]
+    raise ValueError(f"no k reaches {ratio}x on layers {layers}: the most is {best:.2f}x; mask more layers")
+
+
+# ----------------------------------------------------------------------------- the pipeline stage
+
+from mpdref.runner.config import Option  # noqa: E402  (the stage plugs into the runner's registry)
+from mpdref.runner.registry import Stage, register  # noqa: E402
+
+
+@register
+class MPDStage(Stage):
+    """Mask chosen weights with random permuted block-diagonal masks; the next train stage trains under them."""
+
+    type = "mpd"
+    description = "apply MPD masks (k blocks per layer, or k chosen to reach a compression ratio)"
+    options = {
+        "layers": Option(list, [], accepted="a list of weight names, e.g. [\"fc1.weight\"] (empty: all weights)"),
+        "ratio": Option(float, None, check=lambda v: v > 1, accepted="a number > 1: choose k to reach it"),
+        "k": Option(dict, None, accepted="a table of weight name = number of blocks"),
+        "k_all": Option(int, None, check=lambda v: v >= 1, accepted="an integer >= 1: the same k for every "
+                        "listed layer, capped at the layer's smaller dimension"),
+        "rescale": Option(str, "auto", choices=("auto", "yes", "no"),
+                          help="scale the kept weights by sqrt(fan-in / kept fan-in), so a masked layer starts "
+                               "with the variance of a dense layer of its true fan-in; auto: yes unless an "
+                               "earlier stage trained the network"),
+    }
+
+    @classmethod
+    def check(cls, settings, model):
+        from mpdref.models import parameter_shapes
+
+        shapes = parameter_shapes(model)
+        weights = [n for n in shapes if n.endswith(".weight")]
+        problems = [f"layers: {n!r} is not a weight of {model} (weights: {', '.join(weights)})"
+                    for n in settings["layers"] if n not in weights]
+        if sum(settings[key] is not None for key in ("ratio", "k", "k_all")) != 1:
+            problems.append("give exactly one of ratio, k and k_all")
+        for name, k in (settings["k"] or {}).items():
+            if name not in weights:
+                problems.append(f"k: {name!r} is not a weight of {model} (weights: {', '.join(weights)})")
+            elif not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= min(shapes[name][:2])):
+                problems.append(f"k.{name}: expected an integer in [1, {min(shapes[name][:2])}], got {k!r}")
+        return problems
+
+    def run(self, ctx, settings, resume):
+        import sys
+
+        net = ctx.net
+        shapes = net.parameter_shapes()
+        layers = settings["layers"] or net.weight_names()
+        if settings["k"]:
+            ks = dict(settings["k"])
+        elif settings["k_all"]:
+            ks = {n: min(settings["k_all"], *shapes[n][:2]) for n in layers}
+        else:
+            ks = choose_k(shapes, layers, settings["ratio"])
+        rng = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(2, ctx.stage_index)))
+        rescale = settings["rescale"] == "yes" or (
+            settings["rescale"] == "auto"
+            and not any(s["type"] == "train" for s in ctx.config["stages"][: ctx.stage_index]))
+        structures = {}
+        for name, k in ks.items():
+            structures[name] = mpd_mask(shapes[name][0], shapes[name][1], k, rng)
+            if rescale:
+                # PyTorch's init draws from U(±1/sqrt(fan-in)); a row of block b sees cols_b of the cols.
+                kept_fan_in = np.diff(structures[name].col_bounds).min()
+                net.params[name] *= net.dtype.type(np.sqrt(shapes[name][1] / kept_fan_in))
+            net.set_mask(name, channel_mask(shapes[name], structures[name]))
+        table = storage_table(shapes, ks)
+        print(f"mpd: k = {ks}; stored {table['stored_bits']:,} bits against {table['dense_bits']:,} dense: "
+              f"{table['ratio']:.2f}x", file=sys.stderr)
+        plot_masks(structures, ctx.out / "figures" / "mpd-masks.png")
+        return {"k": ks, "rescaled": rescale, "stored_bits": table["stored_bits"],
+                "dense_bits": table["dense_bits"], "ratio": table["ratio"]}
+
+
+def plot_masks(structures: dict[str, MPDMask], target) -> None:
+    """Spy plots of each mask before and after permutation (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mpdref.io.atomic import atomic_write
+
+    fig, axes = plt.subplots(2, len(structures), figsize=(3.2 * len(structures), 6.2), squeeze=False,
+                             constrained_layout=True)
+    for col, (name, m) in enumerate(structures.items()):
+        for row, (title, img) in enumerate((("as trained", m.mask),
+                                            ("permuted", m.mask[np.ix_(m.row_perm, m.col_perm)]))):
+            ax = axes[row, col]
+            ax.imshow(img, cmap="Greys", interpolation="nearest", aspect="auto")
+            ax.set_title(f"{name} (k={m.k}), {title}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)

@@ -87,3 +87,101 @@ def test_numba_kernel_equals_the_numpy_reference(rows, cols, k, n, dtype, rng):
     assert y.dtype == dtype
     np.testing.assert_allclose(y, reference, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
     np.testing.assert_allclose(y, x @ w.T, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- storage and the stage
+
+from mpdref import models  # noqa: E402
+from mpdref.mpd import (channel_mask, choose_k, index_bits, layer_storage_bits, storage_table,  # noqa: E402
+                        weight_structure)
+
+
+def test_layer_storage_bits_by_hand():
+    bits = layer_storage_bits((300, 784), 10, 300)
+    # blocks: rows 30 each; columns 4 blocks of 79 and 6 of 78 -> 30·(4·79 + 6·78) = 23,520 kept weights
+    assert bits == {"weights": 23_520 * 32, "bias": 300 * 32, "permutations": 300 * 9 + 784 * 10,
+                    "boundaries": 9 * (9 + 10)}
+    assert layer_storage_bits((20, 1, 5, 5), None, 20) == {"weights": 500 * 32, "bias": 640, "permutations": 0,
+                                                          "boundaries": 0}
+    assert [index_bits(n) for n in (1, 2, 3, 784, 1024, 1025)] == [1, 1, 2, 10, 10, 11]
+
+
+def test_choose_k_is_the_smallest_k_reaching_the_ratio():
+    shapes = models.parameter_shapes("lenet-300-100")
+    layers = ["fc1.weight", "fc2.weight", "fc3.weight"]
+    ks = choose_k(shapes, layers, 10.0)
+    assert ks == {"fc1.weight": 11, "fc2.weight": 11, "fc3.weight": 10}
+    assert storage_table(shapes, ks)["ratio"] >= 10.0
+    assert storage_table(shapes, {n: min(10, *shapes[n][:2]) for n in layers})["ratio"] < 10.0
+    with pytest.raises(ValueError, match="no k reaches"):
+        choose_k(shapes, ["fc3.weight"], 2.0)
+
+
+def test_storage_table_recomputed_independently_from_a_saved_model(tmp_path, rng):
+    net = models.build("lenet-5")
+    ks = {"conv2.weight": 5, "fc1.weight": 25, "fc2.weight": 10}
+    for name, k in ks.items():
+        shape = net.params[name].shape
+        net.set_mask(name, channel_mask(shape, mpd_mask(shape[0], shape[1], k, rng)))
+    models.save(net, tmp_path / "m.h5")
+    back = models.load(tmp_path / "m.h5")
+    stored = 0
+    for name, value in back.params.items():
+        if name in back.masks:
+            m = weight_structure(back.masks[name])  # the structure from the bare mask in the file
+            assert m.k == ks[name]
+            rows, cols = value.shape[:2]
+            stored += 32 * int(back.masks[name].sum())  # kept weights, counted from the mask itself
+            stored += rows * int(np.ceil(np.log2(rows))) + cols * int(np.ceil(np.log2(cols)))
+            stored += (m.k - 1) * (int(np.ceil(np.log2(rows + 1))) + int(np.ceil(np.log2(cols + 1))))
+        else:
+            stored += 32 * value.size
+    table = storage_table(back.parameter_shapes(), ks)
+    assert table["stored_bits"] == stored
+    assert table["dense_bits"] == 32 * 431_080
+
+
+def test_conv_masks_keep_whole_kernels(rng):
+    m = mpd_mask(50, 20, 4, rng)
+    mask = channel_mask((50, 20, 5, 5), m)
+    assert mask.shape == (50, 20, 5, 5) and np.all(mask == m.mask[:, :, None, None])
+    assert _block_sets(weight_structure(mask)) == _block_sets(m)
+    mask[0, 0, 0, 0] = not mask[0, 0, 0, 0]
+    with pytest.raises(ValueError, match="whole kernels"):
+        weight_structure(mask)
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"type": "mpd", "ratio": 10.0, "k": {"fc1.weight": 2}}, "exactly one of ratio, k and k_all"),
+    ({"type": "mpd"}, "exactly one of ratio, k and k_all"),
+    ({"type": "mpd", "k": {"fc9.weight": 2}}, "'fc9.weight' is not a weight of lenet-300-100"),
+    ({"type": "mpd", "k": {"fc3.weight": 11}}, "k.fc3.weight: expected an integer in [1, 10]"),
+    ({"type": "mpd", "ratio": 0.5}, "ratio: expected a number > 1"),
+    ({"type": "mpd", "k_all": 4, "layers": ["fc1.bias"]}, "'fc1.bias' is not a weight"),
+])
+def test_mpd_stage_config_checks(stage, message):
+    from mpdref.runner.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError) as info:
+        resolve_config({"experiment": {"model": "lenet-300-100"}, "stages": [stage]})
+    assert message in str(info.value)
+
+
+@pytest.mark.mnist
+def test_mpd_pipeline_trains_under_recoverable_masks(tmp_path, mnist_dir):
+    from mpdref.runner import run_experiment
+    from mpdref.runner.config import resolve_config
+
+    config = resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 1},
+        "data": {"root": str(mnist_dir), "train_limit": 2000, "validation_size": 500},
+        "stages": [{"type": "mpd", "ratio": 10.0}, {"type": "train", "epochs": 2}]})
+    metrics = run_experiment(config, tmp_path / "run", progress=False)
+    assert metrics["stages"][0]["ratio"] >= 10.0 and metrics["stages"][0]["rescaled"] is True
+    assert metrics["test_error"] < 0.5  # trains (chance is 0.9)
+    net = models.load(tmp_path / "run" / "model.h5")
+    for name, k in metrics["stages"][0]["k"].items():
+        m = weight_structure(net.masks[name])
+        assert m.k == k
+        assert np.all(net.params[name][~net.masks[name]] == 0.0)
+    assert (tmp_path / "run" / "figures" / "mpd-masks.png").exists()

@@ -77,7 +77,7 @@ def test_config_defaults_are_filled_in(tmp_path):
         ('[experiment]\nmodel = "lenet-5"\n[[stages]]\ntype = "train"\nlr = "fast"\nepochs = 1.5\n',
          ["stages[0].lr: expected a number > 0, got 'fast' (str)", "stages[0].epochs: expected an integer >= 1, got 1.5"]),
         ('[experiment]\nmodel = "lenet-5"\n[[stages]]\ntype = "prune"\n',
-         ["stages[0].type: expected one of 'train', 'evaluate', got 'prune'"]),
+         ["stages[0].type: expected one of 'train', 'evaluate', 'mpd', got 'prune'"]),
         ('[experiment]\nmodel = "lenet-5"\n', ["stages: expected a non-empty list"]),
         ('[experiment]\nmodel = "lenet-5"\n[data]\nvalidation_size = 60000\n[[stages]]\ntype = "evaluate"\nx = 1\n',
          ["data.validation_size: expected an integer in [0, 60000)", "stages[0].x: unknown key"]),

@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 class Option:
     """One setting: its type, default (or REQUIRED), accepted values and a description."""
 
-    kind: type  # int, float, str, bool or list
+    kind: type  # int, float, str, bool, list or dict (a TOML table)
     default: Any = REQUIRED
     choices: tuple = ()
     check: Callable[[Any], bool] | None = None
@@ -58,6 +58,7 @@ class Option:
             str: isinstance(value, str),
             bool: isinstance(value, bool),
             list: isinstance(value, list),
+            dict: isinstance(value, dict),
         }[self.kind]
         if not kind_ok:
             problems.append(f"{path}: expected {self.describe()}, got {value!r} ({type(value).__name__})")
@@ -159,7 +160,7 @@ def resolve_config(raw: dict, source: str = "<config>", default_name: str = "exp
         before = len(problems)
         resolved = _validate_table(path, settings, stage_cls.options, problems, defaults)
         if len(problems) == before:
-            problems.extend(f"{path}: {problem}" for problem in stage_cls.check(resolved))
+            problems.extend(f"{path}: {problem}" for problem in stage_cls.check(resolved, model))
         stages.append({"type": stage_type, "name": name, **resolved})
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))

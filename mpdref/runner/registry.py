@@ -31,8 +31,8 @@ class Stage:
         return {}
 
     @classmethod
-    def check(cls, settings: dict) -> list[str]:
-        """Problems that involve several settings together."""
+    def check(cls, settings: dict, model: str) -> list[str]:
+        """Problems that involve several settings together, or the network."""
         return []
 
     def run(self, ctx, settings: dict, resume: dict | None) -> dict:

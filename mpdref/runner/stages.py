@@ -36,7 +36,7 @@ class TrainStage(Stage):
                 for k, v in vars(recipe).items() if k in cls.options}
 
     @classmethod
-    def check(cls, settings):
+    def check(cls, settings, model):
         try:
             Recipe(**{**settings, "milestones": tuple(settings.get("milestones", ()))})
         except (ValueError, TypeError) as e:
