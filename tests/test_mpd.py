@@ -185,3 +185,31 @@ def test_mpd_pipeline_trains_under_recoverable_masks(tmp_path, mnist_dir):
         assert m.k == k
         assert np.all(net.params[name][~net.masks[name]] == 0.0)
     assert (tmp_path / "run" / "figures" / "mpd-masks.png").exists()
+
+
+MPD_KS = {
+    "lenet-300-100": {"fc1.weight": 10, "fc2.weight": 7, "fc3.weight": 3},
+    "lenet-5": {"conv1.weight": 1, "conv2.weight": 4, "fc1.weight": 9},  # fc2 stays dense
+    "deep-mnist": {"conv2.weight": 8, "fc1.weight": 16, "fc2.weight": 5},
+}
+
+
+@pytest.mark.parametrize("name", list(MPD_KS))
+def test_block_form_logits_equal_the_masked_network(name, rng):
+    from mpdref.mpd import to_block_diagonal
+
+    net = models.build(name, np.float64, seed=2)
+    for layer, k in MPD_KS[name].items():
+        shape = net.params[layer].shape
+        net.set_mask(layer, channel_mask(shape, mpd_mask(shape[0], shape[1], k, rng)))
+    # bias too: it must follow its rows through the permutation
+    for k_ in net.params:
+        if k_.endswith(".bias"):
+            net.params[k_] = rng.standard_normal(net.params[k_].shape)
+    x = rng.standard_normal((5, 1, 28, 28))
+    block = to_block_diagonal(net)
+    expected = net.forward(x)
+    got = block.forward(x)
+    assert np.max(np.abs(got - expected)) <= 1e-12 * np.max(np.abs(expected))
+    assert block.stored_parameters() == sum(int(net.masks[k].sum()) if k in net.masks else v.size
+                                            for k, v in net.params.items())
