@@ -327,66 +327,167 @@ def plot_masks(structures: dict[str, MPDMask], target) -> None:
 
 
 class BlockLayer(NamedTuple):
-    """A dense or conv layer as k dense blocks.
+    """A dense or conv layer as k dense blocks, whose arrays live in BlockNetwork.params.
 
-    gather[j]: the position in the previous activation that block-ordered input j reads
-    (the previous layer's row permutation and this layer's column permutation, composed).
-    Output position i of this layer holds the original output unit ``row_perm[i]``.
+    ``{name}.block{b}.weight`` (r_b, c_b) or (r_b, c_b, KH, KW), and ``{name}.bias`` (rows,)
+    in block order. gather[j]: the position in the previous activation that block-ordered
+    input j reads (the previous layer's row permutation and this layer's column
+    permutation, composed). Output position i holds the original unit ``row_perm[i]``.
     """
 
+    name: str
     kind: str  # "dense" or "conv"
-    blocks: list  # (r_b, c_b) or (r_b, c_b, KH, KW)
-    bias: np.ndarray  # (rows,), block order
-    gather: np.ndarray  # int64 (cols,)
+    k: int
+    gather: np.ndarray  # int64 (cols,), a permutation of the previous activation's positions
     stride: int = 1
     padding: int = 0
 
+    def block_names(self):
+        return [f"{self.name}.block{b}.weight" for b in range(self.k)]
+
 
 class BlockNetwork:
-    """An MPD-masked network in block-diagonal form (see `to_block_diagonal`)."""
+    """An MPD network in block-diagonal form: inference and training on the blocks alone.
 
-    def __init__(self, name, steps, output_order):
+    It offers what `mpdref.train.fit` and `SGD` use (params, masks, rng, dtype,
+    loss_grads_and_logits, error_rate), so it trains with the same loop; weight
+    decay reaches the blocks (names end in ``.weight``) and not the biases.
+    """
+
+    def __init__(self, name, dtype, steps, params, output_order, rng):
         self.name = name
+        self.dtype = np.dtype(dtype)
         self.steps = steps  # BlockLayer, or a parameter-free layer of mpdref.models
+        self.params = params
+        self.masks: dict = {}  # nothing is masked: the zeros are not stored at all
         self.output_order = output_order  # logits[:, output_order[i]] = block-ordered logit i
+        self.rng = rng
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """x (N, 1, 28, 28) -> logits (N, 10), equal to the masked network's (NumPy reference)."""
+    def _layer_forward(self, step, x):
         from mpdref import ops
 
+        xg = x[:, step.gather]  # the one permutation per layer boundary (fused in the kernels)
+        blocks = [self.params[n] for n in step.block_names()]
+        bias = self.params[f"{step.name}.bias"]
+        outs, caches, start, row = [], [], 0, 0
+        for block in blocks:
+            r_b, c_b = block.shape[:2]
+            if step.kind == "dense":
+                y, cache = ops.dense_forward(xg[:, start : start + c_b], block, bias[row : row + r_b])
+            else:  # a grouped convolution with unequal groups
+                y, cache = ops.conv2d_forward(np.ascontiguousarray(xg[:, start : start + c_b]), block,
+                                              bias[row : row + r_b], step.stride, step.padding)
+            outs.append(y)
+            caches.append(cache)
+            start, row = start + c_b, row + r_b
+        return np.concatenate(outs, axis=1), caches
+
+    def _layer_backward(self, step, dout, caches, need_dx):
+        from mpdref import ops
+
+        backward = ops.dense_backward if step.kind == "dense" else ops.conv2d_backward
+        grads, dxs, row = {}, [], 0
+        bias_grads = []
+        for name, cache in zip(step.block_names(), caches):
+            r_b = self.params[name].shape[0]
+            dx_b, dw, db = backward(np.ascontiguousarray(dout[:, row : row + r_b]), cache, need_dx)
+            grads[name] = dw
+            bias_grads.append(db)
+            dxs.append(dx_b)
+            row += r_b
+        grads[f"{step.name}.bias"] = np.concatenate(bias_grads)
+        if not need_dx:
+            return None, grads
+        dxg = np.concatenate(dxs, axis=1)
+        dx = np.empty_like(dxg)
+        dx[:, step.gather] = dxg  # gather is a permutation: its adjoint is this scatter
+        return dx, grads
+
+    def _run(self, x, train):
+        caches = []
         for step in self.steps:
             if isinstance(step, BlockLayer):
-                xg = x[:, step.gather]  # the one permutation per layer boundary (fused in the kernels)
-                if step.kind == "dense":
-                    x = block_diagonal_matmul(step.blocks, xg) + step.bias
-                else:
-                    outs, start, row = [], 0, 0
-                    for block in step.blocks:  # a grouped convolution with unequal groups
-                        r_b, c_b = block.shape[:2]
-                        y, _ = ops.conv2d_forward(xg[:, start : start + c_b], block, step.bias[row : row + r_b],
-                                                  step.stride, step.padding)
-                        outs.append(y)
-                        start, row = start + c_b, row + r_b
-                    x = np.concatenate(outs, axis=1)
+                x, cache = self._layer_forward(step, x)
             else:
-                x, _ = step.forward({}, x, False, None)
-        logits = np.empty_like(x)
-        logits[:, self.output_order] = x  # the one scatter, back to the classes' order
+                x, cache = step.forward({}, x, train, self.rng)
+            caches.append(cache)
+        return x, caches
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """x (N, 1, 28, 28) -> logits (N, 10), equal to the masked network's."""
+        z, _ = self._run(x, train)
+        logits = np.empty_like(z)
+        logits[:, self.output_order] = z  # the one scatter, back to the classes' order
         return logits
 
+    def loss_grads_and_logits(self, x, y, train: bool = True):
+        from mpdref import ops
+
+        z, caches = self._run(x, train)
+        # The loss is invariant to the order of the logits: compare block-ordered logits with
+        # block-ordered labels instead of scattering every batch.
+        position = np.empty_like(self.output_order)
+        position[self.output_order] = np.arange(len(self.output_order))
+        loss, loss_cache = ops.softmax_cross_entropy_forward(z, position[y])
+        dout = ops.softmax_cross_entropy_backward(1.0, loss_cache)
+        grads = {}
+        first = next(i for i, s in enumerate(self.steps) if isinstance(s, BlockLayer))
+        for i in range(len(self.steps) - 1, first - 1, -1):
+            step = self.steps[i]
+            if isinstance(step, BlockLayer):
+                dout, g = self._layer_backward(step, dout, caches[i], need_dx=i > first)
+                grads.update(g)
+            else:
+                dout, _ = step.backward(dout, caches[i], True)
+        logits = np.empty_like(z)
+        logits[:, self.output_order] = z
+        return loss, {k: grads[k] for k in self.params}, logits
+
+    def predict(self, x, batch_size: int = 1000):
+        out = np.empty(len(x), dtype=np.int64)
+        for start in range(0, len(x), batch_size):
+            out[start : start + batch_size] = self.forward(x[start : start + batch_size]).argmax(axis=1)
+        return out
+
+    def error_rate(self, x, y, batch_size: int = 1000) -> float:
+        return float(np.mean(self.predict(x, batch_size) != y)) if len(x) else float("nan")
+
     def stored_parameters(self) -> int:
-        return sum(sum(b.size for b in s.blocks) + s.bias.size for s in self.steps if isinstance(s, BlockLayer))
+        return sum(v.size for v in self.params.values())
+
+    def to_masked(self, net) -> None:
+        """Write the blocks back into the masked dense network `net` (the inverse of to_block_diagonal)."""
+        for step in self.steps:
+            if not isinstance(step, BlockLayer):
+                continue
+            weight = f"{step.name}.weight"
+            s = _structure_of(net, weight)
+            w = np.zeros_like(net.params[weight])
+            for b, name in enumerate(step.block_names()):
+                w[np.ix_(s.block_rows(b), s.block_cols(b))] = self.params[name]
+            net.params[weight] = w
+            bias = np.empty_like(net.params[f"{step.name}.bias"])
+            bias[s.row_perm] = self.params[f"{step.name}.bias"]
+            net.params[f"{step.name}.bias"] = bias
 
 
-def to_block_diagonal(net) -> "BlockNetwork":
-    """Convert a trained MPD-masked network into block-diagonal form.
+def _structure_of(net, weight: str) -> MPDMask:
+    mask = net.masks.get(weight)
+    if mask is not None:
+        return weight_structure(mask)
+    rows, cols = net.params[weight].shape[:2]
+    return MPDMask(None, np.arange(rows), np.arange(cols), np.array([0, rows]), np.array([0, cols]))
+
+
+def to_block_diagonal(net) -> BlockNetwork:
+    """Convert an MPD-masked network into block-diagonal form.
 
     Each masked weight becomes its k dense blocks (an unmasked weight is one
     block); the permutations of consecutive layers are composed into one gather
-    index per layer, since ReLU, max-pooling, dropout (off at inference) and the
-    bias commute with a permutation of units or channels. Flattening turns a
-    channel order into a feature order. The result's logits equal the masked
-    network's (the tests hold them to 1e-12 relative in float64).
+    index per layer, since ReLU, max-pooling, dropout and the bias commute with
+    a permutation of units or channels. Flattening turns a channel order into a
+    feature order. The result's logits equal the masked network's (the tests
+    hold them to 1e-12 relative in float64), and it trains like it.
     """
     from mpdref import models
 
@@ -396,7 +497,7 @@ def to_block_diagonal(net) -> "BlockNetwork":
         x, _ = layer.forward(net.params, x, False, None)
         shapes.append(x.shape[1:])
     origin = np.arange(models.INPUT_SHAPE[0])  # position -> original channel (or feature) it holds
-    steps = []
+    steps, params = [], {}
     prev_shape = models.INPUT_SHAPE
     for layer, shape in zip(net.layers, shapes):
         if isinstance(layer, models.Flatten):
@@ -404,23 +505,20 @@ def to_block_diagonal(net) -> "BlockNetwork":
             origin = (origin[:, None] * spatial + np.arange(spatial)[None, :]).ravel()
             steps.append(layer)
         elif isinstance(layer, (models.Dense, models.Conv2d)):
-            w = net.params[f"{layer.name}.weight"]
-            b = net.params[f"{layer.name}.bias"]
-            mask = net.masks.get(f"{layer.name}.weight")
-            if mask is not None:
-                s = weight_structure(mask)
-            else:
-                s = MPDMask(None, np.arange(w.shape[0]), np.arange(w.shape[1]),
-                            np.array([0, w.shape[0]]), np.array([0, w.shape[1]]))
+            weight = f"{layer.name}.weight"
+            s = _structure_of(net, weight)
             position = np.empty_like(origin)
             position[origin] = np.arange(len(origin))
-            kind = "dense" if isinstance(layer, models.Dense) else "conv"
-            steps.append(BlockLayer(kind, [np.ascontiguousarray(blk) for blk in s.blocks(w)], b[s.row_perm].copy(),
-                                    position[s.col_perm], getattr(layer, "stride", 1), getattr(layer, "padding", 0)))
+            step = BlockLayer(layer.name, "dense" if isinstance(layer, models.Dense) else "conv", s.k,
+                              position[s.col_perm], getattr(layer, "stride", 1), getattr(layer, "padding", 0))
+            for name, block in zip(step.block_names(), s.blocks(net.params[weight])):
+                params[name] = np.ascontiguousarray(block)
+            params[f"{layer.name}.bias"] = net.params[f"{layer.name}.bias"][s.row_perm].copy()
+            steps.append(step)
             origin = s.row_perm
-        elif isinstance(layer, models.Dropout):
-            pass  # identity at inference
         else:
-            steps.append(layer)  # ReLU, MaxPool2d: commute with the permutation
+            steps.append(layer)  # ReLU, MaxPool2d, Dropout: commute with the permutation
         prev_shape = shape
-    return BlockNetwork(net.name, steps, origin)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = net.rng.bit_generator.state
+    return BlockNetwork(net.name, net.dtype, steps, params, origin, rng)

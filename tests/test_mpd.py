@@ -213,3 +213,28 @@ def test_block_form_logits_equal_the_masked_network(name, rng):
     assert np.max(np.abs(got - expected)) <= 1e-12 * np.max(np.abs(expected))
     assert block.stored_parameters() == sum(int(net.masks[k].sum()) if k in net.masks else v.size
                                             for k, v in net.params.items())
+
+
+@pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])
+def test_block_form_training_equals_masked_dense_training(name, rng):
+    from mpdref.mpd import to_block_diagonal
+    from mpdref.train import Recipe, fit
+    from test_train import synthetic
+
+    net = models.build(name, np.float64, seed=3)
+    for layer, k in MPD_KS[name].items():
+        shape = net.params[layer].shape
+        net.set_mask(layer, channel_mask(shape, mpd_mask(shape[0], shape[1], k, rng)))
+    block = to_block_diagonal(net)
+    data = synthetic(96, rng, np.float64)
+    recipe = Recipe(epochs=2, batch_size=32, lr=0.05, weight_decay=1e-3)
+    fit(net, data, recipe, seed=5, progress=False)
+    fit(block, data, recipe, seed=5, progress=False)  # the same shuffles, the same schedule
+    trained = models.build(name, np.float64)
+    trained.masks = dict(net.masks)
+    block.to_masked(trained)
+    for k in net.params:
+        scale = np.max(np.abs(net.params[k]))
+        assert np.max(np.abs(trained.params[k] - net.params[k])) <= 1e-10 * scale, k
+    assert block.stored_parameters() == sum(int(net.masks[k].sum()) if k in net.masks else v.size
+                                            for k, v in net.params.items())
