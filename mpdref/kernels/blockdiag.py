@@ -6,6 +6,8 @@ block by block, never as separate permuted copies of the whole matrix.
 """
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import prange
@@ -33,6 +35,14 @@ def _block_diagonal_matmul(weights, offsets, row_bounds, col_bounds, row_perm, c
     return y
 
 
+@functools.cache
+def _blas_controller():
+    # Inspecting the process's libraries takes ~0.1 ms; do it once, not per product.
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def pack_blocks(blocks, dtype):
     """Concatenate blocks into one flat array with offsets (the kernel's storage)."""
     sizes = [b.size for b in blocks]
@@ -46,10 +56,8 @@ def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_pe
 
     x (N, cols) float32 or float64 in the original column order -> y (N, rows) in the original row order.
     """
-    from threadpoolctl import threadpool_limits
-
     if x.dtype != flat.dtype:
         raise TypeError(f"x is {x.dtype}, the blocks are {flat.dtype}")
-    with threadpool_limits(1):  # BLAS inside prange: one thread each, or the two pools oversubscribe the cores
+    with _blas_controller().limit(limits=1, user_api="blas"):  # BLAS inside prange: one thread each
         return _block_diagonal_matmul(flat, offsets, row_bounds, col_bounds, row_perm, col_perm,
                                       np.ascontiguousarray(x))
