@@ -239,3 +239,32 @@ def test_conv_pool_dense_loss_agree_with_torch(shape, rng):
     assert abs(loss - tloss.item()) <= 1e-10 * abs(tloss.item())
     for ours, theirs in [(dfeats, tf.grad), (dwd, twd.grad), (dbd, tbd.grad)]:
         assert rel_err(ours, theirs.numpy()) < 1e-10
+
+
+@pytest.mark.parametrize("groups, c, f", [(2, 4, 6), (3, 3, 3), (4, 8, 4)])
+def test_grouped_conv_matches_per_group_loops_and_gradients(groups, c, f, rng):
+    x, w, b = rng.standard_normal((2, c, 7, 6)), rng.standard_normal((f, c // groups, 3, 3)), rng.standard_normal(f)
+    y, cache = ops.conv2d_forward(x, w, b, 1, 1, groups=groups)
+    cg, fg = c // groups, f // groups
+    expected = np.concatenate([naive.conv2d(x[:, j * cg : (j + 1) * cg], w[j * fg : (j + 1) * fg],
+                                            b[j * fg : (j + 1) * fg], 1, 1) for j in range(groups)], axis=1)
+    assert rel_err(y, expected) < 1e-13
+    naive.check_vjp(lambda x, w, b: ops.conv2d_forward(x, w, b, 1, 1, groups=groups)[0],
+                    lambda d: ops.conv2d_backward(d, cache), [x, w, b], rng)
+    with pytest.raises(ValueError, match="must divide"):
+        ops.conv2d_forward(x, w, b, 1, 1, groups=5)
+
+
+@needs_torch
+def test_grouped_conv_agrees_with_torch(rng):
+    import torch
+    import torch.nn.functional as F
+
+    x, w, b = rng.standard_normal((3, 6, 9, 9)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = F.conv2d(tx, tw, tb, stride=2, padding=1, groups=2)
+    y, cache = ops.conv2d_forward(x, w, b, 2, 1, groups=2)
+    dout = rng.standard_normal(y.shape)
+    ty.backward(torch.tensor(dout))
+    for ours, theirs in zip((y, *ops.conv2d_backward(dout, cache)), (ty, tx.grad, tw.grad, tb.grad)):
+        assert rel_err(ours, theirs.detach().numpy()) < 1e-10

@@ -20,13 +20,15 @@ def conv2d_output_size(size: int, kernel: int, stride: int, padding: int) -> int
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _check_conv_args(x, w, b, stride, padding):
+def _check_conv_args(x, w, b, stride, padding, groups=1):
     common_float_dtype("conv2d_forward", x=x, w=w, b=b)
     require_ndim("conv2d_forward", "x", x, 4, "(N, C, H, W)")
-    require_ndim("conv2d_forward", "w", w, 4, "(F, C, KH, KW)")
-    if x.shape[1] != w.shape[1] or b.shape != (w.shape[0],):
+    require_ndim("conv2d_forward", "w", w, 4, "(F, C / groups, KH, KW)")
+    if groups < 1 or x.shape[1] % groups or w.shape[0] % groups:
+        raise ValueError(f"conv2d_forward: groups = {groups} must divide the channels {x.shape[1]} and filters {w.shape[0]}")
+    if x.shape[1] != w.shape[1] * groups or b.shape != (w.shape[0],):
         raise ValueError(
-            f"conv2d_forward: shapes do not fit: x {x.shape}, w {w.shape}, b {b.shape}"
+            f"conv2d_forward: shapes do not fit: x {x.shape}, w {w.shape}, b {b.shape}, groups {groups}"
         )
     if stride < 1 or padding < 0:
         raise ValueError(f"conv2d_forward: need stride >= 1 and padding >= 0, got {stride}, {padding}")
@@ -37,8 +39,21 @@ def _check_conv_args(x, w, b, stride, padding):
     return oh, ow
 
 
-def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int = 1, padding: int = 0):
-    """x (N, C, H, W), w (F, C, KH, KW), b (F,) -> y (N, F, OH, OW), cache."""
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int = 1, padding: int = 0,
+                   groups: int = 1):
+    """x (N, C, H, W), w (F, C / groups, KH, KW), b (F,) -> y (N, F, OH, OW), cache.
+
+    With groups = g, input channels and filters split into g equal groups and
+    group j's filters see only group j's channels (PyTorch's `groups`): MPD's
+    block-diagonal conv layers with equal blocks. (Unequal groups: one call per
+    block, as `mpdref.mpd.BlockNetwork` does.)
+    """
+    if groups != 1:
+        _check_conv_args(x, w, b, stride, padding, groups)
+        c, f = x.shape[1] // groups, w.shape[0] // groups
+        parts = [conv2d_forward(np.ascontiguousarray(x[:, j * c : (j + 1) * c]), w[j * f : (j + 1) * f],
+                                b[j * f : (j + 1) * f], stride, padding) for j in range(groups)]
+        return np.concatenate([y for y, _ in parts], axis=1), ("groups", [cache for _, cache in parts])
     oh, ow = _check_conv_args(x, w, b, stride, padding)
     n, f = x.shape[0], w.shape[0]
     kh, kw = w.shape[2:]
@@ -54,6 +69,13 @@ def conv2d_backward(dout: np.ndarray, cache, need_dx: bool = True):
 
     dw = Σ_patches dy ⊗ patch; dx scatters wᵀ dy back onto the patches (col2im).
     """
+    if isinstance(cache[0], str):  # ("groups", per-group caches)
+        caches = cache[1]
+        f = dout.shape[1] // len(caches)
+        parts = [conv2d_backward(np.ascontiguousarray(dout[:, j * f : (j + 1) * f]), c, need_dx)
+                 for j, c in enumerate(caches)]
+        dx = np.concatenate([p[0] for p in parts], axis=1) if need_dx else None
+        return dx, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
     cols, w, x_shape, stride, padding = cache
     n, f, oh, ow = dout.shape
     dy = np.ascontiguousarray(dout.reshape(n, f, oh * ow).transpose(1, 0, 2)).reshape(f, -1)  # (F, N·OH·OW)
