@@ -457,6 +457,11 @@ class BlockNetwork:
 
     def to_masked(self, net) -> None:
         """Write the blocks back into the masked dense network `net` (the inverse of to_block_diagonal)."""
+        net.params = self.masked_arrays(net, self.params)
+
+    def masked_arrays(self, net, arrays: dict) -> dict:
+        """Arrays keyed like this network's params (parameters, or SGD velocity) in `net`'s layout."""
+        out = {k: v.copy() for k, v in net.params.items()}
         for step in self.steps:
             if not isinstance(step, BlockLayer):
                 continue
@@ -464,11 +469,26 @@ class BlockNetwork:
             s = _structure_of(net, weight)
             w = np.zeros_like(net.params[weight])
             for b, name in enumerate(step.block_names()):
-                w[np.ix_(s.block_rows(b), s.block_cols(b))] = self.params[name]
-            net.params[weight] = w
+                w[np.ix_(s.block_rows(b), s.block_cols(b))] = arrays[name]
+            out[weight] = w
             bias = np.empty_like(net.params[f"{step.name}.bias"])
-            bias[s.row_perm] = self.params[f"{step.name}.bias"]
-            net.params[f"{step.name}.bias"] = bias
+            bias[s.row_perm] = arrays[f"{step.name}.bias"]
+            out[f"{step.name}.bias"] = bias
+        return out
+
+
+def block_arrays(net, arrays: dict) -> dict:
+    """Arrays keyed like `net.params` (parameters, or SGD velocity) in block form."""
+    out = {}
+    for layer in net.layers:
+        if not hasattr(layer, "parameter_shapes"):
+            continue
+        weight = f"{layer.name}.weight"
+        s = _structure_of(net, weight)
+        for b, block in enumerate(s.blocks(arrays[weight])):
+            out[f"{layer.name}.block{b}.weight"] = np.ascontiguousarray(block)
+        out[f"{layer.name}.bias"] = arrays[f"{layer.name}.bias"][s.row_perm].copy()
+    return out
 
 
 def _structure_of(net, weight: str) -> MPDMask:
@@ -497,7 +517,7 @@ def to_block_diagonal(net) -> BlockNetwork:
         x, _ = layer.forward(net.params, x, False, None)
         shapes.append(x.shape[1:])
     origin = np.arange(models.INPUT_SHAPE[0])  # position -> original channel (or feature) it holds
-    steps, params = [], {}
+    steps = []
     prev_shape = models.INPUT_SHAPE
     for layer, shape in zip(net.layers, shapes):
         if isinstance(layer, models.Flatten):
@@ -509,16 +529,12 @@ def to_block_diagonal(net) -> BlockNetwork:
             s = _structure_of(net, weight)
             position = np.empty_like(origin)
             position[origin] = np.arange(len(origin))
-            step = BlockLayer(layer.name, "dense" if isinstance(layer, models.Dense) else "conv", s.k,
-                              position[s.col_perm], getattr(layer, "stride", 1), getattr(layer, "padding", 0))
-            for name, block in zip(step.block_names(), s.blocks(net.params[weight])):
-                params[name] = np.ascontiguousarray(block)
-            params[f"{layer.name}.bias"] = net.params[f"{layer.name}.bias"][s.row_perm].copy()
-            steps.append(step)
+            steps.append(BlockLayer(layer.name, "dense" if isinstance(layer, models.Dense) else "conv", s.k,
+                                    position[s.col_perm], getattr(layer, "stride", 1), getattr(layer, "padding", 0)))
             origin = s.row_perm
         else:
             steps.append(layer)  # ReLU, MaxPool2d, Dropout: commute with the permutation
         prev_shape = shape
     rng = np.random.default_rng()
     rng.bit_generator.state = net.rng.bit_generator.state
-    return BlockNetwork(net.name, net.dtype, steps, params, origin, rng)
+    return BlockNetwork(net.name, net.dtype, steps, block_arrays(net, net.params), origin, rng)

@@ -238,3 +238,57 @@ def test_block_form_training_equals_masked_dense_training(name, rng):
         assert np.max(np.abs(trained.params[k] - net.params[k])) <= 1e-10 * scale, k
     assert block.stored_parameters() == sum(int(net.masks[k].sum()) if k in net.masks else v.size
                                             for k, v in net.params.items())
+
+
+@pytest.mark.mnist
+def test_block_form_train_stage_equals_the_masked_one(tmp_path, mnist_dir):
+    from mpdref.runner import run_experiment
+    from mpdref.runner.config import resolve_config
+
+    results = {}
+    for form in ("masked", "block"):
+        config = resolve_config({
+            "experiment": {"model": "lenet-300-100", "seed": 4, "dtype": "float64"},
+            "data": {"root": str(mnist_dir), "train_limit": 640, "validation_size": 200},
+            "stages": [{"type": "mpd", "k_all": 6}, {"type": "train", "epochs": 2, "form": form}]})
+        run_experiment(config, tmp_path / form, progress=False)
+        results[form] = models.load(tmp_path / form / "model.h5")
+    for k, v in results["masked"].params.items():
+        assert np.max(np.abs(results["block"].params[k] - v)) <= 1e-10 * np.max(np.abs(v)), k
+    np.testing.assert_array_equal(results["block"].masks["fc1.weight"], results["masked"].masks["fc1.weight"])
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("stop_after", [1, 2, 3])
+def test_block_form_run_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch, stop_after):
+    import mpdref.runner as runner
+    from mpdref.runner import resume_experiment, run_experiment
+    from mpdref.runner.config import resolve_config
+
+    config = resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 2},
+        "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
+        "stages": [{"type": "mpd", "k": {"fc1.weight": 16}}, {"type": "train", "epochs": 3, "batch_size": 32,
+                                                              "form": "block"}]})
+    run_experiment(config, tmp_path / "reference", progress=False)
+    original = runner.RunContext.checkpoint
+    calls = {"n": 0}
+
+    def failing(self, *a, **k):
+        original(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == stop_after:
+            raise _Interrupted
+
+    monkeypatch.setattr(runner.RunContext, "checkpoint", failing)
+    with pytest.raises(_Interrupted):
+        run_experiment(config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(runner.RunContext, "checkpoint", original)
+    resume_experiment(tmp_path / "run", progress=False)
+    a, b = models.load(tmp_path / "reference" / "model.h5"), models.load(tmp_path / "run" / "model.h5")
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k]), k

@@ -97,6 +97,14 @@ def test_bad_configs_are_refused_with_every_problem_named(tmp_path, text, messag
         assert m in str(info.value)
 
 
+def test_a_resolved_config_resolves_to_itself():
+    raw = {"experiment": {"model": "lenet-300-100"},
+           "stages": [{"type": "mpd", "ratio": 10.0}, {"type": "train"}, {"type": "evaluate"}]}
+    config = resolve_config(raw)
+    assert config["data"]["root"] is None and config["stages"][0]["k"] is None
+    assert resolve_config(json.loads(json.dumps(config))) == config  # what resume reads back
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "none.toml")

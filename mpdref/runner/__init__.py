@@ -67,7 +67,8 @@ def load_datasets(dtype, root=None, val_size: int = data.VALIDATION_SIZE, train_
 class RunContext:
     """What a stage sees: the network, the data, the log and the checkpoint writer."""
 
-    def __init__(self, config: dict, out: Path, net, progress: bool, log_lines: int, results: list):
+    def __init__(self, config: dict, out: Path, net, progress: bool, log_lines: int, results: list,
+                 digest: str | None = None):
         self.config = config
         self.out = out
         self.net = net
@@ -77,7 +78,9 @@ class RunContext:
         self.log_lines = log_lines
         self.results = results
         self._datasets = None
-        self._digest = config_digest(config)
+        # The fingerprint of config.json as written: a newer mpdref that fills in a new default
+        # still resumes an older run.
+        self._digest = digest or config_digest(config)
 
     def datasets(self):
         if self._datasets is None:
@@ -153,14 +156,15 @@ def resume_experiment(out, progress: bool = True) -> dict:
         raise RunDirectoryError(f"cannot resume: {e}") from None
     for stale in out.glob(".*.tmp"):  # a write that a crash interrupted
         stale.unlink(missing_ok=True)
+    digest = config_digest(raw)
     if not (out / "checkpoint.h5").exists():
         e = config["experiment"]
         net = models.build(e["model"], dtype=np.dtype(e["dtype"]), seed=e["seed"])
         (out / "log.jsonl").write_text("")
-        return _run_stages(config, out, RunContext(config, out, net, progress, 0, []), None)
-    state = read_checkpoint(out / "checkpoint.h5", config_digest(config))
+        return _run_stages(config, out, RunContext(config, out, net, progress, 0, [], digest), None)
+    state = read_checkpoint(out / "checkpoint.h5", digest)
     _truncate_log(out / "log.jsonl", state["log_lines"])
-    ctx = RunContext(config, out, state["net"], progress, state["log_lines"], list(state["results"]))
+    ctx = RunContext(config, out, state["net"], progress, state["log_lines"], list(state["results"]), digest)
     return _run_stages(config, out, ctx, state)
 
 

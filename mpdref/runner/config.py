@@ -102,7 +102,9 @@ def _validate_table(path: str, table, options: dict, problems: list, defaults: d
         if key not in options:
             problems.append(f"{path}.{key}: unknown key (accepted: {', '.join(options)})")
     for key, option in options.items():
-        if key in table:
+        if key in table and table[key] is None and option.default is None:
+            resolved[key] = None  # "not set", as a resolved config writes it
+        elif key in table:
             value = option.validate(f"{path}.{key}", table[key], problems)
             if value is not None:
                 resolved[key] = value

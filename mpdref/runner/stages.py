@@ -27,7 +27,10 @@ class TrainStage(Stage):
 
     type = "train"
     description = "train the network (from its current weights, under its masks)"
-    options = _RECIPE_OPTIONS
+    options = {**_RECIPE_OPTIONS,
+               "form": Option(str, "masked", choices=("masked", "block"),
+                              help="masked: dense products under the masks; block: MPD block-diagonal form, "
+                                   "multiplying only the blocks (the same result to float rounding)")}
 
     @classmethod
     def defaults(cls, model):
@@ -35,32 +38,50 @@ class TrainStage(Stage):
         return {k: (list(v) if isinstance(v, tuple) else v)
                 for k, v in vars(recipe).items() if k in cls.options}
 
+    @staticmethod
+    def _recipe(settings):
+        return Recipe(**{k: (tuple(v) if k == "milestones" else v) for k, v in settings.items() if k != "form"})
+
     @classmethod
     def check(cls, settings, model):
         try:
-            Recipe(**{**settings, "milestones": tuple(settings.get("milestones", ()))})
+            cls._recipe(settings)
         except (ValueError, TypeError) as e:
             return [str(e)]
         return []
 
     def run(self, ctx, settings, resume):
-        recipe = Recipe(**{**settings, "milestones": tuple(settings["milestones"])})
+        recipe = self._recipe(settings)
         train_set, val_set, test_set = ctx.datasets()
         net = ctx.net
-        sgd = SGD(net, recipe.momentum, recipe.weight_decay)
+        trained = net
+        if settings["form"] == "block":
+            from mpdref.mpd import block_arrays, to_block_diagonal
+
+            trained = to_block_diagonal(net)
+        sgd = SGD(trained, recipe.momentum, recipe.weight_decay)
         shuffle = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(1, ctx.stage_index)))
         start_epoch = 0
         if resume is not None:
-            sgd.velocity = resume["velocity"]
+            sgd.velocity = resume["velocity"] if trained is net else block_arrays(net, resume["velocity"])
             shuffle.bit_generator.state = resume["rng"]["shuffle"]
             start_epoch = resume["epochs_done"]
 
+        def sync():
+            """Checkpoints and later stages see the masked network; the block form writes back into it."""
+            if trained is net:
+                return sgd.velocity
+            trained.to_masked(net)
+            net.rng.bit_generator.state = trained.rng.bit_generator.state
+            return trained.masked_arrays(net, sgd.velocity)
+
         def on_epoch_end(epoch, record):
             ctx.log(record)
-            ctx.checkpoint(epochs_done=epoch + 1, finished=False, velocity=sgd.velocity, shuffle=shuffle)
+            ctx.checkpoint(epochs_done=epoch + 1, finished=False, velocity=sync(), shuffle=shuffle)
 
-        fit(net, train_set, recipe, val=val_set, test=test_set, progress=ctx.progress, start_epoch=start_epoch,
-            optimizer=sgd, shuffle_rng=shuffle, on_epoch_end=on_epoch_end)
+        fit(trained, train_set, recipe, val=val_set, test=test_set, progress=ctx.progress,
+            start_epoch=start_epoch, optimizer=sgd, shuffle_rng=shuffle, on_epoch_end=on_epoch_end)
+        sync()
         return {"epochs": recipe.epochs, **ctx.errors()}
 
 
