@@ -292,3 +292,22 @@ def test_block_form_run_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch
     a, b = models.load(tmp_path / "reference" / "model.h5"), models.load(tmp_path / "run" / "model.h5")
     for k in a.params:
         assert np.array_equal(a.params[k], b.params[k]), k
+
+
+@pytest.mark.mnist
+def test_mpd_after_dense_training_fine_tunes_without_rescaling(tmp_path, mnist_dir):
+    from mpdref.runner import run_experiment
+    from mpdref.runner.config import resolve_config
+
+    config = resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 1},
+        "data": {"root": str(mnist_dir), "train_limit": 1000, "validation_size": 200},
+        "stages": [{"type": "train", "epochs": 1}, {"type": "mpd", "k_all": 4}, {"type": "train", "epochs": 1}]})
+    out = tmp_path / "run"
+    metrics = run_experiment(config, out, progress=False)
+    assert metrics["stages"][1]["rescaled"] is False
+    dense = models.load(out / "stages" / "01-train.h5")
+    masked = models.load(out / "stages" / "02-mpd.h5")
+    m = masked.masks["fc1.weight"]
+    np.testing.assert_array_equal(masked.params["fc1.weight"][m], dense.params["fc1.weight"][m])  # kept as trained
+    assert np.all(masked.params["fc1.weight"][~m] == 0)
