@@ -17,21 +17,33 @@ from mpdref.kernels.config import PARALLEL
 
 @numba.njit(**PARALLEL)
 def _block_diagonal_matmul(weights, offsets, row_bounds, col_bounds, row_perm, col_perm, x):
-    n = x.shape[0]
+    n, cols = x.shape
     k = len(row_bounds) - 1
-    y = np.empty((n, row_bounds[k]), dtype=x.dtype)
+    rows = row_bounds[k]
+    # Gather row by row into a block-major buffer: block b's inputs are the contiguous
+    # (n, c_b) matrix at xb[n·c0 : n·c1]. Each source row is read while it is in cache.
+    xb = np.empty(n * cols, dtype=x.dtype)
+    for i in prange(n):
+        for b in range(k):
+            c0, c1 = col_bounds[b], col_bounds[b + 1]
+            base = n * c0 + i * (c1 - c0)
+            for j in range(c1 - c0):
+                xb[base + j] = x[i, col_perm[c0 + j]]
+    yb = np.empty(n * rows, dtype=x.dtype)
     for b in prange(k):
         r0, r1 = row_bounds[b], row_bounds[b + 1]
         c0, c1 = col_bounds[b], col_bounds[b + 1]
         block = weights[offsets[b] : offsets[b + 1]].reshape((r1 - r0, c1 - c0))
-        xb = np.empty((n, c1 - c0), dtype=x.dtype)
-        for i in range(n):
-            for j in range(c1 - c0):
-                xb[i, j] = x[i, col_perm[c0 + j]]  # gather: this block's inputs, contiguous
-        yb = np.dot(xb, block.T)  # (n, r_b) on BLAS
-        for i in range(n):
+        lhs = xb[n * c0 : n * c1].reshape((n, c1 - c0))
+        yb[n * r0 : n * r1] = np.dot(lhs, block.T).ravel()  # (n, r_b) on BLAS
+    # Scatter row by row back to the original output order.
+    y = np.empty((n, rows), dtype=x.dtype)
+    for i in prange(n):
+        for b in range(k):
+            r0, r1 = row_bounds[b], row_bounds[b + 1]
+            base = n * r0 + i * (r1 - r0)
             for j in range(r1 - r0):
-                y[i, row_perm[r0 + j]] = yb[i, j]  # scatter to the original output order
+                y[i, row_perm[r0 + j]] = yb[base + j]
     return y
 
 
