@@ -62,16 +62,16 @@ def run_chunk(kind: str, seeds: range, seconds: float) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", type=int, default=100_000, help="total cases, split evenly over the three kinds")
+    p.add_argument("--cases", type=int, default=100_000, help="total cases, split over the three kinds")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0, help="time limit per case")
     p.add_argument("--chunk", type=int, default=2000)
     args = p.parse_args()
 
     started = time.perf_counter()
-    per_kind = args.cases // len(KINDS)
-    jobs = [(kind, range(start, min(start + args.chunk, per_kind)))
-            for kind in KINDS for start in range(0, per_kind, args.chunk)]
+    per_kind = {kind: args.cases // len(KINDS) + (i < args.cases % len(KINDS)) for i, kind in enumerate(KINDS)}
+    jobs = [(kind, range(start, min(start + args.chunk, per_kind[kind])))
+            for kind in KINDS for start in range(0, per_kind[kind], args.chunk)]
     totals = {kind: collections.Counter() for kind in KINDS}
     failures = []
     crashed = 0
