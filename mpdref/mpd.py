@@ -329,21 +329,60 @@ def plot_masks(structures: dict[str, MPDMask], target) -> None:
 class BlockLayer(NamedTuple):
     """A dense or conv layer as k dense blocks, whose arrays live in BlockNetwork.params.
 
-    ``{name}.block{b}.weight`` (r_b, c_b) or (r_b, c_b, KH, KW), and ``{name}.bias`` (rows,)
-    in block order. gather[j]: the position in the previous activation that block-ordered
-    input j reads (the previous layer's row permutation and this layer's column
-    permutation, composed). Output position i holds the original unit ``row_perm[i]``.
+    Conv: ``{name}.block{b}.weight`` (r_b, c_b, KH, KW), one per block (a grouped
+    convolution with unequal groups). Dense: the k blocks stacked and zero-padded to
+    the largest, ``{name}.blocks.weight`` (k, R, C), so that a layer is three batched
+    matrix products; BlockNetwork.masks keeps the padding exactly zero. Bias:
+    ``{name}.bias`` (rows,) in block order. gather[j]: the position in the previous
+    activation that block-ordered input j reads (the previous layer's row permutation
+    and this layer's column permutation, composed). Output position i holds the
+    original unit ``row_perm[i]``.
     """
 
     name: str
     kind: str  # "dense" or "conv"
     k: int
     gather: np.ndarray  # int64 (cols,), a permutation of the previous activation's positions
+    row_sizes: tuple
+    col_sizes: tuple
     stride: int = 1
     padding: int = 0
 
     def block_names(self):
         return [f"{self.name}.block{b}.weight" for b in range(self.k)]
+
+    @property
+    def stacked_name(self):
+        return f"{self.name}.blocks.weight"
+
+    def padded_gather(self) -> np.ndarray:
+        """(k·C,): gather, with the padding columns of each block reading position -1 (a zero column)."""
+        c_max = max(self.col_sizes)
+        out = np.full((self.k, c_max), -1, dtype=np.int64)
+        start = 0
+        for b, c in enumerate(self.col_sizes):
+            out[b, :c] = self.gather[start : start + c]
+            start += c
+        return out.ravel()
+
+    def valid_rows(self) -> np.ndarray:
+        """(rows,): where block-ordered output i sits in the padded (k·R) output."""
+        r_max = max(self.row_sizes)
+        return np.concatenate([b * r_max + np.arange(r) for b, r in enumerate(self.row_sizes)])
+
+
+def _stack_padded(blocks, row_sizes, col_sizes, dtype):
+    out = np.zeros((len(blocks), max(row_sizes), max(col_sizes)), dtype=dtype)
+    for b, block in enumerate(blocks):
+        out[b, : row_sizes[b], : col_sizes[b]] = block
+    return out
+
+
+def _padding_mask(row_sizes, col_sizes):
+    mask = np.zeros((len(row_sizes), max(row_sizes), max(col_sizes)), dtype=bool)
+    for b, (r, c) in enumerate(zip(row_sizes, col_sizes)):
+        mask[b, :r, :c] = True
+    return mask
 
 
 class BlockNetwork:
@@ -364,33 +403,44 @@ class BlockNetwork:
         self.rng = rng
 
     def _layer_forward(self, step, x):
+        if step.kind == "dense":
+            return self._dense_forward(step, x)
         from mpdref import ops
 
         xg = x[:, step.gather]  # the one permutation per layer boundary (fused in the kernels)
-        blocks = [self.params[n] for n in step.block_names()]
         bias = self.params[f"{step.name}.bias"]
         outs, caches, start, row = [], [], 0, 0
-        for block in blocks:
+        for name in step.block_names():  # a grouped convolution with unequal groups
+            block = self.params[name]
             r_b, c_b = block.shape[:2]
-            if step.kind == "dense":
-                y, cache = ops.dense_forward(xg[:, start : start + c_b], block, bias[row : row + r_b])
-            else:  # a grouped convolution with unequal groups
-                y, cache = ops.conv2d_forward(np.ascontiguousarray(xg[:, start : start + c_b]), block,
-                                              bias[row : row + r_b], step.stride, step.padding)
+            y, cache = ops.conv2d_forward(np.ascontiguousarray(xg[:, start : start + c_b]), block,
+                                          bias[row : row + r_b], step.stride, step.padding)
             outs.append(y)
             caches.append(cache)
             start, row = start + c_b, row + r_b
         return np.concatenate(outs, axis=1), caches
 
+    def _dense_forward(self, step, x):
+        """y = blocks applied to the gathered input, as one batched product over the padded blocks."""
+        n, cols = x.shape
+        k, r_max, c_max = self.params[step.stacked_name].shape
+        x_ext = np.concatenate([x, np.zeros((n, 1), dtype=x.dtype)], axis=1)  # position -1: zero
+        xs = np.ascontiguousarray(x_ext[:, step.padded_gather()].reshape(n, k, c_max).transpose(1, 0, 2))  # (k, N, C)
+        w = self.params[step.stacked_name]  # (k, R, C)
+        ys = np.matmul(xs, w.transpose(0, 2, 1))  # (k, N, R)
+        valid = step.valid_rows()
+        y = ys.transpose(1, 0, 2).reshape(n, k * r_max)[:, valid] + self.params[f"{step.name}.bias"]
+        return y, (xs, valid, cols)
+
     def _layer_backward(self, step, dout, caches, need_dx):
+        if step.kind == "dense":
+            return self._dense_backward(step, dout, caches, need_dx)
         from mpdref import ops
 
-        backward = ops.dense_backward if step.kind == "dense" else ops.conv2d_backward
-        grads, dxs, row = {}, [], 0
-        bias_grads = []
+        grads, dxs, bias_grads, row = {}, [], [], 0
         for name, cache in zip(step.block_names(), caches):
             r_b = self.params[name].shape[0]
-            dx_b, dw, db = backward(np.ascontiguousarray(dout[:, row : row + r_b]), cache, need_dx)
+            dx_b, dw, db = ops.conv2d_backward(np.ascontiguousarray(dout[:, row : row + r_b]), cache, need_dx)
             grads[name] = dw
             bias_grads.append(db)
             dxs.append(dx_b)
@@ -402,6 +452,23 @@ class BlockNetwork:
         dx = np.empty_like(dxg)
         dx[:, step.gather] = dxg  # gather is a permutation: its adjoint is this scatter
         return dx, grads
+
+    def _dense_backward(self, step, dout, cache, need_dx):
+        xs, valid, cols = cache
+        w = self.params[step.stacked_name]
+        k, r_max, c_max = w.shape
+        n = dout.shape[0]
+        dy = np.zeros((n, k * r_max), dtype=dout.dtype)
+        dy[:, valid] = dout
+        dys = np.ascontiguousarray(dy.reshape(n, k, r_max).transpose(1, 0, 2))  # (k, N, R)
+        grads = {step.stacked_name: np.matmul(dys.transpose(0, 2, 1), xs),  # (k, R, C); zero on the padding
+                 f"{step.name}.bias": dout.sum(axis=0)}
+        if not need_dx:
+            return None, grads
+        dxs = np.matmul(dys, w).transpose(1, 0, 2).reshape(n, k * c_max)  # (N, k·C)
+        dx = np.empty((n, cols + 1), dtype=dout.dtype)
+        dx[:, step.padded_gather()] = dxs  # a permutation but for the padding, which all lands in column -1
+        return dx[:, :cols], grads
 
     def _run(self, x, train):
         caches = []
@@ -453,7 +520,8 @@ class BlockNetwork:
         return float(np.mean(self.predict(x, batch_size) != y)) if len(x) else float("nan")
 
     def stored_parameters(self) -> int:
-        return sum(v.size for v in self.params.values())
+        """Weights and biases actually stored (the padding of stacked blocks is not)."""
+        return sum(int(self.masks[k].sum()) if k in self.masks else v.size for k, v in self.params.items())
 
     def to_masked(self, net) -> None:
         """Write the blocks back into the masked dense network `net` (the inverse of to_block_diagonal)."""
@@ -468,8 +536,13 @@ class BlockNetwork:
             weight = f"{step.name}.weight"
             s = _structure_of(net, weight)
             w = np.zeros_like(net.params[weight])
-            for b, name in enumerate(step.block_names()):
-                w[np.ix_(s.block_rows(b), s.block_cols(b))] = arrays[name]
+            if step.kind == "dense":
+                blocks = [arrays[step.stacked_name][b, :r, :c]
+                          for b, (r, c) in enumerate(zip(step.row_sizes, step.col_sizes))]
+            else:
+                blocks = [arrays[name] for name in step.block_names()]
+            for b, block in enumerate(blocks):
+                w[np.ix_(s.block_rows(b), s.block_cols(b))] = block
             out[weight] = w
             bias = np.empty_like(net.params[f"{step.name}.bias"])
             bias[s.row_perm] = arrays[f"{step.name}.bias"]
@@ -479,14 +552,21 @@ class BlockNetwork:
 
 def block_arrays(net, arrays: dict) -> dict:
     """Arrays keyed like `net.params` (parameters, or SGD velocity) in block form."""
+    from mpdref import models
+
     out = {}
     for layer in net.layers:
         if not hasattr(layer, "parameter_shapes"):
             continue
         weight = f"{layer.name}.weight"
         s = _structure_of(net, weight)
-        for b, block in enumerate(s.blocks(arrays[weight])):
-            out[f"{layer.name}.block{b}.weight"] = np.ascontiguousarray(block)
+        blocks = s.blocks(arrays[weight])
+        if isinstance(layer, models.Dense):
+            sizes = np.diff(s.row_bounds), np.diff(s.col_bounds)
+            out[f"{layer.name}.blocks.weight"] = _stack_padded(blocks, *sizes, arrays[weight].dtype)
+        else:
+            for b, block in enumerate(blocks):
+                out[f"{layer.name}.block{b}.weight"] = np.ascontiguousarray(block)
         out[f"{layer.name}.bias"] = arrays[f"{layer.name}.bias"][s.row_perm].copy()
     return out
 
@@ -530,11 +610,16 @@ def to_block_diagonal(net) -> BlockNetwork:
             position = np.empty_like(origin)
             position[origin] = np.arange(len(origin))
             steps.append(BlockLayer(layer.name, "dense" if isinstance(layer, models.Dense) else "conv", s.k,
-                                    position[s.col_perm], getattr(layer, "stride", 1), getattr(layer, "padding", 0)))
+                                    position[s.col_perm], tuple(np.diff(s.row_bounds).tolist()),
+                                    tuple(np.diff(s.col_bounds).tolist()), getattr(layer, "stride", 1),
+                                    getattr(layer, "padding", 0)))
             origin = s.row_perm
         else:
             steps.append(layer)  # ReLU, MaxPool2d, Dropout: commute with the permutation
         prev_shape = shape
     rng = np.random.default_rng()
     rng.bit_generator.state = net.rng.bit_generator.state
-    return BlockNetwork(net.name, net.dtype, steps, block_arrays(net, net.params), origin, rng)
+    block = BlockNetwork(net.name, net.dtype, steps, block_arrays(net, net.params), origin, rng)
+    block.masks = {s.stacked_name: _padding_mask(s.row_sizes, s.col_sizes)
+                   for s in steps if isinstance(s, BlockLayer) and s.kind == "dense"}
+    return block
