@@ -130,3 +130,19 @@ def test_short_training_on_real_mnist_learns(mnist_dir):
         progress=False)
     # 5,000 images, 2 epochs: a correct implementation is near 7% error; a broken one near 90%.
     assert net.error_rate(data.to_network_input(va_x), va_y) < 0.12
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_sgd_step_equals_the_numpy_rule(dtype, rng):
+    nets = [models.build("lenet-5", dtype, seed=1) for _ in range(2)]
+    mask = rng.random((500, 800)) < 0.3
+    for net in nets:
+        net.set_mask("fc1.weight", mask)
+    fast, reference = SGD(nets[0], 0.9, 5e-4), SGD(nets[1], 0.9, 5e-4)
+    for step in range(3):
+        grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in nets[0].params.items()}
+        fast.step(grads, lr=0.05 / (step + 1))
+        reference.reference_step(grads, lr=0.05 / (step + 1))
+    for k in nets[0].params:
+        assert np.array_equal(nets[0].params[k], nets[1].params[k]), k
+        assert np.array_equal(fast.velocity[k], reference.velocity[k]), k

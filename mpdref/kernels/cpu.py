@@ -108,3 +108,24 @@ def max_pool2d_backward(dout, argmax, height, width):
         for k in range(oh * ow):
             dx[nc, a[nc, k]] += d[nc, k]
     return dx.reshape(n_batch, channels, height, width)
+
+
+@numba.njit(**SERIAL)
+def sgd_momentum_update(w, v, g, mask, lr, momentum, weight_decay):
+    """One pass of `mpdref.train.SGD.step`'s rule, in place, for one parameter (flat views):
+
+        v ← (μ·v + g + λ·w) ⊙ m,   w ← (w − η·v) ⊙ m
+
+    lr, momentum and weight_decay arrive in w's dtype, so the arithmetic (and its
+    rounding) is that of the NumPy rule; `mask` is None or bool.
+    """
+    for i in range(w.size):
+        gi = g[i] + weight_decay * w[i] if weight_decay != 0 else g[i]
+        vi = momentum * v[i]
+        vi += gi
+        if mask is not None and not mask[i]:
+            v[i] = 0
+            w[i] = 0
+            continue
+        v[i] = vi
+        w[i] = w[i] - lr * vi
