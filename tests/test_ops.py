@@ -268,3 +268,13 @@ def test_grouped_conv_agrees_with_torch(rng):
     ty.backward(torch.tensor(dout))
     for ours, theirs in zip((y, *ops.conv2d_backward(dout, cache)), (ty, tx.grad, tw.grad, tb.grad)):
         assert rel_err(ours, theirs.detach().numpy()) < 1e-10
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 7, 9), (3, 2, 24, 24), (1, 4, 5, 2)])
+def test_unrolled_2x2_pool_equals_the_generic_kernel(shape, rng):
+    for x in (rng.standard_normal(shape), np.maximum(rng.integers(-1, 2, shape), 0).astype(np.float64)):
+        oh, ow = shape[2] // 2, shape[3] // 2
+        y, arg = cpu.max_pool2d_forward_2x2(x)
+        y_ref, arg_ref = cpu.max_pool2d_forward(x, 2, 2, 2, oh, ow)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(arg, arg_ref)

@@ -95,6 +95,36 @@ def max_pool2d_forward(x, kh, kw, stride, oh, ow):
 
 
 @numba.njit(**SERIAL)
+def max_pool2d_forward_2x2(x):
+    """`max_pool2d_forward` for kernel 2, stride 2 (both MNIST conv nets), unrolled; equal to it."""
+    n_batch, channels, height, width = x.shape
+    oh, ow = height // 2, width // 2
+    planes = x.reshape(n_batch * channels, height, width)
+    y = np.empty((n_batch * channels, oh, ow), dtype=x.dtype)
+    argmax = np.empty((n_batch * channels, oh, ow), dtype=np.int32)
+    for nc in range(n_batch * channels):
+        plane = planes[nc]
+        for i in range(oh):
+            top = plane[2 * i]
+            bottom = plane[2 * i + 1]
+            for j in range(ow):
+                best = top[2 * j]
+                where = 2 * i * width + 2 * j
+                if top[2 * j + 1] > best:  # strict: the first maximum in row-major order wins
+                    best = top[2 * j + 1]
+                    where = 2 * i * width + 2 * j + 1
+                if bottom[2 * j] > best:
+                    best = bottom[2 * j]
+                    where = (2 * i + 1) * width + 2 * j
+                if bottom[2 * j + 1] > best:
+                    best = bottom[2 * j + 1]
+                    where = (2 * i + 1) * width + 2 * j + 1
+                y[nc, i, j] = best
+                argmax[nc, i, j] = where
+    return y.reshape(n_batch, channels, oh, ow), argmax.reshape(n_batch, channels, oh, ow)
+
+
+@numba.njit(**SERIAL)
 def max_pool2d_backward(dout, argmax, height, width):
     """Route each window's gradient to its first maximum (summing where windows overlap).
 

@@ -29,7 +29,11 @@ def max_pool2d_forward(x: np.ndarray, kernel: int = 2, stride: int | None = None
     common_float_dtype("max_pool2d_forward", x=x)
     require_ndim("max_pool2d_forward", "x", x, 4, "(N, C, H, W)")
     oh, ow = _output_size(x.shape, kernel, stride)
-    y, argmax = cpu.max_pool2d_forward(np.ascontiguousarray(x), kernel, kernel, stride, oh, ow)
+    x = np.ascontiguousarray(x)
+    if kernel == 2 and stride == 2:
+        y, argmax = cpu.max_pool2d_forward_2x2(x)
+    else:
+        y, argmax = cpu.max_pool2d_forward(x, kernel, kernel, stride, oh, ow)
     return y, (argmax, x.shape)
 
 
