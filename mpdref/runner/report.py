@@ -34,7 +34,7 @@ def format_table(header, rows) -> str:
 def _status(out: Path):
     if (out / "metrics.json").exists():
         return "finished", json.loads((out / "metrics.json").read_text())
-    return "unfinished (mpdref run --resume to continue)", None
+    return f"unfinished: `mpdref run --resume {out}` continues it", None
 
 
 def show_run(out) -> str:
@@ -47,7 +47,7 @@ def show_run(out) -> str:
     status, metrics = _status(out)
     log = read_log(out)
     e = config["experiment"]
-    lines = [f"run {out}: {e['name']} ({status})",
+    lines = [f"run {out}: {e['name']}, {status}",
              f"network {e['model']} ({e['dtype']}), seed {e['seed']}, mpdref {config.get('mpdref_version', '?')}", ""]
     rows = []
     for i, stage in enumerate(config["stages"]):
@@ -59,7 +59,7 @@ def show_run(out) -> str:
                      f"{last['train_loss']:.4f}" if "train_loss" in last else "-",
                      percent((result or last).get("val_error")), percent((result or last).get("test_error")),
                      f"{sum(r['seconds'] for r in epochs):.0f} s" if epochs else "-",
-                     "done" if result is not None else ("running" if epochs else "pending")))
+                     "done" if result is not None else ("in progress" if epochs else "pending")))
     lines.append(format_table(("#", "stage", "type", "epochs", "train loss", "val error", "test error", "time",
                                "state"), rows))
     if metrics is not None:
@@ -79,7 +79,7 @@ def compare_runs(outs) -> str:
         e = config["experiment"]
         rows.append((str(out), e["name"], e["model"], e["seed"], " > ".join(s["name"] for s in config["stages"]),
                      percent(metrics["val_error"]) if metrics else "-", percent(metrics["test_error"]) if metrics else "-",
-                     f"{metrics['train_seconds']:.0f} s" if metrics else "-", status.split(" ")[0]))
+                     f"{metrics['train_seconds']:.0f} s" if metrics else "-", status.split(":")[0]))
     return format_table(("run", "name", "network", "seed", "stages", "val error", "test error", "train time",
                          "status"), rows)
 
