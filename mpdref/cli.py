@@ -267,6 +267,11 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
+    except BrokenPipeError:  # `mpdref show RUN | head`: the reader left; that is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     # DataError, FormatError, RunDirectoryError and bad recipe values are ValueErrors whose
     # message names the file or setting; OSError covers disk full and permissions.
     except (ValueError, FloatingPointError) as e:
