@@ -16,6 +16,8 @@ n mod k blocks are one larger).
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -326,7 +328,8 @@ def plot_masks(structures: dict[str, MPDMask], target) -> None:
 # ----------------------------------------------------------------------------- block-diagonal form
 
 
-class BlockLayer(NamedTuple):
+@dataclass(frozen=True, eq=False)
+class BlockLayer:
     """A dense or conv layer as k dense blocks, whose arrays live in BlockNetwork.params.
 
     Conv: ``{name}.block{b}.weight`` (r_b, c_b, KH, KW), one per block (a grouped
@@ -355,6 +358,7 @@ class BlockLayer(NamedTuple):
     def stacked_name(self):
         return f"{self.name}.blocks.weight"
 
+    @functools.cached_property
     def padded_gather(self) -> np.ndarray:
         """(k·C,): gather, with the padding columns of each block reading position -1 (a zero column)."""
         c_max = max(self.col_sizes)
@@ -365,6 +369,7 @@ class BlockLayer(NamedTuple):
             start += c
         return out.ravel()
 
+    @functools.cached_property
     def valid_rows(self) -> np.ndarray:
         """(rows,): where block-ordered output i sits in the padded (k·R) output."""
         r_max = max(self.row_sizes)
@@ -425,10 +430,10 @@ class BlockNetwork:
         n, cols = x.shape
         k, r_max, c_max = self.params[step.stacked_name].shape
         x_ext = np.concatenate([x, np.zeros((n, 1), dtype=x.dtype)], axis=1)  # position -1: zero
-        xs = np.ascontiguousarray(x_ext[:, step.padded_gather()].reshape(n, k, c_max).transpose(1, 0, 2))  # (k, N, C)
+        xs = np.ascontiguousarray(x_ext[:, step.padded_gather].reshape(n, k, c_max).transpose(1, 0, 2))  # (k, N, C)
         w = self.params[step.stacked_name]  # (k, R, C)
         ys = np.matmul(xs, w.transpose(0, 2, 1))  # (k, N, R)
-        valid = step.valid_rows()
+        valid = step.valid_rows
         y = ys.transpose(1, 0, 2).reshape(n, k * r_max)[:, valid] + self.params[f"{step.name}.bias"]
         return y, (xs, valid, cols)
 
@@ -467,7 +472,7 @@ class BlockNetwork:
             return None, grads
         dxs = np.matmul(dys, w).transpose(1, 0, 2).reshape(n, k * c_max)  # (N, k·C)
         dx = np.empty((n, cols + 1), dtype=dout.dtype)
-        dx[:, step.padded_gather()] = dxs  # a permutation but for the padding, which all lands in column -1
+        dx[:, step.padded_gather] = dxs  # a permutation but for the padding, which all lands in column -1
         return dx[:, :cols], grads
 
     def _run(self, x, train):
