@@ -154,7 +154,24 @@ def parameter_shapes(name: str) -> dict[str, tuple[int, ...]]:
 # ----------------------------------------------------------------------------- network
 
 
-class Network:
+class Classifier:
+    """predict and error_rate for anything with forward(x) -> logits (Network, mpd.BlockNetwork)."""
+
+    def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """Class predictions (N,) int64, computed in batches."""
+        out = np.empty(len(x), dtype=np.int64)
+        for start in range(0, len(x), batch_size):
+            out[start : start + batch_size] = self.forward(x[start : start + batch_size]).argmax(axis=1)
+        return out
+
+    def error_rate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+        """Fraction of misclassified examples."""
+        if len(x) == 0:
+            return float("nan")
+        return float(np.mean(self.predict(x, batch_size) != y))
+
+
+class Network(Classifier):
     """A feed-forward network: an ordered list of layers, parameters and masks by name.
 
     Attributes:
@@ -292,19 +309,6 @@ class Network:
     @property
     def _first_parametric_layer(self) -> int:
         return next(i for i, layer in enumerate(self.layers) if hasattr(layer, "parameter_shapes"))
-
-    def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Class predictions (N,) int64, computed in batches."""
-        out = np.empty(len(x), dtype=np.int64)
-        for start in range(0, len(x), batch_size):
-            out[start : start + batch_size] = self.forward(x[start : start + batch_size]).argmax(axis=1)
-        return out
-
-    def error_rate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
-        """Fraction of misclassified examples."""
-        if len(x) == 0:
-            return float("nan")
-        return float(np.mean(self.predict(x, batch_size) != y))
 
 
 def build(name: str, dtype=np.float32, seed: int = 0) -> Network:

@@ -24,6 +24,8 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 
+from mpdref.models import Classifier
+
 
 class MPDMask(NamedTuple):
     """A permuted block-diagonal mask and its structure (see the module docstring)."""
@@ -390,7 +392,7 @@ def _padding_mask(row_sizes, col_sizes):
     return mask
 
 
-class BlockNetwork:
+class BlockNetwork(Classifier):
     """An MPD network in block-diagonal form: inference and training on the blocks alone.
 
     It offers what `mpdref.train.fit` and `SGD` use (params, masks, rng, dtype,
@@ -405,6 +407,8 @@ class BlockNetwork:
         self.params = params
         self.masks: dict = {}  # nothing is masked: the zeros are not stored at all
         self.output_order = output_order  # logits[:, output_order[i]] = block-ordered logit i
+        self.label_position = np.empty_like(output_order)  # class c is block-ordered logit label_position[c]
+        self.label_position[output_order] = np.arange(len(output_order))
         self.rng = rng
 
     def _layer_forward(self, step, x):
@@ -498,9 +502,7 @@ class BlockNetwork:
         z, caches = self._run(x, train)
         # The loss is invariant to the order of the logits: compare block-ordered logits with
         # block-ordered labels instead of scattering every batch.
-        position = np.empty_like(self.output_order)
-        position[self.output_order] = np.arange(len(self.output_order))
-        loss, loss_cache = ops.softmax_cross_entropy_forward(z, position[y])
+        loss, loss_cache = ops.softmax_cross_entropy_forward(z, self.label_position[y])
         dout = ops.softmax_cross_entropy_backward(1.0, loss_cache)
         grads = {}
         first = next(i for i, s in enumerate(self.steps) if isinstance(s, BlockLayer))
@@ -514,15 +516,6 @@ class BlockNetwork:
         logits = np.empty_like(z)
         logits[:, self.output_order] = z
         return loss, {k: grads[k] for k in self.params}, logits
-
-    def predict(self, x, batch_size: int = 1000):
-        out = np.empty(len(x), dtype=np.int64)
-        for start in range(0, len(x), batch_size):
-            out[start : start + batch_size] = self.forward(x[start : start + batch_size]).argmax(axis=1)
-        return out
-
-    def error_rate(self, x, y, batch_size: int = 1000) -> float:
-        return float(np.mean(self.predict(x, batch_size) != y)) if len(x) else float("nan")
 
     def stored_parameters(self) -> int:
         """Weights and biases actually stored (the padding of stacked blocks is not)."""

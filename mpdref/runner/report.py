@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mpdref.runner import read_json  # the runner imports this module lazily: no cycle
+
 
 def read_log(out) -> list[dict]:
     """The complete JSON lines of RUN_DIR/log.jsonl (a torn last line is skipped)."""
@@ -33,7 +35,7 @@ def format_table(header, rows) -> str:
 
 def _status(out: Path):
     if (out / "metrics.json").exists():
-        return "finished", json.loads((out / "metrics.json").read_text())
+        return "finished", read_json(out / "metrics.json", "a finished run has metrics.json")
     return f"unfinished: `mpdref run --resume {out}` continues it", None
 
 
@@ -43,7 +45,7 @@ def show_run(out) -> str:
     config_path = out / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"{out}: not a run directory (no config.json)")
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path, "not a run directory")
     status, metrics = _status(out)
     log = read_log(out)
     e = config["experiment"]
@@ -74,7 +76,7 @@ def compare_runs(outs) -> str:
     for out in map(Path, outs):
         if not (out / "config.json").exists():
             raise FileNotFoundError(f"{out}: not a run directory (no config.json)")
-        config = json.loads((out / "config.json").read_text())
+        config = read_json(out / "config.json", "not a run directory")
         status, metrics = _status(out)
         e = config["experiment"]
         rows.append((str(out), e["name"], e["model"], e["seed"], " > ".join(s["name"] for s in config["stages"]),
@@ -118,7 +120,7 @@ def plot_training_curves(out) -> Path | None:
                 ax.axvline(i + 0.5, color="0.6", lw=0.8, ls="--")
     ax_err.legend()
     ax_loss.legend()
-    config = json.loads((Path(out) / "config.json").read_text())
+    config = read_json(Path(out) / "config.json", "not a run directory")
     fig.suptitle(f"{config['experiment']['name']} ({config['experiment']['model']})")
     target = Path(out) / "figures" / "training.png"
     target.parent.mkdir(exist_ok=True)
