@@ -1,6 +1,15 @@
 import os
 from pathlib import Path
 
+# The CUDA kernels run in Numba's simulator unless the environment asks for the real GPU
+# (NUMBA_ENABLE_CUDASIM=0). pytest has imported Numba already (for the warning filter in
+# pyproject.toml), so its configuration is reloaded from the environment too; numba.cuda
+# itself is imported later and reads it then.
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+from numba.core import config as _numba_config  # noqa: E402
+
+_numba_config.reload_config()
+
 import numpy as np
 import pytest
 

@@ -102,7 +102,7 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     commands = [line for line in first_block if not line.startswith(("#", "sh", "bash"))]
     assert len(commands) == 2
     assert commands[0].endswith("mpdref demo") and "pip install -e ." in commands[0]
-    assert "pytest" in commands[1] and "[test]" in commands[1]
+    assert "pytest" in commands[1] and re.search(r"\[test(,[a-z]+)*\]", commands[1])
     # .ci/run reads the same line from the README rather than keeping a copy of its own
     ci = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in ci and "eval" in ci

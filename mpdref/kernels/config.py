@@ -1,4 +1,4 @@
-"""Every Numba option mpdref uses, in one place.
+"""Every Numba option mpdref uses, in one place: CPU flags, CUDA threads and tile sizes.
 
 fastmath stays off: the fast paths are compared with the NumPy reference and
 runs must be reproducible bit for bit. ``cache=True`` is never combined with
@@ -6,9 +6,74 @@ runs must be reproducible bit for bit. ``cache=True`` is never combined with
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 FASTMATH = False
 
 #: options for serial kernels (cached on disk: they compile once per machine)
 SERIAL = dict(nogil=True, fastmath=FASTMATH, cache=True)
 #: options for kernels parallel over the batch (`prange`); never cached
 PARALLEL = dict(nogil=True, fastmath=FASTMATH, parallel=True, cache=False)
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+
+@dataclass(frozen=True)
+class CudaTiles:
+    """Tile sizes of the CUDA block-diagonal product (mpdref.kernels.cuda).
+
+    A thread block computes a bm × bn tile of one block's output (bm output units
+    × bn batch columns), stepping through the block's inputs bk at a time through
+    shared memory; each thread holds tm × tn outputs in registers, so a thread
+    block has (bm / tm)·(bn / tn) threads. With `prefetch`, the global loads of the
+    next bk-slice are issued before the products of this one (register double
+    buffering); without, after them.
+    """
+
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+    prefetch: bool = True
+
+    def __post_init__(self):
+        if min(self.bm, self.bn, self.bk, self.tm, self.tn) < 1:
+            raise ValueError(f"tile sizes must be positive: {self}")
+        if self.bm % self.tm or self.bn % self.tn:
+            raise ValueError(f"tm must divide bm and tn must divide bn: {self}")
+        if (self.bm * self.bk) % self.threads or (self.bk * self.bn) % self.threads:
+            raise ValueError(f"the threads ({self.threads}) must split both shared tiles evenly: {self}")
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+
+#: tiles for a GPU, by the shape of the product (see choose_cuda_tiles)
+CUDA_TILES = {
+    # 512 threads of 8 × 4 outputs: 87 registers, so 512 threads fit where 256 threads of
+    # 8 × 8 (155 registers) left the multiprocessor half idle; measured faster on an H100
+    # (benchmarks/block_diagonal_cuda.py --try-tiles)
+    "large": CudaTiles(bm=128, bn=128, bk=8, tm=8, tn=4),
+    "medium": CudaTiles(bm=64, bn=64, bk=16, tm=4, tn=4),  # 256 threads, 16 outputs each
+    "narrow": CudaTiles(bm=64, bn=8, bk=32, tm=2, tn=1),  # small batches: 256 threads over units
+}
+#: tiles for the CUDA simulator (one Python thread per CUDA thread): 4 threads, tiny tiles,
+#: so that test inputs of a few dozen elements cross every tile boundary
+CUDA_SIM_TILES = CudaTiles(bm=4, bn=4, bk=2, tm=2, tn=2)
+#: threads per block of the elementwise kernels (convolution, pooling, ReLU)
+CUDA_THREADS = 256
+CUDA_SIM_THREADS = 8
+
+
+def choose_cuda_tiles(max_rows: int, batch: int, simulator: bool = False) -> CudaTiles:
+    """The tile set for blocks of at most `max_rows` output units and a batch of `batch`."""
+    if simulator:
+        return CUDA_SIM_TILES
+    if batch <= 16:
+        return CUDA_TILES["narrow"]
+    if max_rows <= 64 or batch <= 64:
+        return CUDA_TILES["medium"]
+    return CUDA_TILES["large"]
