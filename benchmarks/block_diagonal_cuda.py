@@ -124,7 +124,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--features", type=int, default=4096)
     parser.add_argument("--out", help="also write the results as JSON here")
-    parser.add_argument("--try-tiles", action="append", default=[], metavar="BM,BN,BK,TM,TN[,PREFETCH]",
+    parser.add_argument("--try-tiles", action="append", default=[], metavar="BM,BN,BK,TM,TN[,PREFETCH[,MAXREG]]",
                         help="also time the kernel with this tile set (batch >= 64; repeatable)")
     args = parser.parse_args()
 
@@ -136,7 +136,8 @@ def main():
     try_tiles = []
     for spec in args.try_tiles:
         v = [int(p) for p in spec.split(",")]
-        try_tiles.append(CudaTiles(*v[:5], prefetch=bool(v[5]) if len(v) > 5 else True))
+        try_tiles.append(CudaTiles(*v[:5], prefetch=bool(v[5]) if len(v) > 5 else True,
+                                   max_registers=v[6] if len(v) > 6 else 0))
 
     load_backend("cuda")
     if not torch.cuda.is_available():

@@ -28,7 +28,8 @@ class CudaTiles:
     shared memory; each thread holds tm × tn outputs in registers, so a thread
     block has (bm / tm)·(bn / tn) threads. With `prefetch`, the global loads of the
     next bk-slice are issued before the products of this one (register double
-    buffering); without, after them.
+    buffering); without, after them. max_registers caps the registers per thread
+    (0: the compiler's choice), so that more thread blocks fit on a multiprocessor.
     """
 
     bm: int
@@ -37,6 +38,7 @@ class CudaTiles:
     tm: int
     tn: int
     prefetch: bool = True
+    max_registers: int = 0
 
     def __post_init__(self):
         if min(self.bm, self.bn, self.bk, self.tm, self.tn) < 1:
@@ -57,7 +59,7 @@ CUDA_TILES = {
     # 8 × 8 (155 registers) left the multiprocessor half idle; measured faster on an H100
     # (benchmarks/block_diagonal_cuda.py --try-tiles)
     "large": CudaTiles(bm=128, bn=128, bk=8, tm=8, tn=4),
-    "medium": CudaTiles(bm=64, bn=64, bk=16, tm=4, tn=4),  # 256 threads, 16 outputs each
+    "medium": CudaTiles(bm=64, bn=64, bk=8, tm=4, tn=4),  # 256 threads, 16 outputs each, 59 registers
     "narrow": CudaTiles(bm=64, bn=8, bk=32, tm=2, tn=1),  # small batches: 256 threads over units
 }
 #: tiles for the CUDA simulator (one Python thread per CUDA thread): 4 threads, tiny tiles,

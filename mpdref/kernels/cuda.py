@@ -110,13 +110,14 @@ def _blocks_for(total: int) -> int:
 
 
 @functools.cache
-def _block_matmul_kernel(tiles: CudaTiles, dtype):
-    """The block-diagonal product for one tile set and dtype (tile sizes are compile-time constants)."""
+def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
+    """The block-diagonal product for one tile set, dtype and epilogue (all compile-time constants)."""
     BM, BN, BK, TM, TN = tiles.bm, tiles.bn, tiles.bk, tiles.tm, tiles.tn
     THREADS_M, THREADS_N = BM // TM, BN // TN  # thread (ty, tx) owns rows ty + i·THREADS_M, columns tx + j·THREADS_N
     NT = tiles.threads
     A_LOADS, B_LOADS = BM * BK // NT, BK * BN // NT
     PREFETCH = tiles.prefetch
+    RELU = relu
     nb = _numba_type(dtype)
     zero = nb(0)
 
@@ -144,12 +145,17 @@ def _block_matmul_kernel(tiles: CudaTiles, dtype):
                 v = x[gather[c0 + k0 + kk], n0 + n]
             out[load] = v
 
-    @cuda.jit(fastmath=FASTMATH)
-    def kernel(params, meta, k, relu, x, y):
-        # Few arguments, because each costs launch time in Python. params: the blocks, block b
-        # transposed to (c_b, r_b) row-major at params[w_offsets[b]:], then the bias (rows,) at
-        # params[w_offsets[k]:]. meta (int64): w_offsets (k + 1), row_bounds (k + 1), col_bounds
-        # (k + 1), gather (cols), row_dest (rows), in that order. x (in, N) -> y (rows, N).
+    options = dict(fastmath=FASTMATH, **({"max_registers": tiles.max_registers} if tiles.max_registers else {}))
+
+    @cuda.jit(**options)
+    def kernel(params, meta, x, y):
+        # Four arguments, because each costs launch time in Python (numba-cuda: about 7 µs an
+        # array). params: the blocks, block b transposed to (c_b, r_b) row-major at
+        # params[w_offsets[b]:], then the bias (rows,) at params[w_offsets[k]:]. meta (int64):
+        # k, then w_offsets (k + 1), row_bounds (k + 1), col_bounds (k + 1), gather (cols) and
+        # row_dest (rows), in that order. x (in, N) -> y (rows, N).
+        k = meta[0]
+        meta = meta[1:]
         row_bounds = meta[k + 1 : 2 * k + 2]
         col_bounds = meta[2 * k + 2 : 3 * k + 3]
         gather = meta[3 * k + 3 : 3 * k + 3 + col_bounds[k]]
@@ -218,7 +224,7 @@ def _block_matmul_kernel(tiles: CudaTiles, dtype):
                     n = n0 + tx + j * THREADS_N
                     if n < n_total:
                         v = acc[i, j] + bias_row
-                        if relu and v < zero:
+                        if RELU and v < zero:
                             v = zero
                         y[dest, n] = v
 
@@ -271,7 +277,8 @@ class DeviceBlockDense:
         # the kernel's two arrays (layout in _block_matmul_kernel): weights then bias; indices
         params = np.concatenate([np.ascontiguousarray(b.T).ravel() for b in blocks] + [bias])
         offsets = np.concatenate([[0], np.cumsum([b.size for b in blocks])])
-        meta = np.concatenate([offsets, [0], np.cumsum(row_sizes), [0], np.cumsum(col_sizes), gather, row_dest])
+        meta = np.concatenate([[len(blocks)], offsets, [0], np.cumsum(row_sizes), [0], np.cumsum(col_sizes),
+                               gather, row_dest])
         self._params = cuda.to_device(params.astype(dtype))
         self._meta = cuda.to_device(meta.astype(np.int64))
 
@@ -286,8 +293,8 @@ class DeviceBlockDense:
         tiles = tiles or choose_cuda_tiles(self.max_rows, n, simulator())
         grid = (math.ceil(self.max_rows / tiles.bm), math.ceil(n / tiles.bn), self.k)
         if n:
-            _configured(_block_matmul_kernel(tiles, self.dtype), grid, tiles.threads)(
-                self._params, self._meta, self.k, bool(relu), x, out)
+            _configured(_block_matmul_kernel(tiles, self.dtype, bool(relu)), grid, tiles.threads)(
+                self._params, self._meta, x, out)
         return out
 
 
