@@ -96,14 +96,17 @@ class SGD:
     is the same rule in NumPy, which the tests hold it equal to, value for value.
     """
 
-    def __init__(self, net: Network, momentum: float = 0.9, weight_decay: float = 0.0):
+    def __init__(self, net: Network, momentum: float = 0.9, weight_decay: float = 0.0, frozen=()):
         self.net = net
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.frozen = frozenset(frozen)  # parameters this optimizer leaves alone (another one updates them)
         self.velocity = {k: np.zeros_like(v) for k, v in net.params.items()}
 
     def step(self, grads: dict[str, np.ndarray], lr: float) -> None:
         for name, w in self.net.params.items():
+            if name in self.frozen:
+                continue
             v, g = self.velocity[name], grads[name]
             if not (w.flags.c_contiguous and v.flags.c_contiguous and g.dtype == w.dtype):
                 self._reference_one(name, w, g, lr)
@@ -117,7 +120,8 @@ class SGD:
 
     def reference_step(self, grads: dict[str, np.ndarray], lr: float) -> None:
         for name, w in self.net.params.items():
-            self._reference_one(name, w, grads[name], lr)
+            if name not in self.frozen:
+                self._reference_one(name, w, grads[name], lr)
 
     def _reference_one(self, name, w, g, lr) -> None:
         if self.weight_decay and name.endswith(".weight"):

@@ -7,7 +7,7 @@ from mpdref.runner.config import Option
 from mpdref.runner.registry import Stage, register
 from mpdref.train import DEFAULT_RECIPES, SCHEDULES, SGD, Recipe, fit
 
-_RECIPE_OPTIONS = {
+RECIPE_OPTIONS = {
     "epochs": Option(int, check=lambda v: v >= 1, accepted="an integer >= 1"),
     "batch_size": Option(int, check=lambda v: v >= 1, accepted="an integer >= 1"),
     "lr": Option(float, check=lambda v: v > 0, accepted="a number > 0"),
@@ -27,7 +27,7 @@ class TrainStage(Stage):
 
     type = "train"
     description = "train the network (from its current weights, under its masks)"
-    options = {**_RECIPE_OPTIONS,
+    options = {**RECIPE_OPTIONS,
                "form": Option(str, "masked", choices=("masked", "block"),
                               help="masked: dense products under the masks; block: MPD block-diagonal form, "
                                    "multiplying only the blocks (the same result to float rounding)")}
