@@ -125,10 +125,33 @@ def _nearest(values, centroids):
     mids = np.empty(max(k - 1, 0))
     for j in range(k - 1):
         mids[j] = 0.5 * (centroids[j] + centroids[j + 1])
-    out = np.empty(len(values), np.int64)
+    m = k - 1
+    out = np.zeros(len(values), np.int64)
+    if m == 0:
+        return out
     for i in range(len(values)):
-        out[i] = np.searchsorted(mids, values[i], side="left")
+        # the number of midpoints strictly below v, by a binary search without data-dependent
+        # branches (the same number of steps for every value, so it pipelines)
+        v = values[i]
+        base, n = 0, m
+        while n > 1:
+            half = n >> 1
+            base += half * (mids[base + half - 1] < v)
+            n -= half
+        out[i] = base + (mids[base] < v)
     return out
+
+
+@numba.njit(**SERIAL)
+def _prefix_sums(x):
+    """p[i] = Σ x[:i] in float64 (p has len(x) + 1 entries)."""
+    p = np.empty(len(x) + 1)
+    p[0] = 0.0
+    acc = 0.0
+    for i in range(len(x)):
+        acc += x[i]
+        p[i + 1] = acc
+    return p
 
 
 @numba.njit(**SERIAL)
@@ -188,7 +211,8 @@ def kmeans_1d(values, k: int, init: str = "linear", method: str = "lloyd", itera
     method "lloyd" starts from `init` and runs at most `iterations` iterations (it stops
     when no centroid moves); "optimal" returns the minimum-SSE clustering (init unused).
     """
-    v = np.asarray(values, dtype=np.float64).ravel()
+    raw = np.asarray(values).ravel()
+    v = raw if raw.dtype in (np.float32, np.float64) else raw.astype(np.float64)
     if not 1 <= k <= v.size:
         raise ValueError(f"k = {k} clusters need 1 <= k <= the number of values ({v.size})")
     if not np.all(np.isfinite(v)):
@@ -197,7 +221,7 @@ def kmeans_1d(values, k: int, init: str = "linear", method: str = "lloyd", itera
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "optimal":
         order = np.argsort(v, kind="stable")
-        x = v[order]
+        x = v[order].astype(np.float64)
         shift = x.mean()  # SSE is shift-invariant; centring keeps the prefix sums of squares small
         starts = _optimal_dp(x - shift, k)
         labels = np.empty(v.size, np.int64)
@@ -207,9 +231,8 @@ def kmeans_1d(values, k: int, init: str = "linear", method: str = "lloyd", itera
             centroids[c] = run.mean()
             labels[order[starts[c] : starts[c + 1]]] = c
         return centroids, labels
-    x = np.sort(v)
-    prefix = np.concatenate([[0.0], np.cumsum(x)])
-    centroids, _ = _lloyd_sorted(x, prefix, initial_centroids(v, k, init, rng), iterations)
+    x = np.sort(v).astype(np.float64)  # sorted in the values' own precision (float32 sorts faster)
+    centroids, _ = _lloyd_sorted(x, _prefix_sums(x), initial_centroids(v, k, init, rng), iterations)
     return centroids, _nearest(v, centroids)
 
 

@@ -1,0 +1,171 @@
+"""The canonical Huffman codec: optimal lengths, round trips, edge cases, corrupt input."""
+import heapq
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpdref.huffman import (MAX_LENGTH, CodecError, canonical_codes, check_lengths, code_lengths, decode,
+                            encode)
+
+
+def _plain_huffman_cost(counts):
+    """Σ count · length of an unrestricted Huffman code (textbook heap construction)."""
+    heap = [c for c in counts if c > 0]
+    if len(heap) <= 1:
+        return sum(heap)
+    heapq.heapify(heap)
+    cost = 0
+    while len(heap) > 1:
+        a, b = heapq.heappop(heap), heapq.heappop(heap)
+        cost += a + b
+        heapq.heappush(heap, a + b)
+    return cost
+
+
+def _best_limited_cost(counts, max_length):
+    """The cheapest complete prefix code with lengths <= max_length, by brute force (tiny alphabets)."""
+    used = [c for c in counts if c > 0]
+    best = None
+    for lengths in itertools.product(range(1, max_length + 1), repeat=len(used)):
+        if sum(2.0 ** -l for l in lengths) == 1.0:
+            cost = sum(c * l for c, l in zip(used, lengths))
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 1000), min_size=2, max_size=40))
+def test_unlimited_lengths_cost_what_huffman_costs(counts):
+    counts = np.array(counts)
+    if np.count_nonzero(counts) < 2:
+        return
+    lengths = code_lengths(counts, MAX_LENGTH)
+    check_lengths(lengths)  # a complete prefix code
+    cost = int(np.sum(counts * lengths))
+    if lengths.max() < MAX_LENGTH:  # the limit did not bind: as good as Huffman's
+        assert cost == _plain_huffman_cost(counts)
+    else:
+        assert cost >= _plain_huffman_cost(counts)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 500), min_size=2, max_size=6), st.integers(3, 4))
+def test_length_limited_code_is_optimal(counts, max_length):
+    counts = np.array(counts)
+    if len(counts) > 2**max_length:
+        return
+    lengths = code_lengths(counts, max_length)
+    assert lengths.max() <= max_length
+    check_lengths(lengths)
+    assert int(np.sum(counts * lengths)) == _best_limited_cost(counts, max_length)
+
+
+def test_canonical_codes_are_prefix_free_and_ordered():
+    lengths = np.array([2, 0, 3, 3, 2, 2])
+    codes = canonical_codes(lengths)
+    words = {s: format(int(codes[s]), f"0{lengths[s]}b") for s in np.flatnonzero(lengths)}
+    assert words == {0: "00", 4: "01", 5: "10", 2: "110", 3: "111"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_round_trip(data):
+    alphabet = data.draw(st.integers(1, 300))
+    n = data.draw(st.integers(0, 2000))
+    skew = data.draw(st.floats(0.0, 3.0))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    p = np.exp(-skew * np.arange(alphabet) / max(alphabet, 1) * 10)
+    symbols = rng.choice(alphabet, size=n, p=p / p.sum())
+    used = max(np.count_nonzero(np.bincount(symbols, minlength=alphabet)), 1)
+    max_length = data.draw(st.integers(max(1, int(np.ceil(np.log2(used)))), MAX_LENGTH))
+    lengths = code_lengths(np.bincount(symbols, minlength=alphabet), max_length)
+    stream = encode(symbols, lengths)
+    assert len(stream) == (int(np.sum(lengths[symbols])) + 7) // 8
+    np.testing.assert_array_equal(decode(stream, lengths, n), symbols)
+
+
+def test_edge_cases():
+    # empty stream
+    lengths = code_lengths(np.zeros(5, int))
+    assert encode(np.zeros(0, int), lengths).size == 0
+    assert decode(np.zeros(0, np.uint8), lengths, 0).size == 0
+    # one distinct symbol: one bit each
+    lengths = code_lengths(np.bincount([3, 3, 3], minlength=6))
+    stream = encode([3] * 11, lengths)
+    assert len(stream) == 2 and list(stream) == [0, 0]
+    np.testing.assert_array_equal(decode(stream, lengths, 11), [3] * 11)
+    # all 256 symbols, equally likely: 8 bits each
+    symbols = np.arange(256).repeat(3)
+    lengths = code_lengths(np.bincount(symbols), 11)
+    assert np.all(lengths == 8)
+    np.testing.assert_array_equal(decode(encode(symbols, lengths), lengths, len(symbols)), symbols)
+    # lengths at the maximum: a Fibonacci-like distribution forced under MAX_LENGTH
+    counts = np.array([int(1.6**i) + 1 for i in range(40)])
+    lengths = code_lengths(counts, MAX_LENGTH)
+    assert lengths.max() == MAX_LENGTH
+    symbols = np.repeat(np.arange(40), 2)
+    np.testing.assert_array_equal(decode(encode(symbols, lengths), lengths, len(symbols)), symbols)
+    with pytest.raises(ValueError, match="max_length"):
+        code_lengths(np.ones(40, int), 5)
+
+
+def test_corrupt_input_is_named():
+    rng = np.random.default_rng(0)
+    symbols = rng.integers(0, 5, 1000)
+    lengths = code_lengths(np.bincount(symbols))
+    stream = encode(symbols, lengths)
+    with pytest.raises(CodecError, match="truncated"):
+        decode(stream[:-3], lengths, 1000)
+    with pytest.raises(CodecError, match="too large|truncated"):
+        decode(stream, lengths, 1200)
+    with pytest.raises(CodecError, match="trailing|too small"):
+        decode(stream, lengths, 900)
+    with pytest.raises(CodecError, match="trailing"):
+        decode(np.concatenate([stream, [0]]), lengths, 1000)
+    with pytest.raises(CodecError, match="over-subscribed"):
+        decode(stream, np.array([1, 1, 2]), 10)
+    with pytest.raises(CodecError, match="incomplete"):
+        decode(stream, np.array([2, 2, 2]), 10)
+    with pytest.raises(CodecError, match="no codeword"):
+        encode([7], lengths)
+    one = code_lengths(np.array([0, 4]))  # one symbol, codeword "0": a 1 bit is no codeword
+    with pytest.raises(CodecError, match="no codeword"):
+        decode(np.array([0x80], np.uint8), one, 1)
+    padded = encode(symbols[:3], lengths)
+    if (int(np.sum(lengths[symbols[:3]])) % 8) != 0:
+        bad = padded.copy()
+        bad[-1] |= 1
+        with pytest.raises(CodecError, match="padding"):
+            decode(bad, lengths, 3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_damaged_streams_raise_or_decode_to_the_right_length(data):
+    # A prefix code cannot detect every change (the file's checksum does); the codec must
+    # never crash, hang or return a wrong number of symbols.
+    rng = np.random.default_rng(1)
+    symbols = rng.choice(12, 300, p=np.arange(12, 0, -1) / 78)
+    lengths = code_lengths(np.bincount(symbols, minlength=12), 6)
+    stream = encode(symbols, lengths).copy()
+    kind = data.draw(st.sampled_from(["flip", "truncate", "extend", "lengths"]))
+    if kind == "flip":
+        for _ in range(data.draw(st.integers(1, 4))):
+            i = data.draw(st.integers(0, len(stream) - 1))
+            stream[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "truncate":
+        stream = stream[: data.draw(st.integers(0, len(stream) - 1))]
+    elif kind == "extend":
+        stream = np.concatenate([stream, np.array(data.draw(st.lists(st.integers(0, 255), min_size=1,
+                                                                              max_size=5)), np.uint8)])
+    else:
+        lengths = lengths.copy()
+        lengths[data.draw(st.integers(0, 11))] = data.draw(st.integers(0, MAX_LENGTH))
+    try:
+        out = decode(stream, lengths, 300)
+    except CodecError:
+        return
+    assert out.shape == (300,) and out.min() >= 0 and out.max() < 12
