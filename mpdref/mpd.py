@@ -232,7 +232,7 @@ def choose_k(shapes: dict[str, tuple[int, ...]], layers: list[str], ratio: float
 # ----------------------------------------------------------------------------- the pipeline stage
 
 from mpdref.runner.config import Option  # noqa: E402  (the stage plugs into the runner's registry)
-from mpdref.runner.registry import Stage, register  # noqa: E402
+from mpdref.runner.registry import Stage, register, weight_setting_problems  # noqa: E402
 
 
 @register
@@ -258,16 +258,13 @@ class MPDStage(Stage):
         from mpdref.models import parameter_shapes
 
         shapes = parameter_shapes(model)
-        weights = [n for n in shapes if n.endswith(".weight")]
-        problems = [f"layers: {n!r} is not a weight of {model} (weights: {', '.join(weights)})"
-                    for n in settings["layers"] if n not in weights]
+        problems = weight_setting_problems(model, "layers", settings["layers"])
         if sum(settings[key] is not None for key in ("ratio", "k", "k_all")) != 1:
             problems.append("give exactly one of ratio, k and k_all")
-        for name, k in (settings["k"] or {}).items():
-            if name not in weights:
-                problems.append(f"k: {name!r} is not a weight of {model} (weights: {', '.join(weights)})")
-            elif not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= min(shapes[name][:2])):
-                problems.append(f"k.{name}: expected an integer in [1, {min(shapes[name][:2])}], got {k!r}")
+        problems += weight_setting_problems(
+            model, "k", settings["k"],
+            lambda name, k: isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= min(shapes[name][:2]),
+            lambda name: f"an integer in [1, {min(shapes[name][:2])}]")
         return problems
 
     def run(self, ctx, settings, resume):

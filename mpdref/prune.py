@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from mpdref.runner.config import Option
-from mpdref.runner.registry import Stage, register
+from mpdref.runner.registry import Stage, register, weight_setting_problems
 
 
 def magnitude_mask(w: np.ndarray, mask: np.ndarray | None = None, keep: float | None = None,
@@ -110,17 +110,8 @@ def plot_sensitivity(table: dict, keeps: list[float], baseline: float, target) -
     plt.close(fig)
 
 
-def _weight_table_problems(settings, key, model, check, accepted):
-    from mpdref.models import parameter_shapes
-
-    weights = [n for n in parameter_shapes(model) if n.endswith(".weight")]
-    problems = []
-    for name, value in (settings[key] or {}).items():
-        if name not in weights:
-            problems.append(f"{key}: {name!r} is not a weight of {model} (weights: {', '.join(weights)})")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not check(value):
-            problems.append(f"{key}.{name}: expected {accepted}, got {value!r}")
-    return problems
+def _number(check):
+    return lambda name, v: isinstance(v, (int, float)) and not isinstance(v, bool) and check(v)
 
 
 @register
@@ -137,8 +128,10 @@ class PruneStage(Stage):
 
     @classmethod
     def check(cls, settings, model):
-        problems = _weight_table_problems(settings, "keep", model, lambda v: 0 < v <= 1, "a number in (0, 1]")
-        problems += _weight_table_problems(settings, "quality", model, lambda v: v >= 0, "a number >= 0")
+        problems = weight_setting_problems(model, "keep", settings["keep"], _number(lambda v: 0 < v <= 1),
+                                           "a number in (0, 1]")
+        problems += weight_setting_problems(model, "quality", settings["quality"], _number(lambda v: v >= 0),
+                                            "a number >= 0")
         if not settings["keep"] and not settings["quality"]:
             problems.append("give keep or quality (or both, for different weights)")
         both = set(settings["keep"] or {}) & set(settings["quality"] or {})
@@ -171,11 +164,7 @@ class SensitivityStage(Stage):
 
     @classmethod
     def check(cls, settings, model):
-        from mpdref.models import parameter_shapes
-
-        weights = [n for n in parameter_shapes(model) if n.endswith(".weight")]
-        return [f"layers: {n!r} is not a weight of {model} (weights: {', '.join(weights)})"
-                for n in settings["layers"] if n not in weights]
+        return weight_setting_problems(model, "layers", settings["layers"])
 
     def run(self, ctx, settings, resume):
         import json

@@ -28,7 +28,7 @@ import numpy as np
 
 from mpdref.kernels.config import SERIAL
 from mpdref.runner.config import Option
-from mpdref.runner.registry import Stage, register
+from mpdref.runner.registry import Stage, register, weight_setting_problems
 from mpdref.runner.stages import RECIPE_OPTIONS
 
 INITS = ("linear", "density", "random")
@@ -366,18 +366,12 @@ class QuantizeStage(Stage):
 
     @classmethod
     def check(cls, settings, model):
-        from mpdref.models import parameter_shapes
-
-        weights = [n for n in parameter_shapes(model) if n.endswith(".weight")]
         problems = []
         if (settings["bits"] is None) == (settings["bits_all"] is None):
             problems.append("give exactly one of bits and bits_all")
-        for name, b in (settings["bits"] or {}).items():
-            if name not in weights:
-                problems.append(f"bits: {name!r} is not a weight of {model} (weights: {', '.join(weights)})")
-            elif isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 16:
-                problems.append(f"bits.{name}: expected an integer in [1, 16], got {b!r}")
-        return problems
+        return problems + weight_setting_problems(
+            model, "bits", settings["bits"],
+            lambda name, b: isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 16, "an integer in [1, 16]")
 
     def _recipe(self, settings):
         from mpdref.train import Recipe

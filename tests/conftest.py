@@ -47,3 +47,34 @@ except ImportError:
     HAVE_TORCH = False
 
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (pip install -e '.[crosscheck]')")
+
+
+class Interrupted(Exception):
+    """Stands for a crash or Ctrl-C right after a checkpoint was written."""
+
+
+def assert_resume_is_bit_identical(config, tmp_path, monkeypatch, stop_after):
+    """Run `config` whole; run it again, stopped after its `stop_after`-th checkpoint, and resume:
+    the two final models must be equal bit for bit."""
+    import mpdref.runner as runner
+    from mpdref import models
+    from mpdref.runner import resume_experiment, run_experiment
+
+    run_experiment(config, tmp_path / "reference", progress=False)
+    original = runner.RunContext.checkpoint
+    calls = {"n": 0}
+
+    def failing(self, *a, **k):
+        original(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == stop_after:
+            raise Interrupted
+
+    monkeypatch.setattr(runner.RunContext, "checkpoint", failing)
+    with pytest.raises(Interrupted):
+        run_experiment(config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(runner.RunContext, "checkpoint", original)
+    resume_experiment(tmp_path / "run", progress=False)
+    a, b = models.load(tmp_path / "reference" / "model.h5"), models.load(tmp_path / "run" / "model.h5")
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k]), k

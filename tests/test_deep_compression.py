@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from mpdref import models
 from mpdref.prune import magnitude_mask, prune, sensitivity
 from mpdref.quantize import CodebookSGD, codebook_of, initial_centroids, kmeans_1d, quantize_weight, sse
+from conftest import assert_resume_is_bit_identical
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -232,15 +233,9 @@ def test_prune_quantize_pipeline_runs_and_reports(tmp_path, mnist_dir):
     assert "fc9.weight" in str(e.value) and "bits" in str(e.value)
 
 
-class _Interrupted(Exception):
-    pass
-
-
 @pytest.mark.mnist
 @pytest.mark.parametrize("stop_after", [2, 3, 4])
 def test_quantize_stage_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch, stop_after):
-    import mpdref.runner as runner
-    from mpdref.runner import resume_experiment, run_experiment
     from mpdref.runner.config import resolve_config
 
     config = resolve_config({
@@ -248,21 +243,4 @@ def test_quantize_stage_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch
         "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
         "stages": [{"type": "prune", "keep": {"fc1.weight": 0.2}},
                    {"type": "quantize", "bits": {"fc1.weight": 3, "fc2.weight": 4}, "epochs": 3, "batch_size": 32}]})
-    run_experiment(config, tmp_path / "reference", progress=False)
-    original = runner.RunContext.checkpoint
-    calls = {"n": 0}
-
-    def failing(self, *a, **k):
-        original(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == stop_after:
-            raise _Interrupted
-
-    monkeypatch.setattr(runner.RunContext, "checkpoint", failing)
-    with pytest.raises(_Interrupted):
-        run_experiment(config, tmp_path / "run", progress=False)
-    monkeypatch.setattr(runner.RunContext, "checkpoint", original)
-    resume_experiment(tmp_path / "run", progress=False)
-    a, b = models.load(tmp_path / "reference" / "model.h5"), models.load(tmp_path / "run" / "model.h5")
-    for k in a.params:
-        assert np.array_equal(a.params[k], b.params[k]), k
+    assert_resume_is_bit_identical(config, tmp_path, monkeypatch, stop_after)

@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpdref.mpd import block_diagonal_matmul, block_structure, mpd_mask, split_bounds
+from conftest import assert_resume_is_bit_identical
 
 
 def test_block_sizes_follow_array_split():
@@ -258,15 +259,9 @@ def test_block_form_train_stage_equals_the_masked_one(tmp_path, mnist_dir):
     np.testing.assert_array_equal(results["block"].masks["fc1.weight"], results["masked"].masks["fc1.weight"])
 
 
-class _Interrupted(Exception):
-    pass
-
-
 @pytest.mark.mnist
 @pytest.mark.parametrize("stop_after", [1, 2, 3])
 def test_block_form_run_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch, stop_after):
-    import mpdref.runner as runner
-    from mpdref.runner import resume_experiment, run_experiment
     from mpdref.runner.config import resolve_config
 
     config = resolve_config({
@@ -274,24 +269,7 @@ def test_block_form_run_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch
         "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
         "stages": [{"type": "mpd", "k": {"fc1.weight": 16}}, {"type": "train", "epochs": 3, "batch_size": 32,
                                                               "form": "block"}]})
-    run_experiment(config, tmp_path / "reference", progress=False)
-    original = runner.RunContext.checkpoint
-    calls = {"n": 0}
-
-    def failing(self, *a, **k):
-        original(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == stop_after:
-            raise _Interrupted
-
-    monkeypatch.setattr(runner.RunContext, "checkpoint", failing)
-    with pytest.raises(_Interrupted):
-        run_experiment(config, tmp_path / "run", progress=False)
-    monkeypatch.setattr(runner.RunContext, "checkpoint", original)
-    resume_experiment(tmp_path / "run", progress=False)
-    a, b = models.load(tmp_path / "reference" / "model.h5"), models.load(tmp_path / "run" / "model.h5")
-    for k in a.params:
-        assert np.array_equal(a.params[k], b.params[k]), k
+    assert_resume_is_bit_identical(config, tmp_path, monkeypatch, stop_after)
 
 
 @pytest.mark.mnist

@@ -37,3 +37,21 @@ class Stage:
 
     def run(self, ctx, settings: dict, resume: dict | None) -> dict:
         raise NotImplementedError
+
+
+def weight_setting_problems(model: str, setting: str, names, value_ok=None, accepted="") -> list[str]:
+    """Problems of a setting that names weights of `model`: a list of names, or a table of
+    name = value whose values must pass ``value_ok(name, value)`` (`accepted` says what passes:
+    a string, or a function of the name)."""
+    from mpdref.models import parameter_shapes
+
+    weights = [n for n in parameter_shapes(model) if n.endswith(".weight")]
+    items = names.items() if isinstance(names, dict) else ((n, None) for n in names or ())
+    problems = []
+    for name, value in items:
+        if name not in weights:
+            problems.append(f"{setting}: {name!r} is not a weight of {model} (weights: {', '.join(weights)})")
+        elif value_ok is not None and not value_ok(name, value):
+            what = accepted(name) if callable(accepted) else accepted
+            problems.append(f"{setting}.{name}: expected {what}, got {value!r}")
+    return problems
