@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "kernels; an unmasked layer is one block); it needs numba-cuda "
                                    "(pip install -e '.[cuda]') and an NVIDIA GPU, or NUMBA_ENABLE_CUDASIM=1 "
                                    "for Numba's (slow) simulator.")
-    p.add_argument("model_file", metavar="MODEL.h5")
+    p.add_argument("model_file", metavar="MODEL.h5|MODEL.mpdz")
     _add_data_option(p)
     p.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
                    help="cpu: the masked network with NumPy and Numba (default); cuda: block-diagonal "
@@ -110,6 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test: the 10,000 test images (default); val: the last 5,000 training "
                         "images; train: the other 55,000")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compress", help="write a model as a compressed .mpdz file and print its size table",
+                       description="Deep Compression's storage: per weight, its distinct values as a float32 "
+                                   "codebook with Huffman-coded indices (raw float32 when that is smaller), and "
+                                   "the positions of the kept weights as Huffman-coded relative indices, or, for "
+                                   "MPD masks, the permutations and block boundaries. The table's bits are the "
+                                   "bytes of the file.")
+    p.add_argument("model_file", metavar="MODEL.h5")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.mpdz")
+    p.add_argument("--max-code-length", type=int, default=11, metavar="BITS",
+                   help="longest Huffman codeword (default 11: one 2048-entry decoding table)")
+    p.add_argument("--index-bits", type=int, default=None, metavar="B",
+                   help="bits per relative index (1-8; default: the smallest file per weight)")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("decompress", help="turn an .mpdz file back into a model file",
+                       description="Decode an .mpdz file (verified first) into an HDF5 model file with the "
+                                   "same weights, biases and masks.")
+    p.add_argument("mpdz_file", metavar="MODEL.mpdz")
+    p.add_argument("-o", "--output", required=True, metavar="MODEL.h5")
+    p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("size", help="the size table of an .mpdz file",
+                       description="Per weight: weights, fraction kept, bits per weight and per index before and "
+                                   "after Huffman coding, codebook and code-table bits, index or permutation "
+                                   "bits, bias bits, and the ratio to dense float32; then the container and the "
+                                   "total. Counted from the file's sections.")
+    p.add_argument("mpdz_file", metavar="MODEL.mpdz")
+    p.set_defaults(func=cmd_size)
 
     p = sub.add_parser("data", help="fetch or check MNIST",
                        description="Fetch MNIST from a public mirror, or check the copy that mpdref finds.")
@@ -224,7 +253,7 @@ def cmd_compare(args) -> int:
 def cmd_evaluate(args) -> int:
     from mpdref import data, models
 
-    net = models.load(args.model_file)
+    net = _load_any(args.model_file)
     classifier = net
     if args.backend == "cuda":  # before the data: a missing GPU is said at once
         from mpdref.mpd import CudaBlockNetwork, to_block_diagonal
@@ -242,6 +271,50 @@ def cmd_evaluate(args) -> int:
           + (f", {kept:.2%} of masked weights kept" if kept is not None else "") + f"; backend {args.backend}")
     print(f"{args.split} error {error:.2%} ({round(error * len(labels))} of {len(labels)} wrong), "
           f"accuracy {1 - error:.2%}")
+    return 0
+
+
+def _load_any(path):
+    """A model from an HDF5 model file or an .mpdz file (told apart by their first bytes)."""
+    from mpdref import models
+
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        magic = b""
+    if magic == b"MPDZ":
+        from mpdref.compress import decompress
+
+        return decompress(path)
+    return models.load(path)
+
+
+def cmd_compress(args) -> int:
+    from mpdref import models
+    from mpdref.compress import compress, format_size_table
+
+    net = models.load(args.model_file)
+    table = compress(net, args.output, max_length=args.max_code_length, index_bits=args.index_bits)
+    print(f"{args.model_file} -> {args.output}")
+    print(format_size_table(table))
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from mpdref import models
+    from mpdref.compress import decompress
+
+    net = decompress(args.mpdz_file)
+    models.save(net, args.output)
+    print(f"{args.mpdz_file} -> {args.output}: {net.name}, {net.num_parameters():,} parameters")
+    return 0
+
+
+def cmd_size(args) -> int:
+    from mpdref.compress import format_size_table, size_table
+
+    print(format_size_table(size_table(args.mpdz_file)))
     return 0
 
 

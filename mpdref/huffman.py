@@ -215,6 +215,8 @@ def decoding_table(lengths) -> tuple[np.ndarray, np.ndarray, int]:
 
 def decode(data, lengths, count: int) -> np.ndarray:
     """The `count` symbols (int32) coded in `data`; CodecError if `data` is not exactly such a stream."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = np.frombuffer(data, np.uint8)
     data = np.ascontiguousarray(data, dtype=np.uint8).ravel()
     if count < 0:
         raise CodecError(f"the symbol count must be >= 0, not {count}")

@@ -1,0 +1,135 @@
+"""Stage 3: relative indices, the .mpdz file, its size table, and the compress/decompress commands."""
+import hashlib
+import json
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpdref import models
+from mpdref.cli import main
+from mpdref.compress import compress, decompress, size_table
+from mpdref.io import FormatError
+from mpdref.mpd import channel_mask, mpd_mask
+from mpdref.prune import prune
+from mpdref.quantize import quantize_weight
+from mpdref.sparse_index import positions_from_indices, relative_indices
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sets(st.integers(0, 5000), max_size=200), st.integers(1, 8))
+def test_relative_indices_round_trip_with_fillers(kept, bits):
+    positions = np.array(sorted(kept), np.int64)
+    symbols, is_filler = relative_indices(positions, bits)
+    assert symbols.min(initial=0) >= 0 and symbols.max(initial=0) < 2**bits
+    stored = positions_from_indices(symbols, 5001)
+    np.testing.assert_array_equal(stored[~is_filler], positions)
+    gaps = np.diff(np.concatenate([[-1], positions]))
+    assert is_filler.sum() == np.sum((gaps - 1) // 2**bits)  # one filler per full 2^b run skipped
+
+
+def test_relative_indices_follow_the_paper():
+    # Han et al., Figure 2, with 3-bit indices: a gap of more than 8 inserts a filler 8 further on
+    symbols, fillers = relative_indices(np.array([1, 4, 15]), 3)
+    assert symbols.tolist() == [1, 2, 7, 2] and fillers.tolist() == [False, False, True, False]
+
+
+def _compressible_network(rng, mpd=False):
+    net = models.build("lenet-300-100", np.float32, seed=4)
+    if mpd:
+        for name, k in (("fc1.weight", 10), ("fc2.weight", 5)):
+            shape = net.params[name].shape
+            net.set_mask(name, channel_mask(shape, mpd_mask(shape[0], shape[1], k, rng)))
+    else:
+        prune(net, keep={"fc1.weight": 0.05, "fc2.weight": 0.1, "fc3.weight": 0.3})
+    for name, bits in (("fc1.weight", 5), ("fc2.weight", 4)):
+        net.params[name] = quantize_weight(net.params[name], net.masks.get(name), bits)
+    return net  # fc3 keeps float32 values: stored raw
+
+
+@pytest.mark.parametrize("mpd", [False, True])
+def test_round_trip_restores_weights_masks_and_predictions(tmp_path, rng, mpd):
+    net = _compressible_network(rng, mpd)
+    compress(net, tmp_path / "m.mpdz")
+    back = decompress(tmp_path / "m.mpdz")
+    for k in net.params:
+        np.testing.assert_array_equal(back.params[k], net.params[k])
+    assert set(back.masks) == set(net.masks)
+    for k in net.masks:
+        np.testing.assert_array_equal(back.masks[k], net.masks[k])
+    x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(back.predict(x), net.predict(x))
+    kinds = {layer["layer"]: layer["kind"] for layer in size_table(tmp_path / "m.mpdz")["layers"]}
+    assert kinds["fc1.weight"] == ("mpd" if mpd else "sparse")
+
+
+def test_size_table_is_the_file(tmp_path, rng):
+    net = _compressible_network(rng)
+    table = compress(net, tmp_path / "m.mpdz")
+    blob = (tmp_path / "m.mpdz").read_bytes()
+    # read the file's layout independently of mpdref.io.mpdz
+    magic, version, head_len = struct.unpack_from("<4sHI", blob)
+    header = json.loads(blob[10 : 10 + head_len])
+    per_layer = {}
+    for name, size in header["sections"]:
+        per_layer[name.split("/")[0]] = per_layer.get(name.split("/")[0], 0) + 8 * size
+    assert 10 + head_len + sum(size for _, size in header["sections"]) + 32 == len(blob)
+    assert hashlib.sha256(blob[:-32]).digest() == blob[-32:]
+    for row in table["layers"]:
+        assert row["total_bits"] == per_layer[row["layer"]]
+        assert row["dense_bits"] == 32 * (net.params[row["layer"]].size
+                                          + net.params[row["layer"].replace("weight", "bias")].size)
+        assert row["kept"] == pytest.approx(net.masks[row["layer"]].mean())
+    assert table["file_bits"] == 8 * len(blob)
+    assert table["ratio"] == pytest.approx(32 * sum(v.size for v in net.params.values()) / (8 * len(blob)))
+
+
+def test_damaged_files_are_named(tmp_path, rng):
+    net = _compressible_network(rng)
+    compress(net, tmp_path / "m.mpdz")
+    blob = bytearray((tmp_path / "m.mpdz").read_bytes())
+    cases = {"flip": bytes(blob[:200]) + bytes([blob[200] ^ 1]) + bytes(blob[201:]),
+             "truncated": bytes(blob[:-10]), "magic": b"XXXX" + bytes(blob[4:]), "empty": b""}
+    for what, data in cases.items():
+        path = tmp_path / f"{what}.mpdz"
+        path.write_bytes(data)
+        with pytest.raises(FormatError, match=str(path)):
+            decompress(path)
+    # a damaged weight stream behind a valid checksum: the error names the layer
+    magic, version, head_len = struct.unpack_from("<4sHI", blob)
+    header = json.loads(blob[10 : 10 + head_len])
+    pos = 10 + head_len
+    for name, size in header["sections"]:
+        if name == "fc1.weight/weights":
+            break
+        pos += size
+    body = bytearray(blob[:-32])
+    del body[pos + 3 : pos + 9]  # six bytes out of the stream...
+    header["sections"] = [[n, s - 6 if n == "fc1.weight/weights" else s] for n, s in header["sections"]]
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    body = struct.pack("<4sHI", magic, version, len(head)) + head + bytes(body[10 + head_len :])
+    (tmp_path / "bad.mpdz").write_bytes(body + hashlib.sha256(body).digest())  # ...and a fresh checksum
+    with pytest.raises(FormatError, match="layer fc1.weight"):
+        decompress(tmp_path / "bad.mpdz")
+
+
+@pytest.mark.mnist
+def test_commands(tmp_path, rng, mnist_dir, capsys):
+    net = _compressible_network(rng)
+    models.save(net, tmp_path / "m.h5")
+    assert main(["compress", str(tmp_path / "m.h5"), "-o", str(tmp_path / "m.mpdz")]) == 0
+    out = capsys.readouterr().out
+    assert "fc1.weight" in out and "total" in out and "ratio" in out
+    assert main(["size", str(tmp_path / "m.mpdz")]) == 0
+    assert capsys.readouterr().out.strip() in out
+    assert main(["decompress", str(tmp_path / "m.mpdz"), "-o", str(tmp_path / "back.h5")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "m.mpdz"), "--data", str(mnist_dir)]) == 0
+    from_mpdz = capsys.readouterr().out.splitlines()[-1]
+    assert main(["evaluate", str(tmp_path / "m.h5"), "--data", str(mnist_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == from_mpdz
+    (tmp_path / "bad.mpdz").write_bytes(b"MPDZ" + b"\0" * 40)
+    assert main(["size", str(tmp_path / "bad.mpdz")]) == 1
+    assert "bad.mpdz" in capsys.readouterr().err
