@@ -251,7 +251,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from mpdref import data, models
+    from mpdref import data
 
     net = _load_any(args.model_file)
     classifier = net

@@ -290,3 +290,39 @@ def format_size_table(table: dict) -> str:
                  f"ratio {table['ratio']:.1f}x ({table['ratio_without_container']:.1f}x without the container's "
                  f"{table['container_bits'] // 8:,}-byte header and checksum)")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the encode stage
+
+from mpdref.runner.config import Option  # noqa: E402  (the stage plugs into the runner's registry)
+from mpdref.runner.registry import Stage, register  # noqa: E402
+
+
+@register
+class EncodeStage(Stage):
+    """Write the network as RUN_DIR/model.mpdz, print its size table, and check what decodes from it."""
+
+    type = "encode"
+    description = "write the compressed model file (model.mpdz) and its size table"
+    options = {
+        "max_code_length": Option(int, 11, check=lambda v: 1 <= v <= huffman.MAX_LENGTH,
+                                  accepted=f"an integer in [1, {huffman.MAX_LENGTH}]"),
+        "index_bits": Option(int, None, check=lambda v: 1 <= v <= 8,
+                             accepted="an integer in [1, 8] (default: the smallest file per weight)"),
+    }
+
+    def run(self, ctx, settings, resume):
+        import sys
+
+        path = ctx.out / "model.mpdz"
+        table = compress(ctx.net, path, settings["max_code_length"], settings["index_bits"])
+        print(format_size_table(table), file=sys.stderr)
+        decoded = decompress(path)
+        _, val, test = ctx.datasets()
+        same = bool(np.array_equal(decoded.predict(test[0]), ctx.net.predict(test[0])))
+        if not same:
+            raise RuntimeError(f"{path}: the decoded model predicts differently from the network it came from")
+        return {"file_bytes": table["file_bytes"], "ratio": table["ratio"], "dense_bits": table["dense_bits"],
+                "file_bits": table["file_bits"], "same_predictions": same,
+                "layers": {r["layer"]: {k: v for k, v in r.items() if k != "layer"} for r in table["layers"]},
+                **ctx.errors()}

@@ -215,7 +215,8 @@ def test_prune_quantize_pipeline_runs_and_reports(tmp_path, mnist_dir):
                    {"type": "sensitivity", "layers": ["fc1.weight"], "keep": [1.0, 0.1]},
                    {"type": "prune", "keep": {"fc1.weight": 0.1, "fc2.weight": 0.2}},
                    {"type": "train", "epochs": 1, "lr": 0.01},
-                   {"type": "quantize", "bits_all": 4, "epochs": 1}]}
+                   {"type": "quantize", "bits_all": 4, "epochs": 1},
+                   {"type": "encode"}]}
     metrics = run_experiment(resolve_config(raw), tmp_path / "run", progress=False)
     assert metrics["test_error"] < 0.3
     net = models.load(tmp_path / "run" / "model.h5")
@@ -225,6 +226,9 @@ def test_prune_quantize_pipeline_runs_and_reports(tmp_path, mnist_dir):
     assert abs(net.masks["fc1.weight"].mean() - 0.1) < 1e-3
     report = json.loads((tmp_path / "run" / "sensitivity.json").read_text())
     assert report["keep"] == [1.0, 0.1] and len(report["error"]["fc1.weight"]) == 2
+    encoded = metrics["stages"][-1]
+    assert encoded["same_predictions"] and encoded["ratio"] > 10
+    assert encoded["file_bytes"] == (tmp_path / "run" / "model.mpdz").stat().st_size
     for figure in ("sensitivity.png", "quantize.png"):
         assert (tmp_path / "run" / "figures" / figure).exists()
     bad = dict(raw, stages=[{"type": "prune", "keep": {"fc9.weight": 0.1}}, {"type": "quantize"}])

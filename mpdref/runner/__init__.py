@@ -26,6 +26,7 @@ from mpdref.runner import stages as _stages  # noqa: F401  (registers the core s
 from mpdref import mpd as _mpd  # noqa: F401,E402  (registers the mpd stage)
 from mpdref import prune as _prune  # noqa: F401,E402  (registers the prune and sensitivity stages)
 from mpdref import quantize as _quantize  # noqa: F401,E402  (registers the quantize stage)
+from mpdref import compress as _compress  # noqa: F401,E402  (registers the encode stage)
 from mpdref.runner.checkpoint import read_checkpoint, write_checkpoint
 from mpdref.runner.config import ConfigError, config_digest, resolve_config
 from mpdref.runner.registry import STAGES
