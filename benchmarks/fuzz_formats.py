@@ -1,4 +1,4 @@
-"""Fuzz mpdref's file readers: >= 100,000 damaged IDX files, model files and checkpoints.
+"""Fuzz mpdref's file readers: >= 100,000 damaged IDX files, model files, checkpoints and .mpdz files.
 
     python benchmarks/fuzz_formats.py [--cases 100000] [--workers 2] [--seconds 10]
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("idx", "model", "checkpoint")
+KINDS = ("idx", "model", "checkpoint", "mpdz")
 _SAMPLES = None
 
 
@@ -62,7 +62,7 @@ def run_chunk(kind: str, seeds: range, seconds: float) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", type=int, default=100_000, help="total cases, split over the three kinds")
+    p.add_argument("--cases", type=int, default=100_000, help="total cases, split over the four kinds")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0, help="time limit per case")
     p.add_argument("--chunk", type=int, default=2000)

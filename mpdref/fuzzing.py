@@ -77,14 +77,16 @@ def time_limit(seconds: float):
 
 
 def load_outcome(kind: str, path, seconds: float = 10.0) -> str:
-    """Load `path` as `kind` (idx, model, checkpoint): "loaded" or "rejected"; anything else propagates."""
+    """Load `path` as `kind` (idx, model, checkpoint, mpdz): "loaded" or "rejected"; anything else propagates."""
     from mpdref import data, models
+    from mpdref.compress import decompress
     from mpdref.runner.checkpoint import read_checkpoint
 
     readers = {
         "idx": lambda: data.read_idx(path),
         "model": lambda: models.load(path),
         "checkpoint": lambda: read_checkpoint(path, FUZZ_DIGEST),
+        "mpdz": lambda: decompress(path),
     }
     with time_limit(seconds):
         try:
@@ -107,7 +109,7 @@ def sample_files(tmp_dir) -> dict[str, list[tuple[str, bytes]]]:
 
     tmp_dir = Path(tmp_dir)
     rng = np.random.default_rng(0)
-    samples: dict[str, list[tuple[str, bytes]]] = {"idx": [], "model": [], "checkpoint": []}
+    samples: dict[str, list[tuple[str, bytes]]] = {"idx": [], "model": [], "checkpoint": [], "mpdz": []}
     for shape, code in (((40, 28, 28), 0x08), ((300,), 0x08)):
         arr = rng.integers(0, 256, shape, dtype=np.uint8)
         raw = bytes([0, 0, code, arr.ndim]) + np.array(shape, ">u4").tobytes() + arr.tobytes()
@@ -122,4 +124,12 @@ def sample_files(tmp_dir) -> dict[str, list[tuple[str, bytes]]]:
                     "log_lines": 1, "results": [], "rng": {"dropout": net.rng.bit_generator.state, "shuffle": None}}
         write_checkpoint(tmp_dir / "c.h5", net, velocity, progress)
         samples["checkpoint"].append((".h5", (tmp_dir / "c.h5").read_bytes()))
+        from mpdref.compress import compress
+        from mpdref.prune import prune
+        from mpdref.quantize import quantize_weight
+
+        prune(net, keep={"fc1.weight": 0.05, "fc2.weight": 0.2})
+        net.params["fc1.weight"] = quantize_weight(net.params["fc1.weight"], net.masks["fc1.weight"], 4)
+        compress(net, tmp_dir / "m.mpdz")
+        samples["mpdz"].append((".mpdz", (tmp_dir / "m.mpdz").read_bytes()))
     return samples

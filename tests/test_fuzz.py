@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from mpdref.fuzzing import MUTATIONS, load_outcome, mutate, sample_files
 
-CASES = {"idx": 1500, "model": 700, "checkpoint": 500}
+CASES = {"idx": 1500, "model": 700, "checkpoint": 500, "mpdz": 500}
 
 
 @pytest.fixture(scope="module")
