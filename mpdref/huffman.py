@@ -151,13 +151,16 @@ def _encode(symbols, codes, lengths, out):
 
 
 @numba.njit(**SERIAL)
-def _decode(data, table_symbol, table_length, table_bits, count, out):
+def _decode(data, table_symbol, table_length, pair_symbol, pair_length, table_bits, count, out):
+    """Decode `count` symbols. A lookup of the next table_bits bits gives the codeword that starts
+    there, and, where a second whole codeword fits in the same bits, that one too (pair_*)."""
     n_bytes = len(data)
     mask = (1 << table_bits) - 1
     buf = 0  # the next `have` bits of the stream, right-aligned
     have = 0
     pos = 0
-    for i in range(count):
+    i = 0
+    while i < count:
         while have <= 48 and pos < n_bytes:
             buf = (buf << 8) | np.int64(data[pos])
             pos += 1
@@ -166,13 +169,21 @@ def _decode(data, table_symbol, table_length, table_bits, count, out):
             peek = (buf >> (have - table_bits)) & mask
         else:
             peek = (buf << (table_bits - have)) & mask
-        n = np.int64(table_length[peek])
-        if n == 0:
-            return _NO_CODEWORD, i
-        if n > have:
-            return _TRUNCATED, i
-        out[i] = table_symbol[peek]
-        have -= n
+        n2 = np.int64(pair_length[peek])
+        if n2 != 0 and n2 <= have and i + 1 < count:
+            out[i] = table_symbol[peek]
+            out[i + 1] = pair_symbol[peek]
+            i += 2
+            have -= n2
+        else:
+            n = np.int64(table_length[peek])
+            if n == 0:
+                return _NO_CODEWORD, i
+            if n > have:
+                return _TRUNCATED, i
+            out[i] = table_symbol[peek]
+            i += 1
+            have -= n
         buf &= (1 << have) - 1
     if have >= 8 or pos < n_bytes:
         return _TRAILING, count
@@ -213,6 +224,18 @@ def decoding_table(lengths) -> tuple[np.ndarray, np.ndarray, int]:
     return table_symbol, table_length, bits
 
 
+def pair_table(table_symbol, table_length, bits) -> tuple[np.ndarray, np.ndarray]:
+    """Per `bits`-bit prefix: the second codeword that fits wholly after the first, and the two
+    lengths together (0 where none fits)."""
+    prefix = np.arange(1 << bits)
+    first = table_length.astype(np.int64)
+    rest = (prefix << first) & ((1 << bits) - 1)  # the bits after the first codeword, left-aligned
+    second = table_length[rest].astype(np.int64)
+    fits = (first > 0) & (second > 0) & (first + second <= bits)
+    return (np.where(fits, table_symbol[rest], 0).astype(np.int32),
+            np.where(fits, first + second, 0).astype(np.uint8))
+
+
 def decode(data, lengths, count: int) -> np.ndarray:
     """The `count` symbols (int32) coded in `data`; CodecError if `data` is not exactly such a stream."""
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -230,7 +253,8 @@ def decode(data, lengths, count: int) -> np.ndarray:
     if len(data) * 8 < count:  # every codeword has at least one bit
         raise CodecError(_MESSAGES[_TRUNCATED])
     out = np.empty(count, np.int32)
-    status, _ = _decode(data, table_symbol, table_length, bits, count, out)
+    pair_symbol, pair_length = pair_table(table_symbol, table_length, bits)
+    status, _ = _decode(data, table_symbol, table_length, pair_symbol, pair_length, bits, count, out)
     if status != _OK:
         raise CodecError(_MESSAGES[status])
     return out
