@@ -21,7 +21,7 @@ def run_cli(capsys, *argv):
 
 
 @pytest.mark.parametrize("argv", [[], ["demo"], ["train"], ["run"], ["show"], ["compare"], ["evaluate"], ["data"],
-                                  ["data", "fetch"], ["data", "check"]])
+                                  ["data", "fetch"], ["data", "check"], ["compress"], ["decompress"], ["size"]])
 def test_every_command_has_help(capsys, argv):
     code, out, err = run_cli(capsys, *argv, "--help")
     assert code == 0 and "usage: mpdref" in out and len(out.splitlines()) > 3
@@ -108,3 +108,17 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():
     assert "README.md" in ci and "eval" in ci
     assert re.search(r"awk '/\^```/\{n\+\+; next\} n==1 && /pytest/' README.md", ci)
     assert readme.index("```") < 400  # the commands come first
+
+
+@pytest.mark.mnist
+def test_demo_runs_the_three_pipelines(capsys, tmp_path, mnist_dir):
+    code, out, err = run_cli(capsys, "demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--data", str(mnist_dir),
+                             "--no-progress")
+    assert code == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in
+            (["dense"], ["deep-compression"], ["mpd"])}
+    assert set(rows) == {"dense", "deep-compression", "mpd"}
+    for name in ("deep-compression", "mpd"):
+        size = (tmp_path / "demo" / name / "model.mpdz").stat().st_size
+        assert f"{size:,} B" in " ".join(rows[name])
+    assert "fc1.weight" in err and "ratio" in err  # the size tables
