@@ -86,18 +86,18 @@ def _encode_weight(name, w, mask, max_length, index_bits):
     elif (s := _mpd_structure(mask)) is not None:
         layer.update(kind="mpd", k=s.k, rows=len(s.row_perm), cols=len(s.col_perm))
         positions = _mpd_positions(w.shape, s)
-        perm_bits, bound_bits = (_bits_for(len(s.row_perm)), _bits_for(len(s.col_perm))), \
-            (_bits_for(len(s.row_perm) + 1), _bits_for(len(s.col_perm) + 1))
-        sections += [(f"{name}/row_perm", _pack(s.row_perm, perm_bits[0])),
-                     (f"{name}/col_perm", _pack(s.col_perm, perm_bits[1])),
-                     (f"{name}/row_bounds", _pack(s.row_bounds, bound_bits[0])),
-                     (f"{name}/col_bounds", _pack(s.col_bounds, bound_bits[1]))]
+        rows, cols = len(s.row_perm), len(s.col_perm)
+        sections += [(f"{name}/row_perm", _pack(s.row_perm, _bits_for(rows))),
+                     (f"{name}/col_perm", _pack(s.col_perm, _bits_for(cols))),
+                     (f"{name}/row_bounds", _pack(s.row_bounds, _bits_for(rows + 1))),
+                     (f"{name}/col_bounds", _pack(s.col_bounds, _bits_for(cols + 1)))]
     else:
         layer["kind"] = "sparse"
         positions = np.flatnonzero(np.asarray(mask).ravel())
     values = w.ravel()[positions].astype(np.float32)
     codebook, counts = np.unique(values, return_counts=True)
-    # a codebook pays when its values, their code table and the coded indices take fewer bits than float32
+    # A codebook pays when its values (32 bits), their code lengths (8 bits) and the coded indices
+    # (estimated at the Shannon code lengths, ceil(log2 1/p)) take fewer bits than raw float32.
     coded_bits = 40 * len(codebook) + 8 + float(np.sum(counts * np.maximum(1, np.ceil(np.log2(len(values) / counts)))))
     raw = len(codebook) > MAX_CODEBOOK or coded_bits >= 32 * len(values)
     layer["codebook"] = 0 if raw else len(codebook)

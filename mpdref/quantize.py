@@ -397,6 +397,7 @@ class QuantizeStage(Stage):
 
         net = ctx.net
         bits = dict(settings["bits"]) if settings["bits"] else {n: settings["bits_all"] for n in net.weight_names()}
+        before = None  # (kept weights before quantization, k-means centroids) per weight, for the figure
         if resume is None:  # cluster; a resumed stage reads its codebooks back from the weights
             rng = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(3, ctx.stage_index)))
             before = {}
@@ -405,7 +406,6 @@ class QuantizeStage(Stage):
                 values = net.params[name][mask] if mask is not None else net.params[name].ravel()
                 net.params[name] = quantize_weight(net.params[name], mask, b, settings["init"], settings["method"], rng)
                 before[name] = (values, codebook_of(net.params[name], mask)[1])
-            self._before = before
         recipe = self._recipe(settings)
         optimizer = CodebookSGD(net, list(bits), recipe.momentum, recipe.weight_decay)
         shuffle = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(1, ctx.stage_index)))
@@ -421,13 +421,12 @@ class QuantizeStage(Stage):
             ctx.log(record)
             ctx.checkpoint(epochs_done=epoch + 1, finished=False, velocity=optimizer.velocity, shuffle=shuffle)
 
-        _, val, test = ctx.datasets()
-        train_set, _, _ = ctx.datasets()
+        train_set, val, test = ctx.datasets()
         fit(net, train_set, recipe, val=val, test=test, progress=ctx.progress, start_epoch=start_epoch,
             optimizer=optimizer, shuffle_rng=shuffle, on_epoch_end=on_epoch_end)
         books = {name: codebook_of(net.params[name], net.masks.get(name))[1] for name in bits}
-        if getattr(self, "_before", None):
-            plot_codebooks(self._before, books, ctx.out / "figures" / "quantize.png")
+        if before:  # a resumed stage no longer has the weights before quantization: no figure
+            plot_codebooks(before, books, ctx.out / "figures" / "quantize.png")
         print("quantize: " + ", ".join(f"{n} {b} bits ({len(books[n])} centroids)" for n, b in bits.items()),
               file=sys.stderr)
         return {"bits": bits, "centroids": {n: len(c) for n, c in books.items()}, **ctx.errors()}
