@@ -295,9 +295,9 @@ def cmd_evaluate(args) -> int:
     net = _load_any(args.model_file)
     classifier = net
     if args.backend == "cuda":  # before the data: a missing GPU is said at once
-        from mpdref.mpd import CudaBlockNetwork, to_block_diagonal
+        from mpdref.mpd import block_network
 
-        classifier = CudaBlockNetwork(to_block_diagonal(net))
+        classifier = block_network(net, "cuda")
     if args.split == "test":
         images, labels = data.load_mnist("test", args.data)
     else:

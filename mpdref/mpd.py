@@ -691,3 +691,16 @@ class CudaBlockNetwork(Classifier):
 
     def error_rate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 10000) -> float:
         return super().error_rate(x, y, batch_size)
+
+
+def block_network(net, backend: str = "cpu"):
+    """The block-diagonal form of the MPD-masked `net` on a backend: "cpu" gives a BlockNetwork
+    (inference and training), "cuda" a CudaBlockNetwork (inference on the GPU). backend="cuda"
+    without a usable GPU raises mpdref.kernels.BackendUnavailable, which names the cause and the
+    alternatives."""
+    from mpdref.kernels import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    block = to_block_diagonal(net)
+    return CudaBlockNetwork(block) if backend == "cuda" else block

@@ -161,9 +161,8 @@ def _tiny_network(dtype, rng, monkeypatch):
         shape = params[name].shape
         masks[name] = channel_mask(shape, mpd_mask(shape[0], shape[1], k, rng))
         params[name] *= masks[name]
-    net = types.SimpleNamespace(name="tiny", dtype=np.dtype(dtype), layers=layers, params=params, masks=masks,
-                                rng=np.random.default_rng(0))
-    return to_block_diagonal(net)
+    return types.SimpleNamespace(name="tiny", dtype=np.dtype(dtype), layers=layers, params=params, masks=masks,
+                                 rng=np.random.default_rng(0))
 
 
 def _mpd_network(name, dtype, rng):
@@ -185,16 +184,17 @@ NETWORKS = ["tiny"] if SIM else ["tiny", "lenet-300-100", "deep-mnist"]
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", NETWORKS)
 def test_whole_network_on_the_device_equals_the_block_network(name, dtype, rng, monkeypatch):
-    from mpdref.mpd import CudaBlockNetwork
+    from mpdref.mpd import CudaBlockNetwork, block_network
 
     if name == "tiny":
-        block = _tiny_network(dtype, rng, monkeypatch)
+        masked = _tiny_network(dtype, rng, monkeypatch)
+        block, gpu = block_network(masked, "cpu"), block_network(masked, "cuda")
         x = rng.standard_normal((3, *models.INPUT_SHAPE)).astype(dtype)
     else:
         block = _mpd_network(name, dtype, rng)
+        gpu = CudaBlockNetwork(block)
         x = rng.standard_normal((257, 1, 28, 28)).astype(dtype)
-    assert isinstance(block, BlockNetwork)
-    gpu = CudaBlockNetwork(block)
+    assert isinstance(block, BlockNetwork) and isinstance(gpu, CudaBlockNetwork)
     got = gpu.forward(x)
     expected = block.forward(x)
     tol = 1e-5 if dtype == np.float32 else 1e-12
@@ -215,6 +215,10 @@ def test_without_a_gpu_the_error_names_the_cause_and_the_alternatives(tmp_path):
     assert "backend='cpu'" in out.stdout and "NUMBA_ENABLE_CUDASIM=1" in out.stdout
     with pytest.raises(ValueError, match="unknown backend"):
         load_backend("tpu")
+    from mpdref.mpd import block_network
+
+    with pytest.raises(ValueError, match="unknown backend"):
+        block_network(models.build("lenet-300-100"), "tpu")
     # the command line says it in one line, before reading any data
     model = tmp_path / "model.h5"
     models.save(models.build("lenet-300-100", np.float32, seed=0), model)
