@@ -278,3 +278,20 @@ def test_unrolled_2x2_pool_equals_the_generic_kernel(shape, rng):
         y_ref, arg_ref = cpu.max_pool2d_forward(x, 2, 2, 2, oh, ow)
         np.testing.assert_array_equal(y, y_ref)
         np.testing.assert_array_equal(arg, arg_ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_kernel_equals_the_reference_bit_for_bit(dtype, rng):
+    from mpdref.ops.activation import relu_backward_reference
+
+    x = rng.standard_normal((33, 47)).astype(dtype)
+    x[0, :5] = [0.0, -0.0, np.inf, -np.inf, np.nan]
+    y, cache = ops.relu_forward(x)
+    wide = rng.standard_normal((33, 48)).astype(dtype)
+    wide[1, :4] = [np.nan, -0.0, np.inf, 0.0]
+    for dout in (wide[:, :47], np.ascontiguousarray(wide[:, 1:])):  # strided and contiguous
+        for c in (cache, np.asfortranarray(cache)):  # the cache of a transposed activation is F-ordered
+            got, expected = ops.relu_backward(dout, c), relu_backward_reference(dout, c)
+            assert got.dtype == expected.dtype == dtype
+            np.testing.assert_array_equal(np.ascontiguousarray(got).view(np.uint8),
+                                          np.ascontiguousarray(expected).view(np.uint8))

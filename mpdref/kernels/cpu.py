@@ -159,3 +159,10 @@ def sgd_momentum_update(w, v, g, mask, lr, momentum, weight_decay):
             continue
         v[i] = vi
         w[i] = w[i] - lr * vi
+
+
+@numba.njit(**SERIAL)
+def relu_backward(dout, y, out):
+    """out = dout where y > 0, else 0 (flat arrays): `ops.relu_backward`'s np.where in one pass."""
+    for i in range(dout.size):
+        out[i] = dout[i] if y[i] > 0 else 0
