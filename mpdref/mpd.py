@@ -428,14 +428,17 @@ class BlockNetwork(Classifier):
 
     def _dense_forward(self, step, x):
         """y = blocks applied to the gathered input, as one batched product over the padded blocks."""
+        from mpdref.kernels import cpu
+
         n, cols = x.shape
         k, r_max, c_max = self.params[step.stacked_name].shape
-        x_ext = np.concatenate([x, np.zeros((n, 1), dtype=x.dtype)], axis=1)  # position -1: zero
-        xs = np.ascontiguousarray(x_ext[:, step.padded_gather].reshape(n, k, c_max).transpose(1, 0, 2))  # (k, N, C)
+        xs = np.empty((k, n, c_max), dtype=x.dtype)  # the gathered input, block by block; 0 on the padding
+        cpu.gather_blocks(np.ascontiguousarray(x), step.padded_gather, xs)
         w = self.params[step.stacked_name]  # (k, R, C)
         ys = np.matmul(xs, w.transpose(0, 2, 1))  # (k, N, R)
         valid = step.valid_rows
-        y = ys.transpose(1, 0, 2).reshape(n, k * r_max)[:, valid] + self.params[f"{step.name}.bias"]
+        y = np.empty((n, len(valid)), dtype=x.dtype)  # back to one row per example, plus the bias
+        cpu.rows_from_blocks(ys, valid, self.params[f"{step.name}.bias"], y)
         return y, (xs, valid, cols)
 
     def _layer_backward(self, step, dout, caches, need_dx):
@@ -463,18 +466,18 @@ class BlockNetwork(Classifier):
         xs, valid, cols = cache
         w = self.params[step.stacked_name]
         k, r_max, c_max = w.shape
+        from mpdref.kernels import cpu
+
         n = dout.shape[0]
-        dy = np.zeros((n, k * r_max), dtype=dout.dtype)
-        dy[:, valid] = dout
-        dys = np.ascontiguousarray(dy.reshape(n, k, r_max).transpose(1, 0, 2))  # (k, N, R)
+        dys = np.empty((k, n, r_max), dtype=dout.dtype)  # (k, N, R), 0 on the padding
+        cpu.blocks_from_rows(np.ascontiguousarray(dout), valid, dys)
         grads = {step.stacked_name: np.matmul(dys.transpose(0, 2, 1), xs),  # (k, R, C); zero on the padding
                  f"{step.name}.bias": dout.sum(axis=0)}
         if not need_dx:
             return None, grads
-        dxs = np.matmul(dys, w).transpose(1, 0, 2).reshape(n, k * c_max)  # (N, k·C)
-        dx = np.empty((n, cols + 1), dtype=dout.dtype)
-        dx[:, step.padded_gather] = dxs  # a permutation but for the padding, which all lands in column -1
-        return dx[:, :cols], grads
+        dx = np.empty((n, cols), dtype=dout.dtype)
+        cpu.scatter_blocks(np.matmul(dys, w), step.padded_gather, dx)  # a permutation but for the padding
+        return dx, grads
 
     def _run(self, x, train):
         caches = []

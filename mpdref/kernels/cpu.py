@@ -166,3 +166,58 @@ def relu_backward(dout, y, out):
     """out = dout where y > 0, else 0 (flat arrays): `ops.relu_backward`'s np.where in one pass."""
     for i in range(dout.size):
         out[i] = dout[i] if y[i] > 0 else 0
+
+
+# ----------------------------------------------------------------------------- MPD block form (mpdref.mpd)
+# The layout moves of BlockNetwork's dense layers, each one pass; the NumPy expressions they
+# replace are in the docstrings, and tests/test_mpd.py holds the two equal.
+
+
+@numba.njit(**SERIAL)
+def gather_blocks(x, padded_gather, out):
+    """out (k, N, C)[b, i, j] = x[i, padded_gather[b·C + j]], 0 where that index is -1 (padding).
+
+    NumPy: x_ext = [x | 0]; x_ext[:, padded_gather].reshape(N, k, C).transpose(1, 0, 2)."""
+    k, n, c = out.shape
+    for b in range(k):
+        for i in range(n):
+            for j in range(c):
+                src = padded_gather[b * c + j]
+                out[b, i, j] = x[i, src] if src >= 0 else 0
+
+
+@numba.njit(**SERIAL)
+def rows_from_blocks(ys, valid_rows, bias, out):
+    """out (N, rows)[i, q] = ys (k, N, R)[b, i, r] + bias[q] where valid_rows[q] = b·R + r.
+
+    NumPy: ys.transpose(1, 0, 2).reshape(N, k·R)[:, valid_rows] + bias."""
+    k, n, r_max = ys.shape
+    for i in range(n):
+        for q in range(len(valid_rows)):
+            v = valid_rows[q]
+            out[i, q] = ys[v // r_max, i, v % r_max] + bias[q]
+
+
+@numba.njit(**SERIAL)
+def blocks_from_rows(dout, valid_rows, out):
+    """out (k, N, R) = 0, then out[b, i, r] = dout[i, q] where valid_rows[q] = b·R + r (the adjoint of
+    rows_from_blocks without the bias)."""
+    k, n, r_max = out.shape
+    out[:] = 0
+    for i in range(n):
+        for q in range(len(valid_rows)):
+            v = valid_rows[q]
+            out[v // r_max, i, v % r_max] = dout[i, q]
+
+
+@numba.njit(**SERIAL)
+def scatter_blocks(dxs, padded_gather, out):
+    """out (N, cols)[i, padded_gather[b·C + j]] = dxs (k, N, C)[b, i, j], padding (index -1) dropped
+    (the adjoint of gather_blocks; padded_gather is a permutation of the columns but for the padding)."""
+    k, n, c = dxs.shape
+    for b in range(k):
+        for i in range(n):
+            for j in range(c):
+                dst = padded_gather[b * c + j]
+                if dst >= 0:
+                    out[i, dst] = dxs[b, i, j]
