@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.csgraph
 
+from mpdref.kernels import cpu
 from mpdref.models import Classifier
 
 
@@ -428,8 +429,6 @@ class BlockNetwork(Classifier):
 
     def _dense_forward(self, step, x):
         """y = blocks applied to the gathered input, as one batched product over the padded blocks."""
-        from mpdref.kernels import cpu
-
         n, cols = x.shape
         k, r_max, c_max = self.params[step.stacked_name].shape
         xs = np.empty((k, n, c_max), dtype=x.dtype)  # the gathered input, block by block; 0 on the padding
@@ -466,8 +465,6 @@ class BlockNetwork(Classifier):
         xs, valid, cols = cache
         w = self.params[step.stacked_name]
         k, r_max, c_max = w.shape
-        from mpdref.kernels import cpu
-
         n = dout.shape[0]
         dys = np.empty((k, n, r_max), dtype=dout.dtype)  # (k, N, R), 0 on the padding
         cpu.blocks_from_rows(np.ascontiguousarray(dout), valid, dys)

@@ -68,22 +68,20 @@ def sensitivity(net, layers: list[str], keeps: list[float], x: np.ndarray, y: np
     """{layer: [error after pruning only that layer to each fraction in keeps]}; `net` is left unchanged."""
     table = {}
     for name in layers:
-        saved_w, saved_mask = net.params[name].copy(), net.masks.get(name)
-        errors = []
-        for keep in keeps:
-            net.params[name] = saved_w.copy()
+        saved_w, saved_mask = net.params[name], net.masks.get(name)
+        try:
+            errors = []
+            for keep in keeps:  # each prunes the saved weights afresh (set_mask zeroes a copy)
+                net.params[name] = saved_w.copy()
+                net.set_mask(name, magnitude_mask(saved_w, saved_mask, keep=keep))
+                errors.append(net.error_rate(x, y))
+            table[name] = errors
+        finally:
+            net.params[name] = saved_w
             if saved_mask is None:
                 net.masks.pop(name, None)
             else:
                 net.masks[name] = saved_mask
-            net.set_mask(name, magnitude_mask(saved_w, saved_mask, keep=keep))
-            errors.append(net.error_rate(x, y))
-        net.params[name] = saved_w
-        if saved_mask is None:
-            net.masks.pop(name, None)
-        else:
-            net.masks[name] = saved_mask
-        table[name] = errors
     return table
 
 

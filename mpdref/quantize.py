@@ -29,7 +29,7 @@ import numpy as np
 from mpdref.kernels.config import SERIAL
 from mpdref.runner.config import Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
-from mpdref.runner.stages import RECIPE_OPTIONS
+from mpdref.runner.stages import RECIPE_OPTIONS, TrainStage, fit_in_stage, recipe_from
 
 INITS = ("linear", "density", "random")
 METHODS = ("lloyd", "optimal")
@@ -258,16 +258,21 @@ def sse(values, centroids, labels) -> float:
 # ----------------------------------------------------------------------------- trained quantization
 
 
+def _kept_positions(w: np.ndarray, mask) -> np.ndarray:
+    """Flat positions of the kept entries of w (all of them without a mask)."""
+    return np.arange(w.size) if mask is None else np.flatnonzero(np.asarray(mask).ravel())
+
+
 def codebook_of(w: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(kept positions (flat), centroids, labels) of a quantized weight, read back from its values."""
-    kept = np.flatnonzero(np.ones(w.size, bool) if mask is None else np.asarray(mask).ravel())
+    kept = _kept_positions(w, mask)
     centroids, labels = np.unique(w.ravel()[kept], return_inverse=True)
     return kept, centroids, labels.astype(np.int64)
 
 
 def quantize_weight(w: np.ndarray, mask, bits: int, init="linear", method="lloyd", rng=None) -> np.ndarray:
     """w with every kept weight replaced by its k-means centroid (2^bits of them, float32 values)."""
-    kept = np.flatnonzero(np.ones(w.size, bool) if mask is None else np.asarray(mask).ravel())
+    kept = _kept_positions(w, mask)
     values = w.ravel()[kept]
     k = min(2 ** bits, values.size)
     centroids, labels = kmeans_1d(values, k, init, method, rng=rng)
@@ -371,11 +376,9 @@ class QuantizeStage(Stage):
 
     @classmethod
     def defaults(cls, model):
-        from mpdref.train import DEFAULT_RECIPES
-
-        recipe = DEFAULT_RECIPES[model]
-        return {"epochs": 3, "lr": recipe.lr / 10, "batch_size": recipe.batch_size, "momentum": recipe.momentum,
-                "weight_decay": 0.0, "schedule": "cosine", "milestones": [], "gamma": 0.1}
+        """The network's default recipe, shortened to 3 epochs at a tenth of its learning rate, no decay."""
+        recipe = TrainStage.defaults(model)
+        return {**recipe, "epochs": 3, "lr": recipe["lr"] / 10, "weight_decay": 0.0}
 
     @classmethod
     def check(cls, settings, model):
@@ -386,15 +389,7 @@ class QuantizeStage(Stage):
             model, "bits", settings["bits"],
             lambda name, b: isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 16, "an integer in [1, 16]")
 
-    def _recipe(self, settings):
-        from mpdref.train import Recipe
-
-        keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma")
-        return Recipe(**{k: (tuple(settings[k]) if k == "milestones" else settings[k]) for k in keys})
-
     def run(self, ctx, settings, resume):
-        from mpdref.train import fit
-
         net = ctx.net
         bits = dict(settings["bits"]) if settings["bits"] else {n: settings["bits_all"] for n in net.weight_names()}
         before = None  # (kept weights before quantization, k-means centroids) per weight, for the figure
@@ -406,24 +401,13 @@ class QuantizeStage(Stage):
                 values = net.params[name][mask] if mask is not None else net.params[name].ravel()
                 net.params[name] = quantize_weight(net.params[name], mask, b, settings["init"], settings["method"], rng)
                 before[name] = (values, codebook_of(net.params[name], mask)[1])
-        recipe = self._recipe(settings)
+        recipe = recipe_from(settings)
         optimizer = CodebookSGD(net, list(bits), recipe.momentum, recipe.weight_decay)
-        shuffle = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(1, ctx.stage_index)))
-        start_epoch = 0
         if resume is not None:
             optimizer.velocity = resume["velocity"]
-            shuffle.bit_generator.state = resume["rng"]["shuffle"]
-            start_epoch = resume["epochs_done"]
-        else:
-            ctx.checkpoint(epochs_done=0, finished=False, velocity=optimizer.velocity, shuffle=shuffle)
-
-        def on_epoch_end(epoch, record):
-            ctx.log(record)
-            ctx.checkpoint(epochs_done=epoch + 1, finished=False, velocity=optimizer.velocity, shuffle=shuffle)
-
-        train_set, val, test = ctx.datasets()
-        fit(net, train_set, recipe, val=val, test=test, progress=ctx.progress, start_epoch=start_epoch,
-            optimizer=optimizer, shuffle_rng=shuffle, on_epoch_end=on_epoch_end)
+        # the checkpoint before the first epoch holds the quantized weights, from which a resumed
+        # stage reads its codebooks back
+        fit_in_stage(ctx, net, recipe, optimizer, resume, lambda: optimizer.velocity, checkpoint_at_start=True)
         books = {name: codebook_of(net.params[name], net.masks.get(name))[1] for name in bits}
         if before:  # a resumed stage no longer has the weights before quantization: no figure
             plot_codebooks(before, books, ctx.out / "figures" / "quantize.png")

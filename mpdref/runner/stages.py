@@ -21,6 +21,33 @@ RECIPE_OPTIONS = {
 }
 
 
+def recipe_from(settings: dict) -> Recipe:
+    """The Recipe that a stage's recipe options (RECIPE_OPTIONS) describe; other settings are ignored."""
+    return Recipe(**{k: (tuple(v) if k == "milestones" else v) for k, v in settings.items() if k in RECIPE_OPTIONS})
+
+
+def fit_in_stage(ctx, net, recipe, optimizer, resume, velocity, checkpoint_at_start=False) -> None:
+    """`fit` inside a stage: the stage's own shuffling stream, a checkpoint after every epoch (and, with
+    checkpoint_at_start, one before the first), and the rest of an interrupted stage on `resume`.
+    velocity(): the optimizer's state in the network's parameter layout, as checkpoints hold it; the
+    caller restores the optimizer from resume["velocity"] itself."""
+    train_set, val_set, test_set = ctx.datasets()
+    shuffle = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(1, ctx.stage_index)))
+    start_epoch = 0
+    if resume is not None:
+        shuffle.bit_generator.state = resume["rng"]["shuffle"]
+        start_epoch = resume["epochs_done"]
+    elif checkpoint_at_start:
+        ctx.checkpoint(epochs_done=0, finished=False, velocity=velocity(), shuffle=shuffle)
+
+    def on_epoch_end(epoch, record):
+        ctx.log(record)
+        ctx.checkpoint(epochs_done=epoch + 1, finished=False, velocity=velocity(), shuffle=shuffle)
+
+    fit(net, train_set, recipe, val=val_set, test=test_set, progress=ctx.progress, start_epoch=start_epoch,
+        optimizer=optimizer, shuffle_rng=shuffle, on_epoch_end=on_epoch_end)
+
+
 @register
 class TrainStage(Stage):
     """Masked SGD on the current network; defaults are the network's default recipe."""
@@ -38,21 +65,16 @@ class TrainStage(Stage):
         return {k: (list(v) if isinstance(v, tuple) else v)
                 for k, v in vars(recipe).items() if k in cls.options}
 
-    @staticmethod
-    def _recipe(settings):
-        return Recipe(**{k: (tuple(v) if k == "milestones" else v) for k, v in settings.items() if k != "form"})
-
     @classmethod
     def check(cls, settings, model):
         try:
-            cls._recipe(settings)
+            recipe_from(settings)
         except (ValueError, TypeError) as e:
             return [str(e)]
         return []
 
     def run(self, ctx, settings, resume):
-        recipe = self._recipe(settings)
-        train_set, val_set, test_set = ctx.datasets()
+        recipe = recipe_from(settings)
         net = ctx.net
         trained = net
         if settings["form"] == "block":
@@ -60,12 +82,8 @@ class TrainStage(Stage):
 
             trained = to_block_diagonal(net)
         sgd = SGD(trained, recipe.momentum, recipe.weight_decay)
-        shuffle = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(1, ctx.stage_index)))
-        start_epoch = 0
         if resume is not None:
             sgd.velocity = resume["velocity"] if trained is net else block_arrays(net, resume["velocity"])
-            shuffle.bit_generator.state = resume["rng"]["shuffle"]
-            start_epoch = resume["epochs_done"]
 
         def sync():
             """Checkpoints and later stages see the masked network; the block form writes back into it."""
@@ -75,12 +93,7 @@ class TrainStage(Stage):
             net.rng.bit_generator.state = trained.rng.bit_generator.state
             return trained.masked_arrays(net, sgd.velocity)
 
-        def on_epoch_end(epoch, record):
-            ctx.log(record)
-            ctx.checkpoint(epochs_done=epoch + 1, finished=False, velocity=sync(), shuffle=shuffle)
-
-        fit(trained, train_set, recipe, val=val_set, test=test_set, progress=ctx.progress,
-            start_epoch=start_epoch, optimizer=sgd, shuffle_rng=shuffle, on_epoch_end=on_epoch_end)
+        fit_in_stage(ctx, trained, recipe, sgd, resume, sync)
         sync()
         return {"epochs": recipe.epochs, **ctx.errors()}
 
