@@ -5,6 +5,7 @@ unless the environment says otherwise), on tiny shapes and tiles so that inputs 
 every tile boundary. On a GPU (``NUMBA_ENABLE_CUDASIM=0 pytest tests/test_cuda.py``) the
 same tests run at full size, with the GPU's tile sets.
 """
+import math
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 
 from mpdref import models, ops
 from mpdref.kernels import BackendUnavailable, load_backend
-from mpdref.kernels.config import CUDA_SIM_TILES, CUDA_TILES, CudaTiles
+from mpdref.kernels.config import CUDA_SIM_TILES, CUDA_TILES, CudaTiles, choose_cuda_tiles
 from mpdref.mpd import BlockNetwork, block_diagonal_matmul, channel_mask, mpd_mask, to_block_diagonal
 
 try:
@@ -227,3 +228,25 @@ def test_without_a_gpu_the_error_names_the_cause_and_the_alternatives(tmp_path):
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mpdref evaluate: error: backend='cuda'"), out.stderr
+
+
+@pytest.mark.skipif(SIM, reason="the direct launch is bypassed in the simulator")
+def test_direct_launch_gives_the_bits_of_numba_cudas_launch(rng):
+    """After its first call a kernel launches without numba-cuda's dispatch (kc._DirectLaunch):
+    the same bits as numba-cuda's own launch, for the dense product and the elementwise kernels."""
+    blocks = _random_blocks(rng, [40, 24], [30, 50], np.float32)
+    layer = kc.DeviceBlockDense(blocks, bias=rng.standard_normal(64).astype(np.float32))
+    x = kc.to_device(rng.standard_normal((80, 33)).astype(np.float32))
+    first = layer(x, relu=True).copy_to_host()  # through numba-cuda: compiles
+    second = layer(x, relu=True).copy_to_host()  # direct
+    tiles = choose_cuda_tiles(layer.max_rows, 33)
+    grid = (math.ceil(layer.max_rows / tiles.bm), math.ceil(33 / tiles.bn), layer.k)
+    launcher = kc._configured_once(kc._block_matmul_kernel(tiles, np.dtype(np.float32), True), grid, tiles.threads)
+    assert launcher.kernels, "the second call should have launched directly"
+    via_numba = kc.cuda.device_array((64, 33), np.float32)
+    launcher.configured(layer._params, layer._meta, x, via_numba)
+    assert np.array_equal(first, second) and np.array_equal(second, via_numba.copy_to_host())
+    z = rng.standard_normal((4, 6, 6, 5)).astype(np.float32)
+    pooled = [kc.max_pool(kc.to_device(z), 2, relu=True).copy_to_host() for _ in range(3)]
+    assert all(np.array_equal(pooled[0], p) for p in pooled[1:])
+    assert np.array_equal(pooled[0], np.maximum(z.reshape(4, 3, 2, 3, 2, 5).max(axis=(2, 4)), 0))

@@ -55,16 +55,17 @@ class CudaTiles:
 
 #: tiles for a GPU, by the shape of the product (see choose_cuda_tiles)
 CUDA_TILES = {
-    # 512 threads of 8 × 4 outputs: 87 registers, so 512 threads fit where 256 threads of
-    # 8 × 8 (155 registers) left the multiprocessor half idle; measured faster on an H100
-    # (benchmarks/block_diagonal_cuda.py --try-tiles)
-    "large": CudaTiles(bm=128, bn=128, bk=8, tm=8, tn=4),
+    # 256 threads of 8 × 8 outputs, registers capped at 128 so that two thread blocks fit on a
+    # multiprocessor: with the shared tiles read as vectors, the fastest set measured on an H100
+    # at k = 4 and 16, batch 1024 (benchmarks/block_diagonal_cuda.py --try-tiles; NOTES-cuda.md)
+    "large": CudaTiles(bm=128, bn=128, bk=8, tm=8, tn=8, max_registers=128),
     "medium": CudaTiles(bm=64, bn=64, bk=8, tm=4, tn=4),  # 256 threads, 16 outputs each, 59 registers
     "narrow": CudaTiles(bm=64, bn=8, bk=32, tm=2, tn=1),  # small batches: 256 threads over units
 }
 #: tiles for the CUDA simulator (one Python thread per CUDA thread): 4 threads, tiny tiles,
-#: so that test inputs of a few dozen elements cross every tile boundary
-CUDA_SIM_TILES = CudaTiles(bm=4, bn=4, bk=2, tm=2, tn=2)
+#: so that test inputs of a few dozen elements cross every tile boundary; 4 × 4 per thread
+#: takes the kernel's vector-load path, as the GPU tiles do
+CUDA_SIM_TILES = CudaTiles(bm=8, bn=8, bk=2, tm=4, tn=4)
 #: threads per block of the elementwise kernels (convolution, pooling, ReLU)
 CUDA_THREADS = 256
 CUDA_SIM_THREADS = 8

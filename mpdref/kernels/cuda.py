@@ -30,6 +30,7 @@ Numba's CUDA simulator instead (slow: for tests on machines without a GPU).
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import warnings
@@ -99,11 +100,135 @@ def _configured_once(kernel, grid, threads):
     # small batches and small layers give small grids on purpose.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Grid size .* under-utilization")
-        return kernel[grid, threads]
+        return _DirectLaunch(kernel[grid, threads])
+
+
+class _DirectLaunch:
+    """kernel[grid, threads](*args), without numba-cuda's per-call dispatch after the first call.
+
+    A numba-cuda launch from Python costs 17-27 µs for one array argument and 5-7 µs per
+    further array (benchmarks/NOTES-cuda.md): each call types every argument, looks up
+    the compiled kernel and converts each array through several wrappers. A network
+    launches the same kernels with the same kinds of arguments batch after batch, so
+    here the first call of each kind of argument list goes through numba-cuda (which
+    compiles), and later ones launch that compiled kernel with the arguments flattened
+    exactly as numba-cuda's Kernel._prepare_args flattens them (an array: meminfo, parent,
+    size, itemsize, data pointer, shape, strides). Anything else (a host array, a
+    non-contiguous view, an argument kind not seen before) takes numba-cuda's path.
+    tests/test_cuda.py checks that both paths give the same bits.
+    """
+
+    def __init__(self, configured):
+        self.configured = configured
+        self.kernels = {}  # kind of each argument -> (cuda.core kernel, argument types)
+        self.config = None
+        try:
+            from cuda.core import LaunchConfig, launch
+            self._launch = launch
+            self.config = LaunchConfig(grid=configured.griddim, block=configured.blockdim,
+                                       shmem_size=configured.sharedmem)
+        except Exception:  # another numba-cuda or cuda.core than the one this was written against
+            self._launch = None
+
+    @staticmethod
+    def _kind(a):
+        if isinstance(a, cuda.devicearray.DeviceNDArray):
+            return (a.dtype.char, a.ndim) if a.is_c_contiguous() else None
+        if isinstance(a, (bool, int, float)):
+            return type(a)
+        return None
+
+    def __call__(self, *args):
+        kinds = tuple(self._kind(a) for a in args)
+        entry = self.kernels.get(kinds)
+        if entry is None or None in kinds or self._launch is None:
+            self.configured(*args)
+            if None not in kinds and self._launch is not None:
+                self._remember(kinds, args)
+            return
+        kernel, types = entry
+        flat = []
+        for ty, a in zip(types, args):
+            if ty is None:  # an array
+                flat += [0, 0, a.size, a.dtype.itemsize, a.device_ctypes_pointer.value or 0, *a.shape, *a.strides]
+            else:
+                flat.append(ty(a))
+        self._launch(self.configured.stream, self.config, kernel, *flat)
+
+    def _remember(self, kinds, args):
+        from numba import types as nt
+
+        dispatcher = self.configured.dispatcher
+        argtypes = tuple(dispatcher.typeof_pyval(a) for a in args)
+        compiled = dispatcher.overloads.get(argtypes)
+        if compiled is None or compiled.debug:
+            return
+        converters = []
+        for ty in argtypes:
+            if isinstance(ty, nt.Array):
+                converters.append(None)
+            elif ty == nt.boolean:
+                converters.append(bool)
+            elif isinstance(ty, nt.Integer):
+                converters.append(getattr(ctypes, f"c_{ty}"))
+            elif ty == nt.float64:
+                converters.append(ctypes.c_double)
+            else:
+                return  # a kind this launcher does not flatten: numba-cuda's path every time
+        self.kernels[kinds] = (compiled._codelibrary.get_cufunc().kernel, converters)
 
 
 def _blocks_for(total: int) -> int:
     return max(1, min(math.ceil(total / _threads()), 65535))
+
+
+# ----------------------------------------------------------------------------- vector loads from shared memory
+
+
+def _make_load_vector():
+    """load4(a, i) -> (a[i], a[i+1], a[i+2], a[i+3]) as one vector load.
+
+    LLVM does not merge neighbouring scalar loads from shared memory into vector loads
+    (the PTX showed one ld.shared.f32 per element), and in the register-tiled product
+    those loads, not the FMAs, bound the inner loop. This reads the four elements as
+    one <4 x T> (ld.shared.v4.f32; float64 is split into two v2 loads). The caller
+    guarantees what makes that legal: a is a 1-D C-contiguous array whose data is
+    aligned to 4 elements (a shared array declared with that alignment), and i is a
+    multiple of 4. In the simulator it is four scalar reads.
+    """
+    if simulator():
+        def load4(a, i):
+            return a[i], a[i + 1], a[i + 2], a[i + 3]
+        return cuda.jit(device=True, inline="always")(load4)
+
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def load4(typingctx, a, i):
+        if not (isinstance(a, types.Array) and a.ndim == 1 and isinstance(a.dtype, types.Float)
+                and isinstance(i, types.Integer)):
+            return None
+        sig = types.UniTuple(a.dtype, 4)(a, i)
+
+        def codegen(context, builder, sig, args):
+            array_type, _ = sig.args
+            array, index = args
+            data = context.make_array(array_type)(context, builder, value=array).data
+            element = context.get_value_type(array_type.dtype)
+            ptr = builder.gep(data, [index], inbounds=True)
+            vector_ptr = builder.bitcast(ptr, ir.VectorType(element, 4).as_pointer(ptr.type.addrspace))
+            vector = builder.load(vector_ptr, align=4 * array_type.dtype.bitwidth // 8)
+            values = [builder.extract_element(vector, ir.Constant(ir.IntType(32), j)) for j in range(4)]
+            return context.make_tuple(builder, sig.return_type, values)
+
+        return sig, codegen
+
+    return load4
+
+
+load4 = _make_load_vector()
 
 
 # ----------------------------------------------------------------------------- block-diagonal product
@@ -113,8 +238,13 @@ def _blocks_for(total: int) -> int:
 def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
     """The block-diagonal product for one tile set, dtype and epilogue (all compile-time constants)."""
     BM, BN, BK, TM, TN = tiles.bm, tiles.bn, tiles.bk, tiles.tm, tiles.tn
-    THREADS_M, THREADS_N = BM // TM, BN // TN  # thread (ty, tx) owns rows ty + i·THREADS_M, columns tx + j·THREADS_N
+    THREADS_N = BN // TN  # thread (ty, tx) owns rows ty·TM + i and columns tx·TN + j of the tile
     NT = tiles.threads
+    # its TM weights and TN inputs of one k-step are contiguous in shared memory: read them
+    # as vectors of 4 where the counts allow (the tiles are aligned to 4 elements)
+    VEC_A, VEC_X = TM % 4 == 0, TN % 4 == 0
+    ALIGN = None if simulator() else 4 * np.dtype(dtype).itemsize  # the simulator refuses an alignment
+    A_TILE, X_TILE = BK * BM, BK * BN
     A_LOADS, B_LOADS = BM * BK // NT, BK * BN // NT
     PREFETCH = tiles.prefetch
     RELU = relu
@@ -177,8 +307,8 @@ def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
         tx = tid % THREADS_N
         ty = tid // THREADS_N
 
-        a_tile = cuda.shared.array((BK, BM), nb)  # a_tile[kk, m] = B_b[m0 + m, k0 + kk]
-        x_tile = cuda.shared.array((BK, BN), nb)  # x_tile[kk, n] = x[gather[c0 + k0 + kk], n0 + n]
+        a_tile = cuda.shared.array(A_TILE, nb, alignment=ALIGN)  # a_tile[kk·BM + m] = B_b[m0 + m, k0 + kk]
+        x_tile = cuda.shared.array(X_TILE, nb, alignment=ALIGN)  # x_tile[kk·BN + n] = x[gather[c0 + k0 + kk], n0 + n]
         a_next = cuda.local.array(A_LOADS, nb)  # the next tiles, loaded while this one is multiplied
         x_next = cuda.local.array(B_LOADS, nb)
         acc = cuda.local.array((TM, TN), nb)
@@ -192,20 +322,28 @@ def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
         load_inputs(x, gather, c0, c_b, n0, n_total, 0, tid, x_next)
         for k0 in range(0, c_b, BK):
             for load in range(A_LOADS):
-                idx = tid + load * NT
-                a_tile[idx // BM, idx % BM] = a_next[load]
+                a_tile[tid + load * NT] = a_next[load]
             for load in range(B_LOADS):
-                idx = tid + load * NT
-                x_tile[idx // BN, idx % BN] = x_next[load]
+                x_tile[tid + load * NT] = x_next[load]
             cuda.syncthreads()
             if PREFETCH and k0 + BK < c_b:  # in flight during the products below
                 load_weights(wt, w0, r_b, c_b, m0, k0 + BK, tid, a_next)
                 load_inputs(x, gather, c0, c_b, n0, n_total, k0 + BK, tid, x_next)
             for kk in range(BK):
-                for i in range(TM):
-                    a_reg[i] = a_tile[kk, ty + i * THREADS_M]  # a broadcast within a warp
-                for j in range(TN):
-                    x_reg[j] = x_tile[kk, tx + j * THREADS_N]  # consecutive words: no bank conflicts
+                a_base = kk * BM + ty * TM  # the same for a whole warp when THREADS_N >= 32: a broadcast
+                if VEC_A:
+                    for i in range(0, TM, 4):
+                        a_reg[i], a_reg[i + 1], a_reg[i + 2], a_reg[i + 3] = load4(a_tile, a_base + i)
+                else:
+                    for i in range(TM):
+                        a_reg[i] = a_tile[a_base + i]
+                x_base = kk * BN + tx * TN  # consecutive threads, consecutive vectors: no bank conflicts
+                if VEC_X:
+                    for j in range(0, TN, 4):
+                        x_reg[j], x_reg[j + 1], x_reg[j + 2], x_reg[j + 3] = load4(x_tile, x_base + j)
+                else:
+                    for j in range(TN):
+                        x_reg[j] = x_tile[x_base + j]
                 for i in range(TM):
                     for j in range(TN):
                         acc[i, j] += a_reg[i] * x_reg[j]
@@ -215,13 +353,13 @@ def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
                 load_inputs(x, gather, c0, c_b, n0, n_total, k0 + BK, tid, x_next)
 
         for i in range(TM):  # epilogue: bias, ReLU, and the output scatter
-            m = m0 + ty + i * THREADS_M
+            m = m0 + ty * TM + i
             if m < r_b:
                 row = r0 + m
                 bias_row = bias[row]
                 dest = row_dest[row]
                 for j in range(TN):
-                    n = n0 + tx + j * THREADS_N
+                    n = n0 + tx * TN + j
                     if n < n_total:
                         v = acc[i, j] + bias_row
                         if RELU and v < zero:
