@@ -107,8 +107,11 @@ def case(n_features, k, batch, repeats, rng, try_tiles=()):
         "dense": timed(lambda i: torch.matmul(dense_w, dense_x[i % 3], out=dense_out), torch_events, repeats),
     }
     for tiles in try_tiles if batch >= 64 else ():
-        times[f"kernel {tiles}"] = timed(lambda i: layer(xs[i % 3], relu=True, out=out, tiles=tiles),
-                                         numba_events, repeats)
+        try:
+            times[f"kernel {tiles}"] = timed(lambda i: layer(xs[i % 3], relu=True, out=out, tiles=tiles),
+                                             numba_events, repeats)
+        except Exception as e:  # e.g. more registers × threads than a multiprocessor has
+            print(f"      {tiles}: does not launch ({' '.join(str(e).split())[:120]})", flush=True)
     useful = 2.0 * batch * sum(b.size for b in blocks)
     dense_flops = 2.0 * batch * n_features * n_features
     return {"k": k, "batch": batch, "rel_error": rel, "us": times,

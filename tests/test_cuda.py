@@ -31,11 +31,11 @@ EPS = {np.float32: np.finfo(np.float32).eps, np.float64: np.finfo(np.float64).ep
 # multiple of any tile; on a GPU also the benchmark's shape.
 if SIM:
     SHAPES = [([3, 1, 5], [4, 2, 7], 9), ([1], [1], 1), ([6, 6], [5, 3], 1), ([2, 9, 4, 1], [3, 3, 8, 2], 6)]
-    TILE_SETS = [CUDA_SIM_TILES, CudaTiles(bm=4, bn=2, bk=2, tm=2, tn=1)]
+    TILE_SETS = [CUDA_SIM_TILES, CudaTiles(bm=4, bn=2, bk=2, tm=2, tn=1, prefetch=False)]
 else:
     SHAPES = [([3, 1, 5], [4, 2, 7], 9), ([1], [1], 1), ([300, 1, 77], [784, 3, 129], 1000),
               ([256] * 16, [256] * 16, 1024), ([64] * 64, [64] * 64, 64), ([30, 31, 29], [79, 78, 80], 17)]
-    TILE_SETS = list(CUDA_TILES.values())
+    TILE_SETS = list(CUDA_TILES.values()) + [CudaTiles(bm=64, bn=64, bk=8, tm=4, tn=4, prefetch=False)]
 
 
 def _random_blocks(rng, row_sizes, col_sizes, dtype):
