@@ -27,6 +27,7 @@ from mpdref.io.mpdz import read_mpdz, write_mpdz
 from mpdref.sparse_index import positions_from_indices, relative_indices
 
 FORMAT = "mpdref-compressed-model"
+assert huffman.MAX_LENGTH <= 15, "code lengths are stored in 4 bits"
 MAX_CODEBOOK = (1 << 15) - 1  # with the filler symbol, at most 2^15 symbols: codes of at most 15 bits
 
 
@@ -47,6 +48,17 @@ def _unpack(data: bytes, bits: int, count: int) -> np.ndarray:
     if len(raw) < bits * count or len(data) != (bits * count + 7) // 8:
         raise ValueError(f"{count} packed {bits}-bit values need {(bits * count + 7) // 8} bytes, found {len(data)}")
     return (raw[: bits * count].reshape(count, bits).astype(np.int64) << np.arange(bits - 1, -1, -1)).sum(axis=1)
+
+
+def _pack_lengths(lengths) -> bytes:
+    """Huffman code lengths (0 to huffman.MAX_LENGTH = 15) in 4 bits each."""
+    return _pack(lengths, 4)
+
+
+def _unpack_lengths(data: bytes, count: int, what: str) -> np.ndarray:
+    if len(data) != (4 * count + 7) // 8:
+        raise ValueError(f"{len(data)} bytes of code lengths, where {count} for {what} take {(4 * count + 7) // 8}")
+    return _unpack(data, 4, count).astype(np.uint8)
 
 
 def _mpd_structure(mask):
@@ -96,9 +108,9 @@ def _encode_weight(name, w, mask, max_length, index_bits):
         positions = np.flatnonzero(np.asarray(mask).ravel())
     values = w.ravel()[positions].astype(np.float32)
     codebook, counts = np.unique(values, return_counts=True)
-    # A codebook pays when its values (32 bits), their code lengths (8 bits) and the coded indices
+    # A codebook pays when its values (32 bits), their code lengths (4 bits) and the coded indices
     # (estimated at the Shannon code lengths, ceil(log2 1/p)) take fewer bits than raw float32.
-    coded_bits = 40 * len(codebook) + 8 + float(np.sum(counts * np.maximum(1, np.ceil(np.log2(len(values) / counts)))))
+    coded_bits = 36 * len(codebook) + 4 + float(np.sum(counts * np.maximum(1, np.ceil(np.log2(len(values) / counts)))))
     raw = len(codebook) > MAX_CODEBOOK or coded_bits >= 32 * len(values)
     layer["codebook"] = 0 if raw else len(codebook)
     fillers = np.zeros(len(positions), bool)
@@ -107,12 +119,12 @@ def _encode_weight(name, w, mask, max_length, index_bits):
         for bits in (index_bits,) if index_bits else range(1, 9):
             symbols, is_filler = relative_indices(positions, bits)
             index_lengths, index_stream = _huffman(symbols, 1 << bits, max_length)
-            size = len(index_stream) + int(is_filler.sum()) * (4 if raw else 0.5) + len(index_lengths)
+            size = len(index_stream) + int(is_filler.sum()) * (4 if raw else 0.5) + len(index_lengths) / 2
             if best is None or size < best[0]:
                 best = (size, bits, is_filler, index_lengths, index_stream)
         _, bits, fillers, index_lengths, index_stream = best
         layer["index_bits"] = bits
-        sections += [(f"{name}/index_lengths", index_lengths.tobytes()), (f"{name}/indices", index_stream)]
+        sections += [(f"{name}/index_lengths", _pack_lengths(index_lengths)), (f"{name}/indices", index_stream)]
     layer["stored"] = len(fillers)
     layer["kept"] = len(positions)
     stored_values = np.zeros(len(fillers), np.float32)
@@ -126,7 +138,7 @@ def _encode_weight(name, w, mask, max_length, index_bits):
         symbols[~fillers] = np.searchsorted(codebook, values)
         weight_lengths, weight_stream = _huffman(symbols, len(codebook) + 1, max_length)
         sections += [(f"{name}/codebook", codebook.astype("<f4").tobytes()),
-                     (f"{name}/weight_lengths", weight_lengths.tobytes()), (f"{name}/weights", weight_stream)]
+                     (f"{name}/weight_lengths", _pack_lengths(weight_lengths)), (f"{name}/weights", weight_stream)]
     return layer, sections
 
 
@@ -165,9 +177,7 @@ def _decode_weight(layer, sections):
         positions = _mpd_positions(shape, MPDMask(None, row_perm, col_perm, row_bounds, col_bounds))
     elif layer["kind"] == "sparse":
         bits = int(layer["index_bits"])
-        index_lengths = np.frombuffer(sections[f"{name}/index_lengths"], np.uint8)
-        if len(index_lengths) != 1 << bits:
-            raise ValueError(f"{len(index_lengths)} index code lengths for {bits}-bit indices")
+        index_lengths = _unpack_lengths(sections[f"{name}/index_lengths"], 1 << bits, f"{bits}-bit indices")
         positions = positions_from_indices(huffman.decode(sections[f"{name}/indices"], index_lengths, stored), size)
     else:
         raise ValueError(f"unknown layer kind {layer['kind']!r}")
@@ -185,9 +195,7 @@ def _decode_weight(layer, sections):
         codebook = np.frombuffer(sections[f"{name}/codebook"], "<f4").astype(np.float32)
         if len(codebook) != n_codebook:
             raise ValueError(f"a codebook of {len(codebook)} values where {n_codebook} were announced")
-        lengths = np.frombuffer(sections[f"{name}/weight_lengths"], np.uint8)
-        if len(lengths) != n_codebook + 1:
-            raise ValueError(f"{len(lengths)} weight code lengths for a codebook of {n_codebook}")
+        lengths = _unpack_lengths(sections[f"{name}/weight_lengths"], n_codebook + 1, f"a codebook of {n_codebook}")
         symbols = huffman.decode(sections[f"{name}/weights"], lengths, stored)
         fillers = symbols == n_codebook
         values = np.zeros(stored, np.float32)

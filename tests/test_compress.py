@@ -2,6 +2,7 @@
 import hashlib
 import json
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from mpdref import models
 from mpdref.cli import main
 from mpdref.compress import compress, decompress, size_table
 from mpdref.io import FormatError
+from mpdref.io.mpdz import read_mpdz
 from mpdref.mpd import channel_mask, mpd_mask
 from mpdref.prune import prune
 from mpdref.quantize import quantize_weight
@@ -71,7 +73,8 @@ def test_size_table_is_the_file(tmp_path, rng):
     blob = (tmp_path / "m.mpdz").read_bytes()
     # read the file's layout independently of mpdref.io.mpdz
     magic, version, head_len = struct.unpack_from("<4sHI", blob)
-    header = json.loads(blob[10 : 10 + head_len])
+    assert (magic, version) == (b"MPDZ", 2)
+    header = json.loads(zlib.decompress(blob[10 : 10 + head_len]))
     per_layer = {}
     for name, size in header["sections"]:
         per_layer[name.split("/")[0]] = per_layer.get(name.split("/")[0], 0) + 8 * size
@@ -99,7 +102,7 @@ def test_damaged_files_are_named(tmp_path, rng):
             decompress(path)
     # a damaged weight stream behind a valid checksum: the error names the layer
     magic, version, head_len = struct.unpack_from("<4sHI", blob)
-    header = json.loads(blob[10 : 10 + head_len])
+    header = json.loads(zlib.decompress(blob[10 : 10 + head_len]))
     pos = 10 + head_len
     for name, size in header["sections"]:
         if name == "fc1.weight/weights":
@@ -108,7 +111,7 @@ def test_damaged_files_are_named(tmp_path, rng):
     body = bytearray(blob[:-32])
     del body[pos + 3 : pos + 9]  # six bytes out of the stream...
     header["sections"] = [[n, s - 6 if n == "fc1.weight/weights" else s] for n, s in header["sections"]]
-    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    head = zlib.compress(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
     body = struct.pack("<4sHI", magic, version, len(head)) + head + bytes(body[10 + head_len :])
     (tmp_path / "bad.mpdz").write_bytes(body + hashlib.sha256(body).digest())  # ...and a fresh checksum
     with pytest.raises(FormatError, match="layer fc1.weight"):
@@ -133,3 +136,40 @@ def test_commands(tmp_path, rng, mnist_dir, capsys):
     (tmp_path / "bad.mpdz").write_bytes(b"MPDZ" + b"\0" * 40)
     assert main(["size", str(tmp_path / "bad.mpdz")]) == 1
     assert "bad.mpdz" in capsys.readouterr().err
+
+
+def test_a_header_that_does_not_inflate_cleanly_is_refused(tmp_path, rng):
+    """The deflated header: trailing bytes, a truncated stream and a bomb each give a FormatError."""
+    from mpdref.io import mpdz
+
+    compress(_compressible_network(rng), tmp_path / "m.mpdz")
+    blob = (tmp_path / "m.mpdz").read_bytes()
+    _, _, head_len = struct.unpack_from("<4sHI", blob)
+    text = zlib.decompress(blob[10 : 10 + head_len])
+    rest = blob[10 + head_len : -32]
+    bomb = zlib.compress(text + b" " * (mpdz.MAX_HEADER_BYTES + 1), 9)
+    for what, head in {"trailing": zlib.compress(text) + b"\0", "truncated": zlib.compress(text)[:-5],
+                       "bomb": bomb}.items():
+        body = struct.pack("<4sHI", b"MPDZ", 2, len(head)) + head + rest
+        path = tmp_path / f"{what}.mpdz"
+        path.write_bytes(body + hashlib.sha256(body).digest())
+        with pytest.raises(FormatError, match=f"{what}.mpdz: malformed header"):
+            decompress(path)
+
+
+def test_code_lengths_take_four_bits(tmp_path, rng):
+    """Code lengths are 4-bit fields: the section holds ceil(count / 2) bytes, and one byte short names the layer."""
+    net = _compressible_network(rng)
+    compress(net, tmp_path / "m.mpdz")
+    header, sections, _ = read_mpdz(tmp_path / "m.mpdz")
+    layer = next(layer for layer in header["layers"] if layer["name"] == "fc1.weight")
+    assert layer["codebook"] > 0
+    assert len(sections["fc1.weight/weight_lengths"]) == (layer["codebook"] + 1 + 1) // 2
+    layers = [dict(layer) for layer in header["layers"]]
+    short = [(n, d[:-1] if n == "fc1.weight/weight_lengths" else d) for n, d in sections.items()]
+    header.pop("sections")
+    from mpdref.io.mpdz import write_mpdz
+
+    write_mpdz(tmp_path / "short.mpdz", dict(header, layers=layers), short)
+    with pytest.raises(FormatError, match="layer fc1.weight: .* bytes of code lengths"):
+        decompress(tmp_path / "short.mpdz")

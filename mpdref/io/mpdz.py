@@ -1,24 +1,29 @@
 """The .mpdz container: a compressed model as a JSON header and named binary sections.
 
-    b"MPDZ"  u16 version  u32 header length  header (UTF-8 JSON)  sections...  SHA-256 (32 bytes)
+    b"MPDZ"  u16 version  u32 header length  header  sections...  SHA-256 (32 bytes)
 
-The header names every section with its byte length, in file order; the SHA-256 covers
-everything before it. Reading checks, in order: the magic, the version, the header, that
-the sections fill the file exactly, and the checksum; any failure is a FormatError that
-names the file. What the sections mean is `mpdref.compress`'s business.
+The header is UTF-8 JSON, zlib-compressed (RFC 1950; version 1 kept it plain and stored
+8-bit code lengths, and is not read): it names every section with its byte length, in file order, and
+repeats the same few keys and layer names, which deflate cuts to about a third; in a
+28 KB model that is 2% of the file. The SHA-256 covers everything before it. Reading
+checks, in order: the magic, the version, the checksum, the header, and that the
+sections fill the file exactly; any failure is a FormatError that names the file. What
+the sections mean is `mpdref.compress`'s business.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
+import zlib
 from pathlib import Path
 
 from mpdref.io import FormatError
 from mpdref.io.atomic import write_bytes_atomic
 
 MAGIC = b"MPDZ"
-VERSION = 1
+VERSION = 2
+MAX_HEADER_BYTES = 1 << 24  # a header that inflates beyond this is refused, not inflated
 _PREFIX = struct.Struct("<4sHI")
 DIGEST_BYTES = 32
 
@@ -26,7 +31,7 @@ DIGEST_BYTES = 32
 def write_mpdz(path, header: dict, sections: list[tuple[str, bytes]]) -> int:
     """Write the file atomically; returns its size in bytes. header gains a "sections" list."""
     header = dict(header, sections=[[name, len(data)] for name, data in sections])
-    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    head = zlib.compress(json.dumps(header, sort_keys=True, separators=(",", ":")).encode(), 9)
     body = _PREFIX.pack(MAGIC, VERSION, len(head)) + head + b"".join(data for _, data in sections)
     blob = body + hashlib.sha256(body).digest()
     write_bytes_atomic(path, blob)
@@ -53,9 +58,9 @@ def read_mpdz(path) -> tuple[dict, dict[str, bytes], dict]:
     if hashlib.sha256(blob[:body_end]).digest() != blob[body_end:]:
         raise FormatError(f"{path}: checksum mismatch: the file is corrupt or truncated")
     try:
-        header = json.loads(blob[_PREFIX.size : _PREFIX.size + head_len])
+        header = json.loads(_inflate(blob[_PREFIX.size : _PREFIX.size + head_len]))
         names = [(str(n), int(size)) for n, size in header["sections"]]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, zlib.error) as e:
         raise FormatError(f"{path}: malformed header ({e})") from None
     pos = _PREFIX.size + head_len
     sections = {}
@@ -68,3 +73,13 @@ def read_mpdz(path) -> tuple[dict, dict[str, bytes], dict]:
         raise FormatError(f"{path}: {body_end - pos} bytes after the last section")
     layout = {"prefix": _PREFIX.size, "header": head_len, "digest": DIGEST_BYTES, "total": len(blob)}
     return header, sections, layout
+
+
+def _inflate(head: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    text = inflater.decompress(head, MAX_HEADER_BYTES)
+    if inflater.unconsumed_tail:
+        raise ValueError(f"the header inflates to more than {MAX_HEADER_BYTES:,} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise ValueError("the compressed header is incomplete or followed by other bytes")
+    return text
