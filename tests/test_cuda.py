@@ -31,7 +31,8 @@ EPS = {np.float32: np.finfo(np.float32).eps, np.float64: np.finfo(np.float64).ep
 # multiple of any tile; on a GPU also the benchmark's shape.
 if SIM:
     SHAPES = [([3, 1, 5], [4, 2, 7], 9), ([1], [1], 1), ([6, 6], [5, 3], 1), ([2, 9, 4, 1], [3, 3, 8, 2], 6)]
-    TILE_SETS = [CUDA_SIM_TILES, CudaTiles(bm=4, bn=2, bk=2, tm=2, tn=1, prefetch=False)]
+    TILE_SETS = [CUDA_SIM_TILES, CudaTiles(bm=4, bn=2, bk=2, tm=2, tn=1, prefetch=False),
+                 CudaTiles(bm=16, bn=16, bk=2, tm=8, tn=8)]  # two runs of 4 rows and columns per thread
 else:
     SHAPES = [([3, 1, 5], [4, 2, 7], 9), ([1], [1], 1), ([300, 1, 77], [784, 3, 129], 1000),
               ([256] * 16, [256] * 16, 1024), ([64] * 64, [64] * 64, 64), ([30, 31, 29], [79, 78, 80], 17)]

@@ -238,11 +238,16 @@ load4 = _make_load_vector()
 def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
     """The block-diagonal product for one tile set, dtype and epilogue (all compile-time constants)."""
     BM, BN, BK, TM, TN = tiles.bm, tiles.bn, tiles.bk, tiles.tm, tiles.tn
-    THREADS_N = BN // TN  # thread (ty, tx) owns rows ty·TM + i and columns tx·TN + j of the tile
+    THREADS_M, THREADS_N = BM // TM, BN // TN
     NT = tiles.threads
-    # its TM weights and TN inputs of one k-step are contiguous in shared memory: read them
-    # as vectors of 4 where the counts allow (the tiles are aligned to 4 elements)
-    VEC_A, VEC_X = TM % 4 == 0, TN % 4 == 0
+    # Thread (ty, tx) owns TM rows and TN columns of the tile, in runs of VA rows and VX
+    # columns: row i of its share is (i // VA)·THREADS_M·VA + ty·VA + i % VA, and likewise
+    # for columns. A run is read from shared memory as one vector (VA = 4 where TM allows,
+    # the tiles aligned to 4 elements); consecutive threads read consecutive runs, so a
+    # warp's vector reads of the input tile hit every bank once (runs of 8 per thread
+    # would put two threads of a quarter-warp on the same banks).
+    VA = 4 if TM % 4 == 0 else 1
+    VX = 4 if TN % 4 == 0 else 1
     ALIGN = None if simulator() else 4 * np.dtype(dtype).itemsize  # the simulator refuses an alignment
     A_TILE, X_TILE = BK * BM, BK * BN
     A_LOADS, B_LOADS = BM * BK // NT, BK * BN // NT
@@ -254,26 +259,34 @@ def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
     @cuda.jit(device=True, inline="always")
     def load_weights(wt, w0, r_b, c_b, m0, k0, tid, out):
         """out[l] = B_b[m0 + m, k0 + kk] for this thread's share of the tile (0 outside the block)."""
+        inside = k0 + BK <= c_b and m0 + BM <= r_b  # the whole slice: no test per element
         for load in range(A_LOADS):  # consecutive threads read consecutive units: coalesced
             idx = tid + load * NT
             kk = idx // BM
             m = idx % BM
-            v = zero
-            if k0 + kk < c_b and m0 + m < r_b:
-                v = wt[w0 + (k0 + kk) * r_b + m0 + m]
-            out[load] = v
+            if inside:
+                out[load] = wt[w0 + (k0 + kk) * r_b + m0 + m]
+            else:
+                v = zero
+                if k0 + kk < c_b and m0 + m < r_b:
+                    v = wt[w0 + (k0 + kk) * r_b + m0 + m]
+                out[load] = v
 
     @cuda.jit(device=True, inline="always")
     def load_inputs(x, gather, c0, c_b, n0, n_total, k0, tid, out):
         """out[l] = x[gather[c0 + k0 + kk], n0 + n]: the input permutation, fused into the load."""
+        inside = k0 + BK <= c_b and n0 + BN <= n_total
         for load in range(B_LOADS):  # a warp reads one gathered feature row, contiguous in n
             idx = tid + load * NT
             kk = idx // BN
             n = idx % BN
-            v = zero
-            if k0 + kk < c_b and n0 + n < n_total:
-                v = x[gather[c0 + k0 + kk], n0 + n]
-            out[load] = v
+            if inside:
+                out[load] = x[gather[c0 + k0 + kk], n0 + n]
+            else:
+                v = zero
+                if k0 + kk < c_b and n0 + n < n_total:
+                    v = x[gather[c0 + k0 + kk], n0 + n]
+                out[load] = v
 
     options = dict(fastmath=FASTMATH, **({"max_registers": tiles.max_registers} if tiles.max_registers else {}))
 
@@ -330,20 +343,22 @@ def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
                 load_weights(wt, w0, r_b, c_b, m0, k0 + BK, tid, a_next)
                 load_inputs(x, gather, c0, c_b, n0, n_total, k0 + BK, tid, x_next)
             for kk in range(BK):
-                a_base = kk * BM + ty * TM  # the same for a whole warp when THREADS_N >= 32: a broadcast
-                if VEC_A:
+                a_base = kk * BM + ty * VA  # few distinct addresses per warp: broadcasts
+                if VA == 4:
                     for i in range(0, TM, 4):
-                        a_reg[i], a_reg[i + 1], a_reg[i + 2], a_reg[i + 3] = load4(a_tile, a_base + i)
+                        a_reg[i], a_reg[i + 1], a_reg[i + 2], a_reg[i + 3] = load4(
+                            a_tile, a_base + (i // 4) * THREADS_M * 4)
                 else:
                     for i in range(TM):
-                        a_reg[i] = a_tile[a_base + i]
-                x_base = kk * BN + tx * TN  # consecutive threads, consecutive vectors: no bank conflicts
-                if VEC_X:
+                        a_reg[i] = a_tile[a_base + i * THREADS_M]
+                x_base = kk * BN + tx * VX
+                if VX == 4:
                     for j in range(0, TN, 4):
-                        x_reg[j], x_reg[j + 1], x_reg[j + 2], x_reg[j + 3] = load4(x_tile, x_base + j)
+                        x_reg[j], x_reg[j + 1], x_reg[j + 2], x_reg[j + 3] = load4(
+                            x_tile, x_base + (j // 4) * THREADS_N * 4)
                 else:
                     for j in range(TN):
-                        x_reg[j] = x_tile[x_base + j]
+                        x_reg[j] = x_tile[x_base + j * THREADS_N]
                 for i in range(TM):
                     for j in range(TN):
                         acc[i, j] += a_reg[i] * x_reg[j]
@@ -353,13 +368,13 @@ def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
                 load_inputs(x, gather, c0, c_b, n0, n_total, k0 + BK, tid, x_next)
 
         for i in range(TM):  # epilogue: bias, ReLU, and the output scatter
-            m = m0 + ty * TM + i
+            m = m0 + (i // VA) * THREADS_M * VA + ty * VA + i % VA
             if m < r_b:
                 row = r0 + m
                 bias_row = bias[row]
                 dest = row_dest[row]
                 for j in range(TN):
-                    n = n0 + tx * TN + j
+                    n = n0 + (j // VX) * THREADS_N * VX + tx * VX + j % VX
                     if n < n_total:
                         v = acc[i, j] + bias_row
                         if RELU and v < zero:
