@@ -235,6 +235,27 @@ load4 = _make_load_vector()
 
 
 @functools.cache
+def _share_reader(count: int, run: int, threads: int):
+    """read(tile, base, out): out[i] = tile[base + (i // run)·threads·run + i % run], i < count.
+
+    A thread's share of one k-step of a shared tile: `count` values in runs of `run`
+    (4: one vector load each, see load4; 1: scalar loads), the runs of consecutive
+    threads side by side, `threads` threads along the tile.
+    """
+
+    @cuda.jit(device=True, inline="always")
+    def read(tile, base, out):
+        if run == 4:
+            for i in range(0, count, 4):
+                out[i], out[i + 1], out[i + 2], out[i + 3] = load4(tile, base + (i // 4) * threads * 4)
+        else:
+            for i in range(count):
+                out[i] = tile[base + i * threads]
+
+    return read
+
+
+@functools.cache
 def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
     """The block-diagonal product for one tile set, dtype and epilogue (all compile-time constants)."""
     BM, BN, BK, TM, TN = tiles.bm, tiles.bn, tiles.bk, tiles.tm, tiles.tn
@@ -248,6 +269,8 @@ def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
     # would put two threads of a quarter-warp on the same banks).
     VA = 4 if TM % 4 == 0 else 1
     VX = 4 if TN % 4 == 0 else 1
+    read_rows = _share_reader(TM, VA, THREADS_M)
+    read_columns = _share_reader(TN, VX, THREADS_N)
     ALIGN = None if simulator() else 4 * np.dtype(dtype).itemsize  # the simulator refuses an alignment
     A_TILE, X_TILE = BK * BM, BK * BN
     A_LOADS, B_LOADS = BM * BK // NT, BK * BN // NT
@@ -343,22 +366,8 @@ def _block_matmul_kernel(tiles: CudaTiles, dtype, relu: bool):
                 load_weights(wt, w0, r_b, c_b, m0, k0 + BK, tid, a_next)
                 load_inputs(x, gather, c0, c_b, n0, n_total, k0 + BK, tid, x_next)
             for kk in range(BK):
-                a_base = kk * BM + ty * VA  # few distinct addresses per warp: broadcasts
-                if VA == 4:
-                    for i in range(0, TM, 4):
-                        a_reg[i], a_reg[i + 1], a_reg[i + 2], a_reg[i + 3] = load4(
-                            a_tile, a_base + (i // 4) * THREADS_M * 4)
-                else:
-                    for i in range(TM):
-                        a_reg[i] = a_tile[a_base + i * THREADS_M]
-                x_base = kk * BN + tx * VX
-                if VX == 4:
-                    for j in range(0, TN, 4):
-                        x_reg[j], x_reg[j + 1], x_reg[j + 2], x_reg[j + 3] = load4(
-                            x_tile, x_base + (j // 4) * THREADS_N * 4)
-                else:
-                    for j in range(TN):
-                        x_reg[j] = x_tile[x_base + j * THREADS_N]
+                read_rows(a_tile, kk * BM + ty * VA, a_reg)  # few distinct addresses per warp: broadcasts
+                read_columns(x_tile, kk * BN + tx * VX, x_reg)
                 for i in range(TM):
                     for j in range(TN):
                         acc[i, j] += a_reg[i] * x_reg[j]
