@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="LeNet-300-100 dense, Deep-Compressed and MPD-compressed, and a results table",
                        description="Three short pipelines on LeNet-300-100: dense training with the default "
-                                   "recipe; Deep Compression (3 rounds of pruning and retraining, 6-bit "
+                                   "recipe; Deep Compression (3 rounds of pruning and retraining, 5-bit "
                                    "codebooks, Huffman coding into model.mpdz); MPD masks at 10x trained in "
                                    "block form, 6-bit codebooks, Huffman. Prints each compressed file's size "
                                    "table and the test errors. Fetches MNIST if it is found nowhere.")
@@ -206,14 +206,15 @@ def cmd_train(args) -> int:
 DEMO_PIPELINES = {
     # name: (what it shows, stages after the dense training)
     "dense": ("LeNet-300-100, the default recipe", []),
-    "deep-compression": ("prune in 3 rounds, 6-bit codebooks, Huffman + relative indices", [
+    "deep-compression": ("prune in 3 rounds, 5-bit codebooks, Huffman + relative indices", [
         {"type": "prune", "keep": {"fc1.weight": 0.3, "fc2.weight": 0.3, "fc3.weight": 0.6}},
         {"type": "train", "epochs": 2, "lr": 0.02},
         {"type": "prune", "keep": {"fc1.weight": 0.12, "fc2.weight": 0.15, "fc3.weight": 0.4}},
         {"type": "train", "epochs": 2, "lr": 0.02},
         {"type": "prune", "keep": {"fc1.weight": 0.075, "fc2.weight": 0.09, "fc3.weight": 0.26}},
         {"type": "train", "epochs": 4, "lr": 0.02},
-        {"type": "quantize", "bits_all": 6, "method": "optimal", "epochs": 1, "lr": 0.002},
+        # as configs/deep-compression-lenet-300-100.toml, with one epoch of centroid fine-tuning
+        {"type": "quantize", "bits_all": 5, "method": "lloyd", "init": "linear", "epochs": 1, "lr": 0.005},
         {"type": "encode"}]),
     "mpd": ("MPD masks (10x), block-form training, 6-bit codebooks, Huffman", [
         {"type": "quantize", "bits_all": 6, "method": "optimal", "epochs": 1, "lr": 0.002},
