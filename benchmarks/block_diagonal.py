@@ -18,23 +18,18 @@ stacked (stacked time / kernel time) and >= 0.8·k times faster than dense.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import scipy.sparse
 
 from mpdref.kernels.blockdiag import block_diagonal_matmul_permuted, pack_blocks
 from mpdref.mpd import mpd_mask
+from timing import best_of
 
 
 def best_time(fn, repeats):
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e6
+    """Microseconds of the fastest call (timing.best_of)."""
+    return best_of(fn, repeats)[0] * 1e6
 
 
 def case(rows, cols, k, batch, repeats, rng):

@@ -12,19 +12,15 @@ encode >= 50 Msym/s; target decode >= 250.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from timing import best_of
 
 
 def best_rate(fn, n, repeats):
-    result = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best / 1e6, result
+    """(million symbols per second of the fastest call, its result) for n symbols."""
+    seconds, result = best_of(fn, repeats)
+    return n / seconds / 1e6, result
 
 
 def main():

@@ -18,19 +18,9 @@ after one warm-up run (Numba compilation).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
-
-
-def best_time(fn, repeats):
-    result = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, result
+from timing import best_of
 
 
 def main():
@@ -55,7 +45,7 @@ def main():
     print(f"{args.n:,} values, k = {args.k}; sklearn {KMeans.__module__.split('.')[0]} threads: "
           f"{[i.get('num_threads') for i in threadpool_info()]}")
 
-    t_ours, (c, labels) = best_time(lambda: kmeans_1d(values, args.k, "linear", "lloyd", args.iterations),
+    t_ours, (c, labels) = best_of(lambda: kmeans_1d(values, args.k, "linear", "lloyd", args.iterations),
                                     args.repeats)
 
     def sk():
@@ -64,14 +54,14 @@ def main():
         km.fit(v64.reshape(-1, 1))
         return km
 
-    t_sk, km = best_time(sk, args.repeats)
+    t_sk, km = best_of(sk, args.repeats)
     sse_ours, sse_sk = sse(values, c, labels), float(km.inertia_)
     print(f"Lloyd   mpdref {t_ours * 1e3:9.1f} ms  SSE {sse_ours:.6f} | scikit-learn {t_sk * 1e3:9.1f} ms  "
           f"SSE {sse_sk:.6f} ({km.n_iter_} iterations) | speed-up {t_sk / t_ours:6.1f}x  "
           f"SSE ratio {sse_ours / sse_sk:.6f}")
 
-    t_opt, (co, lo) = best_time(lambda: kmeans_1d(values, args.k, method="optimal"), args.repeats)
-    t_ref, (lr, cr) = best_time(lambda: kmeans1d.cluster(v64, args.k), args.repeats)
+    t_opt, (co, lo) = best_of(lambda: kmeans_1d(values, args.k, method="optimal"), args.repeats)
+    t_ref, (lr, cr) = best_of(lambda: kmeans1d.cluster(v64, args.k), args.repeats)
     sse_opt, sse_ref = sse(values, co, lo), sse(values, np.array(cr), np.array(lr))
     print(f"Optimal mpdref {t_opt * 1e3:9.1f} ms  SSE {sse_opt:.6f} | kmeans1d     {t_ref * 1e3:9.1f} ms  "
           f"SSE {sse_ref:.6f} | speed-up {t_ref / t_opt:6.1f}x  SSE ratio {sse_opt / sse_ref:.9f}")

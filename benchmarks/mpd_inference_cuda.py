@@ -12,18 +12,13 @@ passes over the whole test set, host array in, predictions out, after a warm-up)
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
+from timing import best_of
 
 
 def images_per_second(predict, x, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        predict(x)
-        best = min(best, time.perf_counter() - t)
-    return len(x) / best
+    return len(x) / best_of(lambda: predict(x), repeats, warmup=False)[0]  # warmed up by the caller
 
 
 def main():

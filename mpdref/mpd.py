@@ -302,13 +302,9 @@ class MPDStage(Stage):
 
 def plot_masks(structures: dict[str, MPDMask], target) -> None:
     """Spy plots of each mask before and after permutation (written atomically)."""
-    import matplotlib
+    from mpdref.io.figure import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mpdref.io.atomic import atomic_write
-
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(structures), figsize=(3.2 * len(structures), 6.2), squeeze=False,
                              constrained_layout=True)
     for col, (name, m) in enumerate(structures.items()):
@@ -319,10 +315,7 @@ def plot_masks(structures: dict[str, MPDMask], target) -> None:
             ax.set_title(f"{name} (k={m.k}), {title}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, target)
 
 
 # ----------------------------------------------------------------------------- block-diagonal form

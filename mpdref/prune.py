@@ -86,13 +86,9 @@ def sensitivity(net, layers: list[str], keeps: list[float], x: np.ndarray, y: np
 
 
 def plot_sensitivity(table: dict, keeps: list[float], baseline: float, target) -> None:
-    import matplotlib
+    from mpdref.io.figure import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mpdref.io.atomic import atomic_write
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     for name, errors in table.items():
         ax.plot([100 * k for k in keeps], [100 * e for e in errors], marker="o", label=name)
@@ -102,10 +98,7 @@ def plot_sensitivity(table: dict, keeps: list[float], baseline: float, target) -
     ax.set_xscale("log")
     ax.set_title("Sensitivity to pruning one layer (no retraining)")
     ax.legend(fontsize=8)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, target)
 
 
 def _number(check):

@@ -335,13 +335,9 @@ class CodebookSGD:
 def plot_codebooks(before: dict, after: dict, target) -> None:
     """Per layer: the histogram of the kept weights before quantization, the initial centroids and
     the fine-tuned ones."""
-    import matplotlib
+    from mpdref.io.figure import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mpdref.io.atomic import atomic_write
-
+    plt = pyplot()
     fig, axes = plt.subplots(len(before), 1, figsize=(7, 2.4 * len(before)), squeeze=False, constrained_layout=True)
     for ax, (name, (values, initial)) in zip(axes[:, 0], before.items()):
         ax.hist(values, bins=200, color="0.75")
@@ -351,10 +347,7 @@ def plot_codebooks(before: dict, after: dict, target) -> None:
             ax.axvline(c, color="tab:red", linewidth=0.6, linestyle="--")
         ax.set_title(f"{name}: {len(values):,} kept weights; centroids from k-means (blue), fine-tuned (red)",
                      fontsize=9)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, target)
 
 
 @register

@@ -480,6 +480,16 @@ def block_diagonal_matmul(blocks, x, gather=None, bias=None, relu=False, row_des
 # ----------------------------------------------------------------------------- convolution, pooling, ReLU
 
 
+@cuda.jit(device=True, inline="always")
+def _unravel_chwn(idx, oh, ow, n_total):
+    """(c, y, x, n) of the flat index idx into a C-ordered (C, oh, ow, n_total) array."""
+    n = idx % n_total
+    t = idx // n_total
+    ox = t % ow
+    t //= ow
+    return t // oh, t % oh, ox, n
+
+
 @functools.cache
 def _conv_kernel(dtype):
     nb = _numba_type(dtype)
@@ -494,12 +504,7 @@ def _conv_kernel(dtype):
         start = cuda.grid(1)
         step = cuda.gridsize(1)
         for idx in range(start, total, step):
-            n = idx % n_total
-            t = idx // n_total
-            ox = t % ow
-            t //= ow
-            oy = t % oh
-            o = t // oh
+            o, oy, ox, n = _unravel_chwn(idx, oh, ow, n_total)
             b = out_block[o]
             c0 = col_bounds[b]
             c_b = col_bounds[b + 1] - c0
@@ -575,12 +580,7 @@ def _pool_kernel(dtype):
         c_total, oh, ow, n_total = y.shape
         total = c_total * oh * ow * n_total
         for idx in range(cuda.grid(1), total, cuda.gridsize(1)):
-            n = idx % n_total
-            t = idx // n_total
-            ox = t % ow
-            t //= ow
-            oy = t % oh
-            c = t // oh
+            c, oy, ox, n = _unravel_chwn(idx, oh, ow, n_total)
             best = x[c, oy * size, ox * size, n]
             for p in range(size):
                 for q in range(size):

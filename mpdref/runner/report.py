@@ -88,16 +88,14 @@ def compare_runs(outs) -> str:
 
 def plot_training_curves(out) -> Path | None:
     """figures/training.png: train loss and validation/test error per epoch, across all training stages."""
-    from mpdref.io.atomic import atomic_write
+    from mpdref.io.figure import pyplot, save_figure
 
     epochs = [r for r in read_log(out) if "epoch" in r]
     if not epochs:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
 
     x = list(range(1, len(epochs) + 1))
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
@@ -122,9 +120,4 @@ def plot_training_curves(out) -> Path | None:
     ax_loss.legend()
     config = read_json(Path(out) / "config.json", "not a run directory")
     fig.suptitle(f"{config['experiment']['name']} ({config['experiment']['model']})")
-    target = Path(out) / "figures" / "training.png"
-    target.parent.mkdir(exist_ok=True)
-    with atomic_write(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return target
+    return save_figure(fig, Path(out) / "figures" / "training.png", dpi=100)
