@@ -288,16 +288,18 @@ class Network(Classifier):
         loss, grads, _ = self.loss_grads_and_logits(x, y, train)
         return loss, grads
 
-    def loss_grads_and_logits(self, x: np.ndarray, y: np.ndarray, train: bool = True):
-        """`loss_and_grads`, plus the logits (N, 10) of the same forward pass."""
+    def loss_grads_and_logits(self, x: np.ndarray, y: np.ndarray, train: bool = True, teacher=None):
+        """`loss_and_grads`, plus the logits (N, 10) of the same forward pass.
+
+        teacher: None (cross-entropy), or (teacher_logits (N, 10), temperature, weight) for the
+        distillation loss (`mpdref.ops.distillation_forward`)."""
         self._check_input(x)
         caches = []
         for layer in self.layers:
             x, cache = layer.forward(self.params, x, train, self.rng)
             caches.append(cache)
         logits = x
-        loss, loss_cache = ops.softmax_cross_entropy_forward(logits, y)
-        dout = ops.softmax_cross_entropy_backward(1.0, loss_cache)
+        loss, dout = ops.training_loss(logits, y, teacher)
         grads = {}
         first = self._first_parametric_layer
         for i in range(len(self.layers) - 1, first - 1, -1):

@@ -486,14 +486,16 @@ class BlockNetwork(Classifier):
         logits[:, self.output_order] = z  # the one scatter, back to the classes' order
         return logits
 
-    def loss_grads_and_logits(self, x, y, train: bool = True):
+    def loss_grads_and_logits(self, x, y, train: bool = True, teacher=None):
         from mpdref import ops
 
         z, caches = self._run(x, train)
         # The loss is invariant to the order of the logits: compare block-ordered logits with
-        # block-ordered labels instead of scattering every batch.
-        loss, loss_cache = ops.softmax_cross_entropy_forward(z, self.label_position[y])
-        dout = ops.softmax_cross_entropy_backward(1.0, loss_cache)
+        # block-ordered labels (and block-ordered teacher logits) instead of scattering every batch.
+        if teacher is not None:
+            teacher_logits, temperature, weight = teacher
+            teacher = (teacher_logits[:, self.output_order], temperature, weight)
+        loss, dout = ops.training_loss(z, self.label_position[y], teacher)
         grads = {}
         first = next(i for i, s in enumerate(self.steps) if isinstance(s, BlockLayer))
         for i in range(len(self.steps) - 1, first - 1, -1):

@@ -29,7 +29,7 @@ import numpy as np
 from mpdref.kernels.config import SERIAL
 from mpdref.runner.config import Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
-from mpdref.runner.stages import RECIPE_OPTIONS, TrainStage, fit_in_stage, recipe_from
+from mpdref.runner.stages import DISTILL_OPTIONS, RECIPE_OPTIONS, TrainStage, distillation_from, fit_in_stage, recipe_from
 
 INITS = ("linear", "density", "random")
 METHODS = ("lloyd", "optimal")
@@ -365,6 +365,7 @@ class QuantizeStage(Stage):
                                                           "over the CDF, or random values (Forgy)"),
         "method": Option(str, "lloyd", choices=METHODS, help="lloyd, or optimal (minimum SSE, dynamic programming)"),
         **RECIPE_OPTIONS,  # the centroid fine-tuning
+        **DISTILL_OPTIONS,
     }
 
     @classmethod
@@ -400,10 +401,13 @@ class QuantizeStage(Stage):
             optimizer.velocity = resume["velocity"]
         # the checkpoint before the first epoch holds the quantized weights, from which a resumed
         # stage reads its codebooks back
-        fit_in_stage(ctx, net, recipe, optimizer, resume, lambda: optimizer.velocity, checkpoint_at_start=True)
+        distill, teacher = distillation_from(ctx, settings)
+        fit_in_stage(ctx, net, recipe, optimizer, resume, lambda: optimizer.velocity, checkpoint_at_start=True,
+                     distill=distill)
         books = {name: codebook_of(net.params[name], net.masks.get(name))[1] for name in bits}
         if before:  # a resumed stage no longer has the weights before quantization: no figure
             plot_codebooks(before, books, ctx.out / "figures" / "quantize.png")
         print("quantize: " + ", ".join(f"{n} {b} bits ({len(books[n])} centroids)" for n, b in bits.items()),
               file=sys.stderr)
-        return {"bits": bits, "centroids": {n: len(c) for n, c in books.items()}, **ctx.errors()}
+        return {"bits": bits, "centroids": {n: len(c) for n, c in books.items()},
+                **({"teacher": teacher} if teacher else {}), **ctx.errors()}

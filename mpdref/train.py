@@ -137,6 +137,30 @@ class SGD:
             w *= mask
 
 
+@dataclass(frozen=True, eq=False)
+class Distillation:
+    """Soft targets for `fit` (knowledge distillation, `mpdref.ops.distillation_forward`).
+
+    logits: the teacher's logits (N, classes) for every training image, in the training set's
+    order and the student's dtype; computed once, since the teacher does not change.
+    """
+
+    logits: np.ndarray
+    temperature: float = 4.0
+    weight: float = 0.9
+
+    def __post_init__(self):
+        if not self.temperature > 0 or not 0 <= self.weight <= 1:
+            raise ValueError(f"distillation needs temperature > 0 and weight in [0, 1], "
+                             f"not {self.temperature!r} and {self.weight!r}")
+        if not np.all(np.isfinite(self.logits)):
+            raise ValueError("the teacher's logits are not all finite")
+
+    def targets(self, idx: np.ndarray):
+        """The teacher argument of `loss_grads_and_logits` for the training images `idx`."""
+        return self.logits[idx], self.temperature, self.weight
+
+
 def _shuffle_rng(seed: int) -> np.random.Generator:
     # A stream of its own, independent of the init and dropout streams of the same seed.
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
@@ -155,6 +179,7 @@ def fit(
     optimizer: SGD | None = None,
     shuffle_rng: np.random.Generator | None = None,
     on_epoch_end=None,
+    distill: Distillation | None = None,
 ) -> list[dict]:
     """Train `net` in place; return one record per epoch.
 
@@ -165,11 +190,15 @@ def fit(
     passed to ``on_epoch_end(epoch, record)`` (the runner checkpoints there).
 
     To resume, pass the optimizer and shuffling generator in their saved states
-    and the number of epochs already done as `start_epoch`.
+    and the number of epochs already done as `start_epoch`. With `distill`, the
+    loss is the distillation loss against the teacher's logits (the reported train
+    loss too); without, softmax cross-entropy.
     """
     reuse_freed_memory()
     x_train, y_train = train
     n = len(x_train)
+    if distill is not None and distill.logits.shape[0] != n:
+        raise ValueError(f"the teacher's logits cover {distill.logits.shape[0]} images, the training set {n}")
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     optimizer = optimizer or SGD(net, recipe.momentum, recipe.weight_decay)
     rng = shuffle_rng if shuffle_rng is not None else _shuffle_rng(seed)
@@ -185,7 +214,8 @@ def fit(
             for b in range(steps_per_epoch):
                 idx = order[b * recipe.batch_size : (b + 1) * recipe.batch_size]
                 xb, yb = x_train[idx], y_train[idx]
-                loss, grads, logits = net.loss_grads_and_logits(xb, yb)
+                teacher = None if distill is None else distill.targets(idx)
+                loss, grads, logits = net.loss_grads_and_logits(xb, yb, teacher=teacher)
                 if not np.isfinite(loss):
                     raise FloatingPointError(
                         f"training diverged in epoch {epoch + 1}, step {b + 1} (loss is {loss}); "

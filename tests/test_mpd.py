@@ -216,10 +216,11 @@ def test_block_form_logits_equal_the_masked_network(name, rng):
                                             for k, v in net.params.items())
 
 
-@pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])
-def test_block_form_training_equals_masked_dense_training(name, rng):
+@pytest.mark.parametrize("name, distilled", [("lenet-300-100", False), ("lenet-5", False),
+                                             ("lenet-300-100", True)])
+def test_block_form_training_equals_masked_dense_training(name, distilled, rng):
     from mpdref.mpd import to_block_diagonal
-    from mpdref.train import Recipe, fit
+    from mpdref.train import Distillation, Recipe, fit
     from test_train import synthetic
 
     net = models.build(name, np.float64, seed=3)
@@ -228,9 +229,11 @@ def test_block_form_training_equals_masked_dense_training(name, rng):
         net.set_mask(layer, channel_mask(shape, mpd_mask(shape[0], shape[1], k, rng)))
     block = to_block_diagonal(net)
     data = synthetic(96, rng, np.float64)
+    # Teacher logits in the classes' order; the block form must reorder them as it reorders its logits.
+    distill = Distillation(rng.standard_normal((96, 10)) * 3, temperature=3.0, weight=0.7) if distilled else None
     recipe = Recipe(epochs=2, batch_size=32, lr=0.05, weight_decay=1e-3)
-    fit(net, data, recipe, seed=5, progress=False)
-    fit(block, data, recipe, seed=5, progress=False)  # the same shuffles, the same schedule
+    fit(net, data, recipe, seed=5, progress=False, distill=distill)
+    fit(block, data, recipe, seed=5, progress=False, distill=distill)  # the same shuffles, the same schedule
     trained = models.build(name, np.float64)
     trained.masks = dict(net.masks)
     block.to_masked(trained)

@@ -149,6 +149,61 @@ def test_softmax_cross_entropy_value_and_stability():
         ops.softmax_cross_entropy_forward(logits, np.array([0, 3]))
 
 
+@pytest.mark.parametrize("temperature, weight", [(1.0, 0.5), (4.0, 0.9), (0.5, 1.0)])
+def test_distillation_gradient_by_finite_differences(temperature, weight, rng):
+    logits = rng.standard_normal((6, 10)) * 3
+    teacher = rng.standard_normal((6, 10)) * 3
+    labels = rng.integers(0, 10, 6)
+    args = (labels, teacher, temperature, weight)
+    naive.check_vjp(lambda z: ops.distillation_forward(z, *args)[0],
+                    lambda d: [ops.distillation_backward(d, ops.distillation_forward(logits, *args)[1])],
+                    [logits], rng)
+
+
+def test_distillation_value_by_hand():
+    z = np.array([[1.0, 2.0, 0.0], [0.5, -1.0, 2.0]])
+    t = np.array([[3.0, 0.0, 1.0], [0.0, 0.0, 4.0]])
+    y = np.array([1, 2])
+    temperature, weight = 2.0, 0.75
+
+    def softmax(a):
+        e = np.exp(a - a.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    q, p = softmax(t / temperature), softmax(z / temperature)
+    hard = -np.mean(np.log(softmax(z)[[0, 1], y]))
+    soft = np.mean(np.sum(q * np.log(q / p), axis=1)) * temperature**2
+    loss, _ = ops.distillation_forward(z, y, t, temperature, weight)
+    assert abs(loss - (0.25 * hard + 0.75 * soft)) < 1e-14
+    # A student that copies its teacher pays only the hard term.
+    same, _ = ops.distillation_forward(t, y, t, temperature, weight)
+    assert abs(same - 0.25 * -np.mean(np.log(softmax(t)[[0, 1], y]))) < 1e-14
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_distillation_at_weight_zero_is_cross_entropy_to_the_bit(dtype, rng):
+    z = (rng.standard_normal((7, 10)) * 4).astype(dtype)
+    t = (rng.standard_normal((7, 10)) * 4).astype(dtype)
+    y = rng.integers(0, 10, 7)
+    loss, grad = ops.training_loss(z, y, (t, 3.0, 0.0))
+    ce, ce_grad = ops.training_loss(z, y)
+    assert loss.dtype == dtype and grad.dtype == dtype
+    assert loss == ce
+    np.testing.assert_array_equal(grad, ce_grad)
+
+
+def test_distillation_refuses_what_it_cannot_use():
+    z = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="teacher_logits must have the logits' shape"):
+        ops.distillation_forward(z, np.array([0, 1]), np.zeros((2, 4)), 2.0, 0.5)
+    with pytest.raises(ValueError, match="temperature > 0 and weight in"):
+        ops.distillation_forward(z, np.array([0, 1]), z, 0.0, 0.5)
+    with pytest.raises(ValueError, match="temperature > 0 and weight in"):
+        ops.distillation_forward(z, np.array([0, 1]), z, 1.0, 1.5)
+    with pytest.raises(TypeError, match="float32 or all float64"):
+        ops.distillation_forward(z, np.array([0, 1]), z.astype(np.float32), 1.0, 0.5)
+
+
 # ----------------------------------------------------------------------------- dtypes and shapes
 
 
@@ -239,6 +294,25 @@ def test_conv_pool_dense_loss_agree_with_torch(shape, rng):
     assert abs(loss - tloss.item()) <= 1e-10 * abs(tloss.item())
     for ours, theirs in [(dfeats, tf.grad), (dwd, twd.grad), (dbd, tbd.grad)]:
         assert rel_err(ours, theirs.numpy()) < 1e-10
+
+
+@needs_torch
+def test_distillation_agrees_with_torch(rng):
+    import torch
+    import torch.nn.functional as F
+
+    z, t = rng.standard_normal((8, 10)) * 3, rng.standard_normal((8, 10)) * 3
+    labels = rng.integers(0, 10, 8)
+    temperature, weight = 3.0, 0.8
+    tz = torch.tensor(z, requires_grad=True)
+    # The usual PyTorch spelling: KL divergence on log-probabilities, batchmean, times T².
+    soft = F.kl_div(F.log_softmax(tz / temperature, dim=1), F.log_softmax(torch.tensor(t) / temperature, dim=1),
+                    reduction="batchmean", log_target=True) * temperature**2
+    tloss = (1 - weight) * F.cross_entropy(tz, torch.tensor(labels)) + weight * soft
+    tloss.backward()
+    loss, cache = ops.distillation_forward(z, labels, t, temperature, weight)
+    assert abs(loss - tloss.item()) <= 1e-12 * abs(tloss.item())
+    assert rel_err(ops.distillation_backward(1.0, cache), tz.grad.numpy()) < 1e-12
 
 
 @pytest.mark.parametrize("groups, c, f", [(2, 4, 6), (3, 3, 3), (4, 8, 4)])

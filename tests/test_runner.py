@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import assert_resume_is_bit_identical
+
 from mpdref import models
 from mpdref.io import FormatError
 from mpdref.runner import RunDirectoryError, resume_experiment, run_experiment
@@ -77,7 +79,7 @@ def test_config_defaults_are_filled_in(tmp_path):
         ('[experiment]\nmodel = "lenet-5"\n[[stages]]\ntype = "train"\nlr = "fast"\nepochs = 1.5\n',
          ["stages[0].lr: expected a number > 0, got 'fast' (str)", "stages[0].epochs: expected an integer >= 1, got 1.5"]),
         ('[experiment]\nmodel = "lenet-5"\n[[stages]]\ntype = "distill"\n',
-         ["stages[0].type: expected one of 'train', 'evaluate', ", "'mpd'", "'prune'", "'quantize'",
+         ["stages[0].type: expected one of 'train', 'teacher', 'evaluate', ", "'mpd'", "'prune'", "'quantize'",
           "'sensitivity'", "got 'distill'"]),
         ('[experiment]\nmodel = "lenet-5"\n', ["stages: expected a non-empty list"]),
         ('[experiment]\nmodel = "lenet-5"\n[data]\nvalidation_size = 60000\n[[stages]]\ntype = "evaluate"\nx = 1\n',
@@ -86,6 +88,15 @@ def test_config_defaults_are_filled_in(tmp_path):
          ["stages[0].momentum: expected a number in [0, 1), got True (bool)"]),
         ('[experiment]\nmodel = "lenet-5"\n[extra]\n[[stages]]\ntype = "train"\n', ["extra: unknown section"]),
         ('[experiment\nmodel = 1', ["not valid TOML"]),
+        ('[experiment]\nmodel = "lenet-5"\n[[stages]]\ntype = "train"\nteacher = "later"\n'
+         '[[stages]]\ntype = "teacher"\nname = "later"\n',
+         ["stages[0].teacher: 'later' is neither the name of an earlier stage (earlier stages: none) nor a model "
+          "file ending in .h5", "stages[1].model: missing (expected one of 'lenet-300-100'"]),
+        ('[experiment]\nmodel = "lenet-5"\n[[stages]]\ntype = "train"\n[[stages]]\ntype = "quantize"\n'
+         'bits_all = 4\nteacher = "dense"\ntemperature = 0\nteacher_weight = 2\n',
+         ["stages[1].teacher: 'dense' is neither the name of an earlier stage (earlier stages: train)",
+          "stages[1].temperature: expected a number > 0, got 0.0", "stages[1].teacher_weight: expected a number "
+          "in [0, 1], got 2.0"]),
     ],
 )
 def test_bad_configs_are_refused_with_every_problem_named(tmp_path, text, messages):
@@ -237,3 +248,64 @@ def test_unfinished_run_is_not_overwritten_without_force(tmp_path):
     with pytest.raises(RunDirectoryError, match="not a directory"):
         run_experiment(config, tmp_path / "file", progress=False)
     assert config_digest(config) == config_digest(json.loads(json.dumps(config)))
+
+
+# ----------------------------------------------------------------------------- distillation
+
+
+def _distilled_config(mnist_dir, **teacher_settings):
+    return resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 3},
+        "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
+        "stages": [{"type": "teacher", "model": "lenet-300-100", "epochs": 1, "batch_size": 32, **teacher_settings},
+                   {"type": "mpd", "k_all": 4},
+                   {"type": "train", "epochs": 2, "batch_size": 32, "teacher": "teacher", "form": "block"},
+                   {"type": "quantize", "bits_all": 4, "epochs": 1, "lr": 0.001, "batch_size": 32,
+                    "teacher": "train", "teacher_weight": 0.5}]})
+
+
+@pytest.mark.mnist
+def test_a_teacher_stage_trains_a_network_for_later_stages(tmp_path, mnist_dir):
+    metrics = run_experiment(_distilled_config(mnist_dir), tmp_path / "run", progress=False)
+    teacher = models.load(tmp_path / "run" / "teachers" / "teacher.h5")
+    stages = {s["stage"]: s for s in metrics["stages"]}
+    assert stages["teacher"]["teacher"]["epochs"] == 1 and "test_error" not in stages["teacher"]
+    # The teacher trained with lenet-300-100's default recipe where the stage left it unset.
+    assert stages["teacher"]["teacher"]["recipe"]["lr"] == 0.05
+    assert stages["train"]["teacher"]["file"] == str(tmp_path / "run" / "teachers" / "teacher.h5")
+    assert stages["quantize"]["teacher"]["file"] == str(tmp_path / "run" / "stages" / "03-train.h5")
+    assert stages["train"]["teacher"]["test_error"] == stages["teacher"]["teacher"]["test_error"]
+    assert not teacher.masks  # the teacher is not the run's network: no MPD masks
+    # Its epochs are logged apart from the run's own: the run's curves have only train's and quantize's.
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert sum("teacher" in r and "epoch" in r["teacher"] for r in log) == 1
+    assert sum("epoch" in r for r in log) == 3
+
+
+@pytest.mark.mnist
+def test_the_teacher_is_the_network_a_run_of_its_own_trains(tmp_path, mnist_dir):
+    config = _distilled_config(mnist_dir, lr=0.02)
+    config["stages"] = config["stages"][:1]
+    run_experiment(config, tmp_path / "distilled", progress=False)
+    own = resolve_config({"experiment": {"model": "lenet-300-100", "seed": 3},
+                          "data": config["data"], "stages": [{"type": "train", "epochs": 1, "batch_size": 32,
+                                                              "lr": 0.02}]})
+    run_experiment(own, tmp_path / "own", progress=False)
+    a, b = models.load(tmp_path / "distilled" / "teachers" / "teacher.h5"), models.load(tmp_path / "own" / "model.h5")
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_a_distilled_run_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch, stop_after):
+    assert_resume_is_bit_identical(_distilled_config(mnist_dir), tmp_path, monkeypatch, stop_after)
+
+
+@pytest.mark.mnist
+def test_a_missing_teacher_file_is_named(tmp_path, mnist_dir):
+    config = resolve_config({
+        "experiment": {"model": "lenet-300-100"},
+        "data": {"root": str(mnist_dir), "train_limit": 64, "validation_size": 0},
+        "stages": [{"type": "train", "epochs": 1, "teacher": str(tmp_path / "none.h5")}]})
+    with pytest.raises(FileNotFoundError, match="teacher '.*none.h5': no model file at"):
+        run_experiment(config, tmp_path / "run", progress=False)

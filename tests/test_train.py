@@ -86,6 +86,45 @@ def test_same_seed_same_bits_and_another_seed_differs(rng):
     assert not np.array_equal(a["fc1.weight"], c["fc1.weight"])
 
 
+def test_distillation_at_weight_zero_trains_to_the_same_bits(rng):
+    from mpdref.train import Distillation
+
+    train = synthetic(96, rng)
+    nets = [models.build("lenet-300-100", seed=1) for _ in range(2)]
+    recipe = Recipe(epochs=2, batch_size=32, lr=0.05)
+    fit(nets[0], train, recipe, seed=3, progress=False)
+    teacher = Distillation(rng.standard_normal((96, 10)).astype(np.float32), temperature=2.0, weight=0.0)
+    fit(nets[1], train, recipe, seed=3, progress=False, distill=teacher)
+    assert all(np.array_equal(nets[0].params[k], nets[1].params[k]) for k in nets[0].params)
+
+
+def test_a_student_learns_what_its_teacher_says_not_the_labels(rng):
+    from mpdref.train import Distillation
+
+    x, labels = synthetic(600, rng)
+    # The teacher calls every stripe one class higher than the labels do; at weight 1 the labels are unused.
+    says = (labels + 1) % 10
+    teacher_logits = (8.0 * np.eye(10)[says]).astype(np.float32)
+    net = models.build("lenet-300-100", seed=2)
+    fit(net, (x, labels), Recipe(epochs=4, batch_size=32, lr=0.05), seed=1, progress=False,
+        distill=Distillation(teacher_logits, temperature=2.0, weight=1.0))
+    predicted = net.predict(x)
+    assert np.mean(predicted == says) > 0.95
+    assert np.mean(predicted == labels) < 0.05
+
+
+def test_distillation_refuses_logits_that_do_not_fit(rng):
+    from mpdref.train import Distillation
+
+    with pytest.raises(ValueError, match="not all finite"):
+        Distillation(np.full((4, 10), np.nan, np.float32))
+    with pytest.raises(ValueError, match="temperature > 0"):
+        Distillation(np.zeros((4, 10), np.float32), temperature=-1.0)
+    with pytest.raises(ValueError, match="cover 4 images, the training set 96"):
+        fit(models.build("lenet-300-100"), synthetic(96, rng), Recipe(epochs=1), progress=False,
+            distill=Distillation(np.zeros((4, 10), np.float32)))
+
+
 def test_learning_rate_schedules():
     cos = Recipe(epochs=2, lr=0.1)
     assert learning_rate(cos, 0, 10) == 0.1

@@ -15,7 +15,14 @@ from mpdref.ops.activation import (
 )
 from mpdref.ops.conv import conv2d_backward, conv2d_forward
 from mpdref.ops.dense import dense_backward, dense_forward
-from mpdref.ops.loss import log_softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from mpdref.ops.loss import (
+    distillation_backward,
+    distillation_forward,
+    log_softmax,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+    training_loss,
+)
 from mpdref.ops.pool import max_pool2d_backward, max_pool2d_forward
 
 __all__ = [
@@ -23,6 +30,8 @@ __all__ = [
     "conv2d_forward",
     "dense_backward",
     "dense_forward",
+    "distillation_backward",
+    "distillation_forward",
     "dropout_backward",
     "dropout_forward",
     "dropout_mask",
@@ -35,4 +44,5 @@ __all__ = [
     "relu_forward",
     "softmax_cross_entropy_backward",
     "softmax_cross_entropy_forward",
+    "training_loss",
 ]

@@ -42,3 +42,53 @@ def softmax_cross_entropy_backward(dloss, cache):
     dlogits[np.arange(n), labels] -= 1
     dlogits *= log_probs.dtype.type(dloss / n)
     return dlogits
+
+
+def distillation_forward(logits: np.ndarray, labels: np.ndarray, teacher_logits: np.ndarray,
+                         temperature: float, weight: float):
+    """Knowledge distillation (Hinton, Vinyals and Dean 2015): hard labels and a teacher's soft targets.
+
+    L = (1 - α) · CE(z, y) + α · T² · (1/N) Σ_n KL(q_n ‖ p_n),
+    q_n = softmax(t_n / T) (the teacher), p_n = softmax(z_n / T) (the student),
+    KL(q ‖ p) = Σ_c q_c (log q_c - log p_c).
+
+    The T² keeps the soft term's gradient on the scale of the hard term's as T changes.
+    logits, teacher_logits (N, classes) of one dtype, labels (N,) integers; α = `weight`
+    in [0, 1] (0: plain cross-entropy), T = `temperature` > 0 -> (L, cache).
+    """
+    common_float_dtype("distillation_forward", logits=logits, teacher_logits=teacher_logits)
+    if teacher_logits.shape != logits.shape:
+        raise ValueError(f"distillation_forward: teacher_logits must have the logits' shape {logits.shape}, "
+                         f"got {teacher_logits.shape}")
+    if not temperature > 0 or not 0 <= weight <= 1:
+        raise ValueError(f"distillation_forward: need temperature > 0 and weight in [0, 1], "
+                         f"got {temperature!r} and {weight!r}")
+    t = logits.dtype.type
+    hard, hard_cache = softmax_cross_entropy_forward(logits, labels)
+    log_p = log_softmax(logits / t(temperature))          # (N, classes)
+    log_q = log_softmax(teacher_logits / t(temperature))  # (N, classes)
+    q = np.exp(log_q)
+    kl = (q * (log_q - log_p)).sum(axis=1)                 # (N,)
+    soft = kl.mean(dtype=logits.dtype) * t(temperature) ** 2
+    loss = t(1 - weight) * hard + t(weight) * soft
+    return t(loss), (hard_cache, log_p, q, t(temperature), t(weight))
+
+
+def distillation_backward(dloss, cache):
+    """dL/dz_n = dloss · [(1 - α)(softmax(z_n) - onehot(y_n)) + α · T · (p_n - q_n)] / N."""
+    hard_cache, log_p, q, temperature, weight = cache
+    n = len(q)
+    dlogits = softmax_cross_entropy_backward(dloss, hard_cache)
+    dlogits *= 1 - weight
+    dlogits += (np.exp(log_p) - q) * (weight * temperature * log_p.dtype.type(dloss / n))
+    return dlogits
+
+
+def training_loss(logits: np.ndarray, labels: np.ndarray, teacher=None):
+    """(L, dL/dlogits) of a training step: softmax cross-entropy, or with `teacher` =
+    (teacher_logits (N, classes), temperature, weight) the distillation loss above."""
+    if teacher is None:
+        loss, cache = softmax_cross_entropy_forward(logits, labels)
+        return loss, softmax_cross_entropy_backward(1.0, cache)
+    loss, cache = distillation_forward(logits, labels, *teacher)
+    return loss, distillation_backward(1.0, cache)

@@ -163,6 +163,11 @@ def resolve_config(raw: dict, source: str = "<config>", default_name: str = "exp
         resolved = _validate_table(path, settings, stage_cls.options, problems, defaults)
         if len(problems) == before:
             problems.extend(f"{path}: {problem}" for problem in stage_cls.check(resolved, model))
+        teacher = resolved.get("teacher")
+        if isinstance(teacher, str) and teacher not in (s["name"] for s in stages) and not teacher.endswith(".h5"):
+            earlier = ", ".join(s["name"] for s in stages) or "none"
+            problems.append(f"{path}.teacher: {teacher!r} is neither the name of an earlier stage "
+                            f"(earlier stages: {earlier}) nor a model file ending in .h5")
         stages.append({"type": stage_type, "name": name, **resolved})
     if problems:
         raise ConfigError(f"{source}: " + "; ".join(problems))

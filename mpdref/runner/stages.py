@@ -1,11 +1,15 @@
 """The stages of the reference core: train (from scratch or further), evaluate."""
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+from pathlib import Path
+
 import numpy as np
 
-from mpdref.runner.config import Option
+from mpdref.models import ARCHITECTURES
+from mpdref.runner.config import REQUIRED, Option
 from mpdref.runner.registry import Stage, register
-from mpdref.train import DEFAULT_RECIPES, SCHEDULES, SGD, Recipe, fit
+from mpdref.train import DEFAULT_RECIPES, SCHEDULES, SGD, Distillation, Recipe, fit
 
 RECIPE_OPTIONS = {
     "epochs": Option(int, check=lambda v: v >= 1, accepted="an integer >= 1"),
@@ -21,16 +25,65 @@ RECIPE_OPTIONS = {
 }
 
 
+DISTILL_OPTIONS = {
+    "teacher": Option(str, None, accepted="the name of an earlier stage, or a model file ending in .h5",
+                      help="distil from a teacher (Hinton et al. 2015): the name of an earlier stage (the "
+                           "network a `teacher` stage trained, or this run's network as that stage left "
+                           "it), or a model file (.h5) of any architecture; unset: plain cross-entropy"),
+    "temperature": Option(float, 4.0, check=lambda v: v > 0, accepted="a number > 0",
+                          help="T: softens the teacher's and the student's distributions alike"),
+    "teacher_weight": Option(float, 0.9, check=lambda v: 0 <= v <= 1, accepted="a number in [0, 1]",
+                             help="alpha: the weight of the teacher's soft targets; 1 - alpha goes to the labels"),
+}
+
+
 def recipe_from(settings: dict) -> Recipe:
     """The Recipe that a stage's recipe options (RECIPE_OPTIONS) describe; other settings are ignored."""
     return Recipe(**{k: (tuple(v) if k == "milestones" else v) for k, v in settings.items() if k in RECIPE_OPTIONS})
 
 
-def fit_in_stage(ctx, net, recipe, optimizer, resume, velocity, checkpoint_at_start=False) -> None:
+def teacher_file(ctx, teacher: str) -> Path:
+    """The model file that a `teacher` setting names (see DISTILL_OPTIONS)."""
+    for i, stage in enumerate(ctx.config["stages"][: ctx.stage_index]):
+        if stage["name"] == teacher:
+            if stage["type"] == TeacherStage.type:
+                return ctx.out / "teachers" / f"{teacher}.h5"
+            return ctx.out / "stages" / f"{i + 1:02d}-{teacher}.h5"
+    return Path(teacher)
+
+
+def distillation_from(ctx, settings: dict) -> tuple[Distillation | None, dict]:
+    """The soft targets that a stage's DISTILL_OPTIONS ask for (None without a teacher), and what to
+    report about the teacher (its file, validation and test error)."""
+    if settings.get("teacher") is None:
+        return None, {}
+    from mpdref import models
+    from mpdref.io import FormatError
+
+    path = teacher_file(ctx, settings["teacher"])
+    if not path.exists():
+        raise FileNotFoundError(f"teacher {settings['teacher']!r}: no model file at {path}")
+    try:
+        teacher = models.load(path)
+    except FormatError as e:
+        raise FormatError(f"teacher {settings['teacher']!r}: {e}") from None
+    train_set, val_set, test_set = ctx.datasets()
+    x = train_set[0].astype(teacher.dtype, copy=False)
+    logits = np.concatenate([teacher.forward(x[i : i + 1000]) for i in range(0, len(x), 1000)]) if len(x) else \
+        np.zeros((0, 10), teacher.dtype)
+    report = {"file": str(path), "model": teacher.name,
+              "test_error": teacher.error_rate(test_set[0].astype(teacher.dtype, copy=False), test_set[1])}
+    if len(val_set[0]):
+        report["val_error"] = teacher.error_rate(val_set[0].astype(teacher.dtype, copy=False), val_set[1])
+    distill = Distillation(logits.astype(ctx.net.dtype), settings["temperature"], settings["teacher_weight"])
+    return distill, report
+
+
+def fit_in_stage(ctx, net, recipe, optimizer, resume, velocity, checkpoint_at_start=False, distill=None) -> None:
     """`fit` inside a stage: the stage's own shuffling stream, a checkpoint after every epoch (and, with
     checkpoint_at_start, one before the first), and the rest of an interrupted stage on `resume`.
     velocity(): the optimizer's state in the network's parameter layout, as checkpoints hold it; the
-    caller restores the optimizer from resume["velocity"] itself."""
+    caller restores the optimizer from resume["velocity"] itself. distill: soft targets, or None."""
     train_set, val_set, test_set = ctx.datasets()
     shuffle = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(1, ctx.stage_index)))
     start_epoch = 0
@@ -45,7 +98,7 @@ def fit_in_stage(ctx, net, recipe, optimizer, resume, velocity, checkpoint_at_st
         ctx.checkpoint(epochs_done=epoch + 1, finished=False, velocity=velocity(), shuffle=shuffle)
 
     fit(net, train_set, recipe, val=val_set, test=test_set, progress=ctx.progress, start_epoch=start_epoch,
-        optimizer=optimizer, shuffle_rng=shuffle, on_epoch_end=on_epoch_end)
+        optimizer=optimizer, shuffle_rng=shuffle, on_epoch_end=on_epoch_end, distill=distill)
 
 
 @register
@@ -57,7 +110,8 @@ class TrainStage(Stage):
     options = {**RECIPE_OPTIONS,
                "form": Option(str, "masked", choices=("masked", "block"),
                               help="masked: dense products under the masks; block: MPD block-diagonal form, "
-                                   "multiplying only the blocks (the same result to float rounding)")}
+                                   "multiplying only the blocks (the same result to float rounding)"),
+               **DISTILL_OPTIONS}
 
     @classmethod
     def defaults(cls, model):
@@ -93,9 +147,47 @@ class TrainStage(Stage):
             net.rng.bit_generator.state = trained.rng.bit_generator.state
             return trained.masked_arrays(net, sgd.velocity)
 
-        fit_in_stage(ctx, trained, recipe, sgd, resume, sync)
+        distill, teacher = distillation_from(ctx, settings)
+        fit_in_stage(ctx, trained, recipe, sgd, resume, sync, distill=distill)
         sync()
-        return {"epochs": recipe.epochs, **ctx.errors()}
+        return {"epochs": recipe.epochs, **({"teacher": teacher} if teacher else {}), **ctx.errors()}
+
+
+@register
+class TeacherStage(Stage):
+    """Train a separate network, of any architecture, for later stages to distil from."""
+
+    type = "teacher"
+    description = ("train a teacher network (any architecture) into teachers/NAME.h5 for later stages' "
+                   "`teacher` setting; the run's own network is unchanged")
+    # Unset recipe options take the teacher architecture's default recipe, not the run's.
+    options = {"model": Option(str, REQUIRED, choices=tuple(ARCHITECTURES), help="the teacher's architecture"),
+               **{k: replace(v, default=None, help=v.help or "default: the teacher architecture's recipe")
+                  for k, v in RECIPE_OPTIONS.items()}}
+
+    def run(self, ctx, settings, resume):
+        from mpdref import models
+
+        name = ctx.config["stages"][ctx.stage_index]["name"]
+        recipe = replace(DEFAULT_RECIPES[settings["model"]],
+                         **{k: (tuple(v) if k == "milestones" else v) for k, v in settings.items()
+                            if k in RECIPE_OPTIONS and v is not None})
+        # The init and the shuffling stream of a run of that model with this seed whose first stage is a
+        # train stage of this recipe: the teacher is that run's network, bit for bit (a test checks it).
+        teacher = models.build(settings["model"], dtype=ctx.net.dtype, seed=ctx.seed)
+        shuffle = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(1, 0)))
+        train_set, val_set, test_set = ctx.datasets()
+        # No checkpoints inside: an interrupted teacher stage is trained again from the start (same seed,
+        # same bits). Its epochs are logged under "teacher", apart from the run's own training curves.
+        fit(teacher, train_set, recipe, val=val_set, test=test_set, progress=ctx.progress, shuffle_rng=shuffle,
+            on_epoch_end=lambda epoch, record: ctx.log({"teacher": record}))
+        (ctx.out / "teachers").mkdir(exist_ok=True)
+        models.save(teacher, ctx.out / "teachers" / f"{name}.h5", {"teacher_stage": name})
+        errors = {"test_error": teacher.error_rate(*test_set)}
+        if len(val_set[0]):
+            errors["val_error"] = teacher.error_rate(*val_set)
+        return {"teacher": {"model": settings["model"], "epochs": recipe.epochs, "recipe": asdict(recipe),
+                            **errors}}
 
 
 @register
