@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="LeNet-300-100 dense, Deep-Compressed and MPD-compressed, and a results table",
                        description="Three short pipelines on LeNet-300-100: dense training with the default "
-                                   "recipe; Deep Compression (3 rounds of pruning and retraining, 5-bit "
-                                   "codebooks, Huffman coding into model.mpdz); MPD masks at 10x trained in "
+                                   "recipe; Deep Compression (3 rounds of pruning and retraining, distilling "
+                                   "from the dense network, 5-bit codebooks, Huffman coding into model.mpdz); MPD masks at 10x trained in "
                                    "block form, 6-bit codebooks, Huffman. Prints each compressed file's size "
                                    "table and the test errors. Fetches MNIST if it is found nowhere.")
     _add_data_option(p)
@@ -65,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run an experiment (TOML) into a run directory, or resume one",
                        description="Run the stages of an experiment file in order. The whole config is "
                                    "validated before any work starts. A checkpoint closes every epoch and "
-                                   "every stage; --resume continues an interrupted run exactly.")
+                                   "every stage; --resume continues an interrupted run exactly. "
+                                   "--stages lists the stage types and their settings.")
     p.add_argument("config", nargs="?", metavar="EXPERIMENT.toml", help="experiment file (see configs/)")
+    p.add_argument("--stages", action="store_true", help="list the stage types and their settings, then exit")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NAME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
     p.add_argument("--force", action="store_true", help="overwrite a run in RUN_DIR")
@@ -206,15 +208,17 @@ def cmd_train(args) -> int:
 DEMO_PIPELINES = {
     # name: (what it shows, stages after the dense training)
     "dense": ("LeNet-300-100, the default recipe", []),
-    "deep-compression": ("prune in 3 rounds, 5-bit codebooks, Huffman + relative indices", [
+    "deep-compression": ("prune in 3 rounds, 5-bit codebooks, Huffman + relative indices; the dense "
+                         "network teaches the retraining", [
         {"type": "prune", "keep": {"fc1.weight": 0.3, "fc2.weight": 0.3, "fc3.weight": 0.6}},
-        {"type": "train", "epochs": 2, "lr": 0.02},
+        {"type": "train", "epochs": 2, "lr": 0.02, "teacher": "train"},
         {"type": "prune", "keep": {"fc1.weight": 0.12, "fc2.weight": 0.15, "fc3.weight": 0.4}},
-        {"type": "train", "epochs": 2, "lr": 0.02},
+        {"type": "train", "epochs": 2, "lr": 0.02, "teacher": "train"},
         {"type": "prune", "keep": {"fc1.weight": 0.075, "fc2.weight": 0.09, "fc3.weight": 0.26}},
-        {"type": "train", "epochs": 4, "lr": 0.02},
+        {"type": "train", "epochs": 4, "lr": 0.02, "teacher": "train"},
         # as configs/deep-compression-lenet-300-100.toml, with one epoch of centroid fine-tuning
-        {"type": "quantize", "bits_all": 5, "method": "lloyd", "init": "linear", "epochs": 1, "lr": 0.005},
+        {"type": "quantize", "bits_all": 5, "method": "lloyd", "init": "linear", "epochs": 1, "lr": 0.001,
+         "teacher": "train"},
         {"type": "encode"}]),
     "mpd": ("MPD masks (10x), block-form training, 6-bit codebooks, Huffman", [
         {"type": "quantize", "bits_all": 6, "method": "optimal", "epochs": 1, "lr": 0.002},
@@ -260,8 +264,13 @@ def cmd_run(args) -> int:
     from mpdref.runner.config import load_config
     from mpdref.runner.report import show_run
 
+    if args.stages:
+        from mpdref.runner.registry import describe_stages
+
+        print(describe_stages())
+        return 0
     if (args.config is None) == (args.resume is None):
-        raise ValueError("give either EXPERIMENT.toml or --resume RUN_DIR")
+        raise ValueError("give either EXPERIMENT.toml or --resume RUN_DIR (or --stages)")
     if args.resume:
         if args.out or args.force:
             raise ValueError("--resume continues RUN_DIR as it is: --out and --force do not apply")

@@ -27,6 +27,18 @@ def test_every_command_has_help(capsys, argv):
     assert code == 0 and "usage: mpdref" in out and len(out.splitlines()) > 3
 
 
+def test_run_lists_every_stage_and_its_settings(capsys):
+    from mpdref.runner.registry import STAGES
+
+    code, out, _ = run_cli(capsys, "run", "--stages")
+    assert code == 0
+    listed = [line.split(":")[0] for line in out.splitlines() if line and not line.startswith(" ")]
+    assert listed == list(STAGES)
+    assert "  teacher_weight: a number in [0, 1]; default: 0.9." in out
+    assert "  lr: a number > 0; default: from the network's recipe" in out
+    assert "  model: one of 'lenet-300-100', 'lenet-5', 'deep-mnist'; required." in out
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

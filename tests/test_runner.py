@@ -280,6 +280,8 @@ def test_a_teacher_stage_trains_a_network_for_later_stages(tmp_path, mnist_dir):
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert sum("teacher" in r and "epoch" in r["teacher"] for r in log) == 1
     assert sum("epoch" in r for r in log) == 3
+    row = next(line for line in show_run(tmp_path / "run").splitlines() if "teacher (lenet-300-100)" in line)
+    assert row.split()[4] == "1/1" and f"{100 * stages['teacher']['teacher']['test_error']:.2f}%" in row
 
 
 @pytest.mark.mnist

@@ -55,3 +55,26 @@ def weight_setting_problems(model: str, setting: str, names, value_ok=None, acce
             what = accepted(name) if callable(accepted) else accepted
             problems.append(f"{setting}.{name}: expected {what}, got {value!r}")
     return problems
+
+
+def describe_stages() -> str:
+    """Every registered stage: its type, what it does, and each setting with what it accepts and its
+    default (`mpdref run --stages`)."""
+    import mpdref.runner  # noqa: F401  (registers the stages of every method)
+    from mpdref.models import ARCHITECTURES
+    from mpdref.runner.config import REQUIRED
+
+    lines = []
+    for stage_type, cls in STAGES.items():
+        lines.append(f"{stage_type}: {cls.description}")
+        from_network = cls.defaults(next(iter(ARCHITECTURES)))
+        for key, option in cls.options.items():
+            if key in from_network:
+                default = "default: from the network's recipe"
+            elif option.default is REQUIRED:
+                default = "required"
+            else:
+                default = "default: unset" if option.default is None else f"default: {option.default!r}"
+            lines.append(f"  {key}: {option.describe()}; {default}" + (f". {option.help}" if option.help else ""))
+        lines.append("")
+    return "\n".join(lines).rstrip()

@@ -55,9 +55,15 @@ def show_run(out) -> str:
     for i, stage in enumerate(config["stages"]):
         epochs = [r for r in log if r.get("stage_index") == i and "epoch" in r]
         result = next((r["result"] for r in log if r.get("stage_index") == i and "result" in r), None)
+        planned = stage.get("epochs")
+        if stage["type"] == "teacher":  # its row shows the teacher's epochs and errors
+            epochs = [r["teacher"] for r in log if r.get("stage_index") == i and "epoch" in r.get("teacher", {})]
+            result = result and result["teacher"]
+            planned = result["epochs"] if result else planned or "?"
         last = epochs[-1] if epochs else {}
-        rows.append((i + 1, stage["name"], stage["type"],
-                     f"{len(epochs)}/{stage['epochs']}" if "epochs" in stage else "-",
+        named = stage["type"] == "teacher" and stage["name"] != stage["model"]
+        rows.append((i + 1, stage["name"] + (f" ({stage['model']})" if named else ""),
+                     stage["type"], f"{len(epochs)}/{planned}" if "epochs" in stage else "-",
                      f"{last['train_loss']:.4f}" if "train_loss" in last else "-",
                      percent((result or last).get("val_error")), percent((result or last).get("test_error")),
                      f"{sum(r['seconds'] for r in epochs):.0f} s" if epochs else "-",

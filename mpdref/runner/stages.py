@@ -162,7 +162,7 @@ class TeacherStage(Stage):
                    "`teacher` setting; the run's own network is unchanged")
     # Unset recipe options take the teacher architecture's default recipe, not the run's.
     options = {"model": Option(str, REQUIRED, choices=tuple(ARCHITECTURES), help="the teacher's architecture"),
-               **{k: replace(v, default=None, help=v.help or "default: the teacher architecture's recipe")
+               **{k: replace(v, default=None, help="unset: the teacher architecture's recipe")
                   for k, v in RECIPE_OPTIONS.items()}}
 
     def run(self, ctx, settings, resume):
