@@ -160,6 +160,32 @@ def _decode(data, table_symbol, table_length, pair_symbol, pair_length, table_bi
     have = 0
     pos = 0
     i = 0
+    # The bulk, away from both ends: after a refill to more than 48 bits, each of `lookups`
+    # lookups finds whole codewords (one codeword, or a pair, is at most table_bits long), so
+    # they need neither a refill nor the truncation test in between.
+    lookups = 49 // table_bits
+    while i + 2 * lookups <= count and pos + 7 <= n_bytes:
+        while have <= 48:
+            buf = (buf << 8) | np.int64(data[pos])
+            pos += 1
+            have += 8
+        for _ in range(lookups):
+            peek = (buf >> (have - table_bits)) & mask
+            n2 = np.int64(pair_length[peek])
+            if n2 != 0:
+                out[i] = table_symbol[peek]
+                out[i + 1] = pair_symbol[peek]
+                i += 2
+                have -= n2
+            else:
+                n = np.int64(table_length[peek])
+                if n == 0:
+                    return _NO_CODEWORD, i
+                out[i] = table_symbol[peek]
+                i += 1
+                have -= n
+        buf &= (1 << have) - 1
+    # The ends, one lookup at a time with every test.
     while i < count:
         while have <= 48 and pos < n_bytes:
             buf = (buf << 8) | np.int64(data[pos])

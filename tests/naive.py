@@ -85,3 +85,21 @@ def check_vjp(forward, backward, inputs, rng, n_directions=3, rtol=1e-6):
         analytic = sum(float(np.sum(g * v)) for g, v in zip(grads, directions) if g is not None)
         scale = max(abs(numeric), abs(analytic), 1e-8)
         assert abs(numeric - analytic) <= rtol * scale + 1e-9, (numeric, analytic)
+
+
+def huffman_decode(data, codes, lengths, count):
+    """Canonical Huffman decoding one bit at a time (the oracle of mpdref.huffman.decode):
+    the `count` symbols, or None where the stream is not exactly `count` codewords followed by
+    fewer than 8 zero bits of padding."""
+    words = {(int(lengths[s]), int(codes[s])): s for s in range(len(lengths)) if lengths[s]}
+    bits = [(int(byte) >> (7 - j)) & 1 for byte in data for j in range(8)]
+    out, pos = [], 0
+    for _ in range(count):
+        length, word = 0, 0
+        while (length, word) not in words:
+            if pos == len(bits) or length == 16:
+                return None
+            word, length, pos = (word << 1) | bits[pos], length + 1, pos + 1
+        out.append(words[(length, word)])
+    rest = bits[pos:]
+    return out if len(rest) < 8 and not any(rest) else None
