@@ -90,6 +90,28 @@ def test_numba_kernel_equals_the_numpy_reference(rows, cols, k, n, dtype, rng):
     np.testing.assert_allclose(y, x @ w.T, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5)
 
 
+def test_the_kernel_limits_every_blas_its_threads_may_call():
+    # In a fresh process, the first product must already hold to one thread the BLAS that Numba's
+    # np.dot calls (scipy's, a library apart from NumPy's), or 2 prange threads x 2 BLAS threads
+    # fight over the cores. Checked where the limit is taken: every BLAS loaded is under it.
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np
+from threadpoolctl import threadpool_info
+from mpdref.kernels.blockdiag import _blas_controller, block_diagonal_matmul_permuted, pack_blocks
+flat, offsets = pack_blocks([np.ones((2, 2), np.float32)] * 2, np.float32)
+b, p = np.array([0, 2, 4]), np.arange(4)
+block_diagonal_matmul_permuted(flat, offsets, b, b, p, p, np.ones((3, 4), np.float32))
+limited = {i["filepath"] for i in _blas_controller().info() if i["user_api"] == "blas"}
+loaded = {i["filepath"] for i in threadpool_info() if i["user_api"] == "blas"}
+print(len(loaded), sorted(loaded - limited))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split(" ", 1)[1].strip() == "[]", out
+
+
 # ----------------------------------------------------------------------------- storage and the stage
 
 from mpdref import models  # noqa: E402
