@@ -162,7 +162,9 @@ def _decode(data, table_symbol, table_length, pair_symbol, pair_length, table_bi
     i = 0
     # The bulk, away from both ends: after a refill to more than 48 bits, each of `lookups`
     # lookups finds whole codewords (one codeword, or a pair, is at most table_bits long), so
-    # they need neither a refill nor the truncation test in between.
+    # they need neither a refill nor the truncation test in between. The body is the end loop's
+    # less those tests, written out twice on purpose: as one shared Numba function (even inlined)
+    # the decoder ran at 74 Msym/s instead of 270-290 (benchmarks/huffman.py).
     lookups = 49 // table_bits
     while i + 2 * lookups <= count and pos + 7 <= n_bytes:
         while have <= 48:

@@ -157,12 +157,15 @@ def parameter_shapes(name: str) -> dict[str, tuple[int, ...]]:
 class Classifier:
     """predict and error_rate for anything with forward(x) -> logits (Network, mpd.BlockNetwork)."""
 
+    def logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+        """forward(x) (N, classes), computed in batches."""
+        if len(x) == 0:
+            return np.zeros((0, 10), self.dtype)
+        return np.concatenate([self.forward(x[start : start + batch_size]) for start in range(0, len(x), batch_size)])
+
     def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Class predictions (N,) int64, computed in batches."""
-        out = np.empty(len(x), dtype=np.int64)
-        for start in range(0, len(x), batch_size):
-            out[start : start + batch_size] = self.forward(x[start : start + batch_size]).argmax(axis=1)
-        return out
+        return self.logits(x, batch_size).argmax(axis=1).astype(np.int64, copy=False)
 
     def error_rate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
         """Fraction of misclassified examples."""

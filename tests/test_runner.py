@@ -304,6 +304,22 @@ def test_a_distilled_run_resumes_bit_identically(tmp_path, mnist_dir, monkeypatc
 
 
 @pytest.mark.mnist
+def test_stages_sharing_a_teacher_load_and_run_it_once(tmp_path, mnist_dir, monkeypatch):
+    import mpdref.models
+
+    config = _distilled_config(mnist_dir)
+    config["stages"] = config["stages"][:3] + [dict(config["stages"][2], name="again", epochs=1)]
+    loads = []
+    original = mpdref.models.load
+    monkeypatch.setattr(mpdref.models, "load", lambda path: loads.append(str(path)) or original(path))
+    metrics = run_experiment(config, tmp_path / "run", progress=False)
+    teacher = str(tmp_path / "run" / "teachers" / "teacher.h5")
+    assert loads.count(teacher) == 1
+    stages = {s["stage"]: s for s in metrics["stages"]}
+    assert stages["again"]["teacher"] == stages["train"]["teacher"]
+
+
+@pytest.mark.mnist
 def test_a_missing_teacher_file_is_named(tmp_path, mnist_dir):
     config = resolve_config({
         "experiment": {"model": "lenet-300-100"},

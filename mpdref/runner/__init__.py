@@ -81,6 +81,7 @@ class RunContext:
         self.log_lines = log_lines
         self.results = results
         self._datasets = None
+        self.teachers = {}  # model file -> (its logits over the training set, its report): stages share a teacher
         # The fingerprint of config.json as written: a newer mpdref that fills in a new default
         # still resumes an older run.
         self._digest = digest or config_digest(config)
@@ -91,11 +92,14 @@ class RunContext:
             self._datasets = load_datasets(self.net.dtype, d["root"], d["validation_size"], d["train_limit"])
         return self._datasets
 
-    def errors(self) -> dict:
+    def errors(self, net=None) -> dict:
+        """Test and (where there is a validation set) validation error of `net` (default: the run's
+        network); the images are cast to its dtype (a teacher from a file may have another)."""
+        net = net or self.net
         _, val, test = self.datasets()
-        out = {"test_error": self.net.error_rate(*test)}
+        out = {"test_error": net.error_rate(test[0].astype(net.dtype, copy=False), test[1])}
         if len(val[0]):
-            out["val_error"] = self.net.error_rate(*val)
+            out["val_error"] = net.error_rate(val[0].astype(net.dtype, copy=False), val[1])
         return out
 
     def log(self, record: dict) -> None:

@@ -61,20 +61,17 @@ def distillation_from(ctx, settings: dict) -> tuple[Distillation | None, dict]:
     from mpdref.io import FormatError
 
     path = teacher_file(ctx, settings["teacher"])
-    if not path.exists():
-        raise FileNotFoundError(f"teacher {settings['teacher']!r}: no model file at {path}")
-    try:
-        teacher = models.load(path)
-    except FormatError as e:
-        raise FormatError(f"teacher {settings['teacher']!r}: {e}") from None
-    train_set, val_set, test_set = ctx.datasets()
-    x = train_set[0].astype(teacher.dtype, copy=False)
-    logits = np.concatenate([teacher.forward(x[i : i + 1000]) for i in range(0, len(x), 1000)]) if len(x) else \
-        np.zeros((0, 10), teacher.dtype)
-    report = {"file": str(path), "model": teacher.name,
-              "test_error": teacher.error_rate(test_set[0].astype(teacher.dtype, copy=False), test_set[1])}
-    if len(val_set[0]):
-        report["val_error"] = teacher.error_rate(val_set[0].astype(teacher.dtype, copy=False), val_set[1])
+    if str(path) not in ctx.teachers:
+        if not path.exists():
+            raise FileNotFoundError(f"teacher {settings['teacher']!r}: no model file at {path}")
+        try:
+            teacher = models.load(path)
+        except FormatError as e:
+            raise FormatError(f"teacher {settings['teacher']!r}: {e}") from None
+        train_images = ctx.datasets()[0][0]
+        ctx.teachers[str(path)] = (teacher.logits(train_images.astype(teacher.dtype, copy=False)),
+                                   {"file": str(path), "model": teacher.name, **ctx.errors(teacher)})
+    logits, report = ctx.teachers[str(path)]
     distill = Distillation(logits.astype(ctx.net.dtype), settings["temperature"], settings["teacher_weight"])
     return distill, report
 
@@ -183,11 +180,8 @@ class TeacherStage(Stage):
             on_epoch_end=lambda epoch, record: ctx.log({"teacher": record}))
         (ctx.out / "teachers").mkdir(exist_ok=True)
         models.save(teacher, ctx.out / "teachers" / f"{name}.h5", {"teacher_stage": name})
-        errors = {"test_error": teacher.error_rate(*test_set)}
-        if len(val_set[0]):
-            errors["val_error"] = teacher.error_rate(*val_set)
         return {"teacher": {"model": settings["model"], "epochs": recipe.epochs, "recipe": asdict(recipe),
-                            **errors}}
+                            **ctx.errors(teacher)}}
 
 
 @register
