@@ -1,6 +1,6 @@
 """MPD's block-diagonal product on the CPU: the Numba kernel against its alternatives, in one run.
 
-    python benchmarks/block_diagonal.py [--repeats 20]
+    python benchmarks/block_diagonal.py [--repeats 20] [--tile]
 
 y = x Wᵀ for a 4096 x 4096 float32 W under a permuted block-diagonal mask with k in
 {4, 16, 64} blocks, batch in {1, 64, 1024}, and the LeNet-300-100 layer shapes at k = 11:
@@ -13,11 +13,14 @@ y = x Wᵀ for a 4096 x 4096 float32 W under a permuted block-diagonal mask with
            only, it takes tens of seconds at 1024) and the masked matrix (CSR).
 
 Printed: microseconds for each and the ratios. Targets for batch >= 64: kernel >= 0.9x
-stacked (stacked time / kernel time) and >= 0.8·k times faster than dense.
+stacked (stacked time / kernel time) and >= 0.8·k times faster than dense. Each
+contender is timed after a pause (PAUSE): the thread pool of the one before would
+otherwise still be spinning on the same cores. The kernel calls no BLAS.
 """
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 import scipy.sparse
@@ -28,8 +31,15 @@ from mpdref.mpd import mpd_mask
 from timing import best_of
 
 
+#: seconds of rest before each contender is timed: OpenBLAS's threads keep spinning for about
+#: 0.1 s after a product (and Numba's OpenMP threads for a while after a parallel loop), and
+#: whichever contender comes next would share the cores with them
+PAUSE = 0.3
+
+
 def best_time(fn, repeats):
-    """Microseconds of the fastest call (timing.best_of)."""
+    """Microseconds of the fastest call (timing.best_of), after a pause for the other pool's threads."""
+    time.sleep(PAUSE)
     return best_of(fn, repeats)[0] * 1e6
 
 
@@ -60,10 +70,55 @@ def case(rows, cols, k, batch, repeats, rng):
     return times
 
 
+def tile_speed(repeats):
+    """GFLOP/s of the kernel's register tile from L1 against BLAS, on one core, float32.
+
+    The tile: 4 panels of 16 outputs × depth 256 against one 6-row strip of inputs, 2,000
+    times in a compiled loop (~33 KB: in L1). BLAS: a (1020, 256) × (256, 64) product, the
+    same panels against 170 strips, with its threads held to one (threadpoolctl, when it is
+    installed; it comes with scikit-learn).
+    """
+    import numba
+
+    from mpdref.kernels.intrinsics import TILE_ROWS, tile_columns, tile_product
+
+    @numba.njit(nogil=True)
+    def tiles(a, panels, c, depth, reps):
+        nr = tile_columns_f32
+        for _ in range(reps):
+            for q in range(len(panels) // (depth * nr)):
+                tile_product(a, 0, depth, panels, q * depth * nr, c, q * nr, 4 * nr, depth, False)
+
+    tile_columns_f32 = tile_columns(np.float32)
+    depth, reps = 256, 2000
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(TILE_ROWS * depth).astype(np.float32)
+    panels = rng.standard_normal(4 * depth * tile_columns_f32).astype(np.float32)
+    c = np.empty(TILE_ROWS * 4 * tile_columns_f32, np.float32)
+    flops = 2.0 * reps * TILE_ROWS * depth * 4 * tile_columns_f32
+    tile_s = best_of(lambda: tiles(a, panels, c, depth, reps), repeats)[0]
+    lhs = rng.standard_normal((1020, depth)).astype(np.float32)
+    rhs = rng.standard_normal((depth, 64)).astype(np.float32)
+    out = np.empty((1020, 64), np.float32)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print(f"tile: {flops / tile_s / 1e9:.1f} GFLOP/s (BLAS on one core not measured: no threadpoolctl)")
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        blas_s = best_of(lambda: np.dot(lhs, rhs, out), repeats * 20)[0]
+    blas_flops = 2.0 * 1020 * depth * 64
+    print(f"tile: {flops / tile_s / 1e9:.1f} GFLOP/s; BLAS on one core: {blas_flops / blas_s / 1e9:.1f} GFLOP/s")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--tile", action="store_true", help="measure only the register tile against BLAS on one core")
     args = p.parse_args()
+    if args.tile:
+        tile_speed(args.repeats)
+        return
     # The kernel keeps freed large buffers in the heap (mpdref.kernels.allocator); set it before
     # any timing so that every contender's allocations are served the same way.
     reuse_freed_memory()

@@ -73,7 +73,30 @@ def test_block_diagonal_matmul_equals_the_masked_dense_product(dtype, rng):
         block_diagonal_matmul(m.blocks(w), x[:, :50])
 
 
-@pytest.mark.parametrize("rows, cols, k, n", [(37, 53, 5, 4), (8, 8, 8, 1), (64, 33, 3, 17), (5, 40, 1, 2)])
+# Shapes that cross the kernel's boundaries: blocks narrower than a panel and wider than
+# several, depths beyond one slice (256 in both dtypes), batches of several strips (48 rows)
+# and past a tile (6 rows), a single block.
+KERNEL_CASES = [(37, 53, 5, 4), (8, 8, 8, 1), (64, 33, 3, 17), (5, 40, 1, 2), (70, 600, 2, 100), (40, 1100, 2, 53)]
+
+
+def reference_product(m, w, x):
+    """The kernel's equation with the NumPy reference: blocks on gathered inputs, outputs put back in place."""
+    y = np.empty((len(x), w.shape[0]), x.dtype)
+    y[:, m.row_perm] = block_diagonal_matmul(m.blocks(w), x[:, m.col_perm])
+    return y
+
+
+def assert_within_rounding(y, m, w, x):
+    """|y - exact| <= 1.01·n·u·(|x| |W|ᵀ), the textbook bound for a sum of n products in precision u
+    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1), n the largest block depth."""
+    depth = int(np.diff(m.col_bounds).max())
+    exact = reference_product(m, w.astype(np.float64), x.astype(np.float64))
+    bound = 1.01 * depth * np.finfo(x.dtype).eps / 2 * (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T)
+    excess = np.abs(y - exact) - bound
+    assert excess.max() <= 0, f"beyond the rounding bound by {excess.max():.3g}"
+
+
+@pytest.mark.parametrize("rows, cols, k, n", KERNEL_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numba_kernel_equals_the_numpy_reference(rows, cols, k, n, dtype, rng):
     from mpdref.kernels.blockdiag import block_diagonal_matmul_permuted, pack_blocks
@@ -83,33 +106,109 @@ def test_numba_kernel_equals_the_numpy_reference(rows, cols, k, n, dtype, rng):
     x = rng.standard_normal((n, cols)).astype(dtype)
     flat, offsets = pack_blocks(m.blocks(w), dtype)
     y = block_diagonal_matmul_permuted(flat, offsets, m.row_bounds, m.col_bounds, m.row_perm, m.col_perm, x)
-    reference = np.empty((n, rows), dtype)
-    reference[:, m.row_perm] = block_diagonal_matmul(m.blocks(w), x[:, m.col_perm])
-    assert y.dtype == dtype
-    np.testing.assert_allclose(y, reference, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
-    np.testing.assert_allclose(y, x @ w.T, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-5)
+    assert y.dtype == dtype and y.shape == (n, rows)
+    assert_within_rounding(y, m, w, x)
+    assert not np.array_equal(y, np.zeros_like(y))
 
 
-def test_the_kernel_limits_every_blas_its_threads_may_call():
-    # In a fresh process, the first product must already hold to one thread the BLAS that Numba's
-    # np.dot calls (scipy's, a library apart from NumPy's), or 2 prange threads x 2 BLAS threads
-    # fight over the cores. Checked where the limit is taken: every BLAS loaded is under it.
-    import subprocess
-    import sys
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_row_of_the_kernel_does_not_depend_on_how_the_work_is_split(dtype, rng):
+    # Each output is one running sum in a fixed order, whatever the strips, groups of blocks
+    # and depth slices: the results must be the same bits.
+    from mpdref.kernels import blockdiag
+    from mpdref.kernels.intrinsics import tile_columns
 
-    script = """
-import numpy as np
-from threadpoolctl import threadpool_info
-from mpdref.kernels.blockdiag import _blas_controller, block_diagonal_matmul_permuted, pack_blocks
-flat, offsets = pack_blocks([np.ones((2, 2), np.float32)] * 2, np.float32)
-b, p = np.array([0, 2, 4]), np.arange(4)
-block_diagonal_matmul_permuted(flat, offsets, b, b, p, p, np.ones((3, 4), np.float32))
-limited = {i["filepath"] for i in _blas_controller().info() if i["user_api"] == "blas"}
-loaded = {i["filepath"] for i in threadpool_info() if i["user_api"] == "blas"}
-print(len(loaded), sorted(loaded - limited))
-"""
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.split(" ", 1)[1].strip() == "[]", out
+    m = mpd_mask(90, 700, 3, rng)
+    w = (rng.standard_normal((90, 700)) * m.mask).astype(dtype)
+    x = rng.standard_normal((61, 700)).astype(dtype)
+    flat, offsets = blockdiag.pack_blocks(m.blocks(w), dtype)
+    nr = tile_columns(dtype)
+    args = (flat, offsets, m.row_bounds, m.col_bounds, m.row_perm, m.col_perm)
+    results = []
+    for strip_rows, groups, depth_slice in [(6, 1, 256), (48, 1, 256), (66, 3, 256), (12, 2, 64), (6, 3, 1000)]:
+        y = blockdiag._block_diagonal_matmul(*args, x, nr, strip_rows, groups, depth_slice)
+        assert_within_rounding(y, m, w, x)
+        results.append(y)
+    assert all(np.array_equal(y, results[0]) for y in results[1:])
+    one_row = blockdiag.block_diagonal_matmul_permuted(*args, x[17:18])
+    assert np.array_equal(one_row[0], results[0][17])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("depth", [0, 1, 7, 300])
+def test_tile_product_equals_numpy(dtype, depth, rng):
+    import numba
+
+    from mpdref.kernels.intrinsics import TILE_ROWS, tile_columns, tile_product
+
+    @numba.njit
+    def tile(a, a_start, a_stride, b, c, c_start, c_stride, depth, accumulate):
+        tile_product(a, a_start, a_stride, b, 0, c, c_start, c_stride, depth, accumulate)
+
+    nr = tile_columns(dtype)
+    assert nr * np.dtype(dtype).itemsize == 64
+    a = rng.standard_normal(TILE_ROWS * (depth + 5) + 3).astype(dtype)  # rows of depth + 5, from 3 on
+    b = rng.standard_normal(depth * nr).astype(dtype)
+    c = rng.standard_normal(TILE_ROWS * (nr + 4) + 2).astype(dtype)  # rows of nr + 4, from 2 on
+    before = c.copy()
+    a_rows = a[3:3 + TILE_ROWS * (depth + 5)].reshape(TILE_ROWS, depth + 5)[:, :depth]
+    product = a_rows.astype(np.float64) @ b.reshape(depth, nr).astype(np.float64)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for accumulate, expected in [(False, product), (True, 2 * product)]:
+        tile(a, 3, depth + 5, b, c, 2, nr + 4, depth, accumulate)
+        c_rows = c[2:2 + TILE_ROWS * (nr + 4)].reshape(TILE_ROWS, nr + 4)
+        np.testing.assert_allclose(c_rows[:, :nr], expected, **tol)
+        # nothing outside the tile is written
+        assert np.array_equal(c_rows[:, nr:], before[2:2 + TILE_ROWS * (nr + 4)].reshape(TILE_ROWS, nr + 4)[:, nr:])
+        assert np.array_equal(c[:2], before[:2]) and np.array_equal(c[2 + TILE_ROWS * (nr + 4):],
+                                                                      before[2 + TILE_ROWS * (nr + 4):])
+
+
+def test_work_split_covers_the_batch_and_shares_the_weights():
+    from mpdref.kernels.blockdiag import STRIP_ROWS, work_split
+    from mpdref.kernels.intrinsics import TILE_ROWS
+
+    for n in (0, 1, 5, 6, 7, 64, 100, 1024, 5000):
+        for k in (1, 4, 64):
+            for threads in (1, 2, 16):
+                for weights in (1 << 10, 64 << 20):
+                    activations = max(n, 1) * 8192
+                    rows, groups = work_split(n, k, threads, weights, activations)
+                    strips = -(-max(n, 1) // rows)
+                    assert rows % TILE_ROWS == 0 and rows >= TILE_ROWS and 1 <= groups <= k
+                    assert strips * rows >= n and (strips - 1) * rows < max(n, 1)  # no empty strip
+                    if weights > 4 * activations:  # one strip, the blocks shared
+                        assert strips == 1 and groups == min(k, threads)
+                    else:
+                        assert rows <= STRIP_ROWS and (groups == 1 or strips < threads)
+    assert work_split(1024, 64, 2, 1 << 20, 1024 * 32768) == (48, 1)
+    assert work_split(64, 4, 2, 64 << 20, 64 * 32768) == (66, 2)  # weights 32x the activations: share them
+    assert work_split(64, 64, 2, 4 << 20, 64 * 32768) == (36, 1)  # weights 2x: split the batch
+    assert work_split(7, 64, 16, 1 << 10, 7 * 32768) == (6, 8)  # 2 strips for 16 threads: 8 groups each
+
+
+def test_the_kernel_rejects_inputs_it_would_read_outside_of(rng):
+    from mpdref.kernels.blockdiag import block_diagonal_matmul_permuted, pack_blocks
+
+    m = mpd_mask(20, 30, 3, rng)
+    flat, offsets = pack_blocks(m.blocks(rng.standard_normal((20, 30)) * m.mask), np.float64)
+    x = rng.standard_normal((4, 30))
+    good = dict(flat=flat, offsets=offsets, row_bounds=m.row_bounds, col_bounds=m.col_bounds,
+                row_perm=m.row_perm, col_perm=m.col_perm, x=x)
+    block_diagonal_matmul_permuted(**good)
+    bad_perm = m.col_perm.copy()
+    bad_perm[5] = 30
+    for change, error, match in [
+        (dict(x=x[:, :29]), ValueError, r"x must be \(N, 30\)"),
+        (dict(x=x.astype(np.float32)), TypeError, "float32"),
+        (dict(col_perm=bad_perm), ValueError, "col_perm"),
+        (dict(row_perm=m.row_perm[:-1]), ValueError, "row_perm"),
+        (dict(offsets=offsets + 1), ValueError, "pack_blocks"),
+        (dict(flat=flat[:-1]), ValueError, "pack_blocks"),
+        (dict(row_bounds=m.row_bounds[::-1].copy()), ValueError, "increasing"),
+    ]:
+        with pytest.raises(error, match=match):
+            block_diagonal_matmul_permuted(**{**good, **change})
 
 
 # ----------------------------------------------------------------------------- storage and the stage

@@ -1,88 +1,232 @@
 """Numba CPU kernel for MPD's block-diagonal product, with the permutations fused.
 
 Equals ``block_diagonal_matmul(blocks, x[:, col_perm])[:, inverse(row_perm)]`` of
-`mpdref.mpd`: the input gather and the output scatter happen inside the kernel,
-block by block, never as separate permuted copies of the whole matrix.
+`mpdref.mpd`: the input gather and the output scatter happen inside the kernel, a strip
+of the batch at a time, never as separate permuted copies of the whole matrix.
+
+For each strip of up to STRIP_ROWS rows of x (one unit of work per thread):
+
+1. gather: each row of x is read once, in the order col_perm asks for, into a block-major
+   buffer (block b's inputs a (rows, c_b) matrix), while the next row is prefetched;
+2. multiply: a GEMM in the style of Goto and van de Geijn (2008): each panel of NR
+   outputs of a block, packed once by pack_blocks, stays in L1 while every tile of
+   TILE_ROWS rows passes over it; the tile is `mpdref.kernels.intrinsics.tile_product`,
+   which keeps its TILE_ROWS × NR results in vector registers. Deep blocks are cut into
+   slices of DEPTH_SLICE_BYTES of panel; the next slice is prefetched into L2 meanwhile;
+3. un-permute: each row of y is written in order, output o read from where its block
+   put it.
+
+No BLAS is called, so no BLAS thread pool competes with Numba's. Each output is one
+running sum over its block's inputs in a fixed order, so a row's result does not depend
+on the batch it comes in, the strip it falls in or the number of threads.
 """
 from __future__ import annotations
-
-import functools
 
 import numba
 import numpy as np
 from numba import prange
 
 from mpdref.kernels.allocator import reuse_freed_memory
-from mpdref.kernels.config import PARALLEL
+from mpdref.kernels.config import PARALLEL, SERIAL
+from mpdref.kernels.intrinsics import TILE_ROWS, prefetch, prefetch_ahead, tile_columns, tile_product
 
 
 @numba.njit(**PARALLEL)
-def _block_diagonal_matmul(weights, offsets, row_bounds, col_bounds, row_perm, col_perm, x):
+def _block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, col_perm, x, nr, strip_rows, groups,
+                           depth_slice):
     n, cols = x.shape
     k = len(row_bounds) - 1
     rows = row_bounds[k]
-    # Gather row by row into a block-major buffer: block b's inputs are the contiguous
-    # (n, c_b) matrix at xb[n·c0 : n·c1]. Each source row is read while it is in cache.
-    # Indices go through uint32: an unsigned index needs no test for Python's negative
-    # indexing (permutation indices are < 2^32); the gather alone took half the time with it.
-    xb = np.empty(n * cols, dtype=x.dtype)
-    for i in prange(n):
-        row = x[i]
-        for b in range(k):
-            c0, c1 = col_bounds[b], col_bounds[b + 1]
-            dst = xb[n * c0 + i * (c1 - c0) : n * c0 + (i + 1) * (c1 - c0)]
-            src = col_perm[c0:c1]
-            for j in range(c1 - c0):
-                dst[j] = row[np.uint32(src[j])]
-    yb = np.empty(n * rows, dtype=x.dtype)
-    for b in prange(k):
+    line = 64 // x.itemsize  # elements per cache line
+    # Results are computed in block order, each block's outputs rounded up to whole panels of NR
+    # (a panel's spare outputs land in the rounding): block b starts at column padded_start[b]
+    # of a result row, and output o of the layer is its column out_pos[o].
+    padded_start = np.empty(k + 1, dtype=np.int64)
+    padded_start[0] = 0
+    out_pos = np.empty(rows, dtype=np.uint32)  # unsigned: no test for Python's negative indexing
+    for b in range(k):
         r0, r1 = row_bounds[b], row_bounds[b + 1]
-        c0, c1 = col_bounds[b], col_bounds[b + 1]
-        block = weights[offsets[b] : offsets[b + 1]].reshape((r1 - r0, c1 - c0))
-        lhs = xb[n * c0 : n * c1].reshape((n, c1 - c0))
-        np.dot(lhs, block.T, yb[n * r0 : n * r1].reshape((n, r1 - r0)))  # (n, r_b) on BLAS, in place
-    # Scatter row by row back to the original output order.
+        padded_start[b + 1] = padded_start[b] + (r1 - r0 + nr - 1) // nr * nr
+        for j in range(r1 - r0):
+            out_pos[row_perm[r0 + j]] = padded_start[b] + j
+    gather_pos = col_perm.astype(np.uint32)
+    # Buffer rows a multiple of 4 KiB apart would fall into the same L1 sets: pad by a line.
+    yg_stride = padded_start[k] + line
     y = np.empty((n, rows), dtype=x.dtype)
-    for i in prange(n):
-        out = y[i]
-        for b in range(k):
-            r0, r1 = row_bounds[b], row_bounds[b + 1]
-            src = yb[n * r0 + i * (r1 - r0) : n * r0 + (i + 1) * (r1 - r0)]
-            dst = row_perm[r0:r1]
-            for j in range(r1 - r0):
-                out[np.uint32(dst[j])] = src[j]
+    x_flat = x.ravel()
+    n_strips = (n + strip_rows - 1) // strip_rows
+    # A unit of work: one strip of the batch × one group of consecutive blocks.
+    for unit in prange(n_strips * groups):
+        strip, group = unit // groups, unit % groups
+        i0 = strip * strip_rows
+        m = min(strip_rows, n - i0)
+        padded = (m + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
+        b0, b1 = group * k // groups, (group + 1) * k // groups
+        c_first = col_bounds[b0]
+
+        # 1. Gather: block b's inputs for the strip, a (padded, c_b) matrix with row stride
+        # c_b + line at xg[xg_start(b):]; rows past the batch are zero.
+        xg = np.empty(padded * (col_bounds[b1] - c_first + line * (b1 - b0)), dtype=x.dtype)
+        for r in range(padded):
+            i = i0 + r
+            row = x[min(i, n - 1)]
+            for b in range(b0, b1):
+                c0, c1 = col_bounds[b], col_bounds[b + 1]
+                dst = xg[padded * (c0 - c_first + line * (b - b0)) + r * (c1 - c0 + line):]
+                if i + 1 < n:  # random reads would fetch each line of the next row as a miss of its own
+                    for j in range(c0, c1, line):
+                        prefetch(x_flat, (i + 1) * cols + j)
+                if i < n:
+                    for j in range(c1 - c0):
+                        dst[j] = row[gather_pos[c0 + j]]
+                else:
+                    dst[: c1 - c0] = 0
+
+        # 2. Multiply into yg (padded, yg_stride), block by block, panel by panel, slice by slice.
+        yg = np.empty(padded * yg_stride, dtype=x.dtype)
+        tiles = padded // TILE_ROWS
+        for b in range(b0, b1):
+            c0, c1 = col_bounds[b], col_bounds[b + 1]
+            a_start = padded * (c0 - c_first + line * (b - b0))
+            for q in range((padded_start[b + 1] - padded_start[b]) // nr):
+                panel = offsets[b] + q * nr * (c1 - c0)
+                for d0 in range(0, c1 - c0, depth_slice):
+                    d1 = min(d0 + depth_slice, c1 - c0)
+                    # the weights that come next (the next slice, panel or block: they are
+                    # consecutive in `panels`), a few lines after each tile
+                    ahead, ahead_end = panel + d1 * nr, min(panel + (d1 + depth_slice) * nr, offsets[k])
+                    per_tile = (ahead_end - ahead) // (line * tiles) + 1
+                    for t in range(tiles):
+                        for _ in range(per_tile):
+                            if ahead < ahead_end:
+                                prefetch_ahead(panels, ahead)
+                                ahead += line
+                        tile_product(xg, a_start + t * TILE_ROWS * (c1 - c0 + line) + d0, c1 - c0 + line,
+                                     panels, panel + d0 * nr,
+                                     yg, t * TILE_ROWS * yg_stride + padded_start[b] + q * nr, yg_stride,
+                                     d1 - d0, d0 > 0)
+
+        # 3. Un-permute: y's rows written in order, each output read from where its block put it.
+        lo, hi = padded_start[b0], padded_start[b1]
+        for r in range(m):
+            dst, src = y[i0 + r], yg[r * yg_stride:]
+            if groups == 1:
+                for o in range(rows):
+                    dst[o] = src[out_pos[o]]
+            else:  # this unit holds only the outputs of blocks b0..b1-1
+                for o in range(rows):
+                    p = out_pos[o]
+                    if lo <= p < hi:
+                        dst[o] = src[p]
     return y
 
 
-@functools.cache
-def _blas_controller():
-    # Inspecting the process's libraries takes ~0.1 ms; do it once, not per product. Numba's
-    # np.dot calls the BLAS that scipy.linalg.cython_blas loads, which is not NumPy's: load it
-    # first, or the limit misses it and each prange thread's BLAS starts threads of its own.
-    import scipy.linalg.cython_blas  # noqa: F401
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
 def pack_blocks(blocks, dtype):
-    """Concatenate blocks into one flat array with offsets (the kernel's storage)."""
-    sizes = [b.size for b in blocks]
+    """The blocks in the kernel's storage: (flat, offsets).
+
+    Block b (r_b, c_b) is stored as ceil(r_b / NR) panels of NR = tile_columns(dtype)
+    outputs, each (c_b, NR) depth-major (panel[p, j] = B_b[q·NR + j, p], zero past r_b),
+    starting at flat[offsets[b]]. Packed once, when a layer's weights are fixed.
+    """
+    nr = tile_columns(dtype)
+    panels = []
+    for block in blocks:
+        r, c = block.shape
+        padded = np.zeros((-(-r // nr) * nr, c), dtype=dtype)
+        padded[:r] = block
+        panels.append(padded.reshape(-1, nr, c).transpose(0, 2, 1).ravel())  # (panels, c, NR)
+    sizes = [p.size for p in panels]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    flat = np.concatenate([np.ascontiguousarray(b, dtype=dtype).ravel() for b in blocks]) if blocks else np.empty(0, dtype)
+    flat = np.concatenate(panels) if panels else np.empty(0, dtype)
     return flat, offsets
+
+
+#: bytes of one slice of a weight panel: a deep block's depth is cut into slices that fit in L1
+DEPTH_SLICE_BYTES = 16 << 10
+#: rows of the batch per unit of work, at most: more rows share each pass over the weights
+STRIP_ROWS = 48
+
+
+def work_split(n: int, k: int, threads: int, weight_bytes: int, activation_bytes: int) -> tuple[int, int]:
+    """(rows per strip, groups of blocks) for a batch of n rows, k blocks and `threads` threads.
+
+    Each strip reads all the weights of its group of blocks. Where the weights outweigh the
+    activations (x and y) more than 4 times, the whole batch is one strip and the blocks are
+    shared among the threads, so that each thread reads only its share of the weights.
+    Otherwise the batch is cut into strips of at most STRIP_ROWS rows, each taking every
+    block, and into groups of blocks too only where there are fewer strips than threads.
+    """
+    n = max(n, 1)
+    whole_tiles = lambda rows: -(-rows // TILE_ROWS) * TILE_ROWS  # noqa: E731
+    if weight_bytes > 4 * activation_bytes:
+        return whole_tiles(n), min(k, threads)
+    rows = whole_tiles(min(STRIP_ROWS, -(-n // threads)))
+    return rows, max(1, min(k, threads // -(-n // rows)))
+
+
+_LAYOUT_PROBLEMS = (
+    "",
+    "row_bounds and col_bounds must be increasing from 0, with one entry per block and one more",
+    "row_perm must hold one index in [0, rows) per row",
+    "col_perm must hold one index in [0, cols) per column",
+    "flat and offsets do not hold these blocks as pack_blocks stores them",
+)
+
+
+@numba.njit(**SERIAL)
+def _indices_below(perm, size):
+    if len(perm) != size:
+        return False
+    for i in range(size):
+        if perm[i] < 0 or perm[i] >= size:
+            return False
+    return True
+
+
+@numba.njit(**SERIAL)
+def _check_layout(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, nr):
+    """0, or the index in _LAYOUT_PROBLEMS of what is wrong (compiled: a product of batch 1 takes ~10 us)."""
+    k = len(row_bounds) - 1
+    if k < 1 or len(col_bounds) != k + 1 or row_bounds[0] != 0 or col_bounds[0] != 0:
+        return 1
+    for b in range(k):
+        if row_bounds[b + 1] <= row_bounds[b] or col_bounds[b + 1] <= col_bounds[b]:
+            return 1
+    if not _indices_below(row_perm, row_bounds[k]):
+        return 2
+    if not _indices_below(col_perm, col_bounds[k]):
+        return 3
+    if len(offsets) != k + 1 or offsets[0] != 0 or offsets[k] != flat.size:
+        return 4
+    for b in range(k):
+        panels = (row_bounds[b + 1] - row_bounds[b] + nr - 1) // nr
+        if offsets[b + 1] - offsets[b] != panels * nr * (col_bounds[b + 1] - col_bounds[b]):
+            return 4
+    return 0
 
 
 def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x):
     """y = x Wᵀ for W = P_r blockdiag(B_b) P_cᵀ, computed block by block (see the module docstring).
 
-    x (N, cols) float32 or float64 in the original column order -> y (N, rows) in the original row order.
+    flat, offsets: the blocks as pack_blocks stores them. x (N, cols) float32 or float64 in the
+    original column order -> y (N, rows) in the original row order.
     """
     if x.dtype != flat.dtype:
         raise TypeError(f"x is {x.dtype}, the blocks are {flat.dtype}")
-    # The gather and product buffers are as large as x and y: let glibc keep them for the next
-    # product instead of returning them to the OS and faulting them in again (as `fit` does).
-    reuse_freed_memory()
-    with _blas_controller().limit(limits=1, user_api="blas"):  # BLAS inside prange: one thread each
-        return _block_diagonal_matmul(flat, offsets, row_bounds, col_bounds, row_perm, col_perm,
-                                      np.ascontiguousarray(x))
+    if flat.ndim != 1 or not flat.flags.c_contiguous:
+        raise ValueError("flat must be the 1-D contiguous array pack_blocks returns")
+    # The kernel reads through these indices unchecked: check that none points outside.
+    problem = _LAYOUT_PROBLEMS[_check_layout(flat, offsets, row_bounds, col_bounds, row_perm, col_perm,
+                                             tile_columns(flat.dtype))]
+    if problem:
+        raise ValueError(problem)
+    k = len(row_bounds) - 1
+    rows, cols = int(row_bounds[-1]), int(col_bounds[-1])
+    if x.ndim != 2 or x.shape[1] != cols:
+        raise ValueError(f"x must be (N, {cols}); got {x.shape}")
+    reuse_freed_memory()  # the strips' buffers and y: kept in the heap for the next product
+    strip_rows, groups = work_split(len(x), k, numba.get_num_threads(), flat.nbytes,
+                                    len(x) * (rows + cols) * x.itemsize)
+    nr = tile_columns(flat.dtype)
+    return _block_diagonal_matmul(flat, offsets, row_bounds, col_bounds, row_perm, col_perm,
+                                  np.ascontiguousarray(x), nr, strip_rows, groups, DEPTH_SLICE_BYTES // (nr * flat.itemsize))
