@@ -92,10 +92,11 @@ def _block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, co
                 panel = offsets[b] + q * nr * (c1 - c0)
                 for d0 in range(0, c1 - c0, depth_slice):
                     d1 = min(d0 + depth_slice, c1 - c0)
-                    # the weights that come next (the next slice, panel or block: they are
-                    # consecutive in `panels`), a few lines after each tile
+                    # A panel deeper than a slice: the weights that come next (the next slice,
+                    # or panel: they are consecutive in `panels`), a few lines after each tile.
+                    # (For shallower panels the hardware prefetcher does better alone: measured.)
                     ahead, ahead_end = panel + d1 * nr, min(panel + (d1 + depth_slice) * nr, offsets[k])
-                    per_tile = (ahead_end - ahead) // (line * tiles) + 1
+                    per_tile = (ahead_end - ahead) // (line * tiles) + 1 if c1 - c0 > depth_slice else 0
                     for t in range(tiles):
                         for _ in range(per_tile):
                             if ahead < ahead_end:
