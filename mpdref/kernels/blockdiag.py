@@ -4,7 +4,8 @@ Equals ``block_diagonal_matmul(blocks, x[:, col_perm])[:, inverse(row_perm)]`` o
 `mpdref.mpd`: the input gather and the output scatter happen inside the kernel, a strip
 of the batch at a time, never as separate permuted copies of the whole matrix.
 
-For each strip of up to STRIP_ROWS rows of x (one unit of work per thread):
+For each strip of up to STRIP_ROWS rows of x (the strips, or strips × groups of blocks
+for small batches, are the units of work the threads share; see work_split):
 
 1. gather: each row of x is read once, in the order col_perm asks for, into a block-major
    buffer (block b's inputs a (rows, c_b) matrix), while the next row is prefetched;
@@ -144,7 +145,8 @@ def pack_blocks(blocks, dtype):
 
 #: bytes of one slice of a weight panel: a deep block's depth is cut into slices that fit in L1
 DEPTH_SLICE_BYTES = 16 << 10
-#: rows of the batch per unit of work, at most: more rows share each pass over the weights
+#: rows of the batch per unit of work, at most: more rows share each pass over the weights, fewer
+#: keep the strip's buffers in cache (of 24, 48 and 96 rows, 48 was fastest on two cores)
 STRIP_ROWS = 48
 
 
