@@ -82,20 +82,20 @@ def tile_speed(repeats):
 
     from mpdref.kernels.intrinsics import TILE_ROWS, tile_columns, tile_product
 
+    nr = tile_columns(np.float32)
+
     @numba.njit(nogil=True)
     def tiles(a, panels, c, depth, reps):
-        nr = tile_columns_f32
         for _ in range(reps):
             for q in range(len(panels) // (depth * nr)):
                 tile_product(a, 0, depth, panels, q * depth * nr, c, q * nr, 4 * nr, depth, False)
 
-    tile_columns_f32 = tile_columns(np.float32)
     depth, reps = 256, 2000
     rng = np.random.default_rng(0)
     a = rng.standard_normal(TILE_ROWS * depth).astype(np.float32)
-    panels = rng.standard_normal(4 * depth * tile_columns_f32).astype(np.float32)
-    c = np.empty(TILE_ROWS * 4 * tile_columns_f32, np.float32)
-    flops = 2.0 * reps * TILE_ROWS * depth * 4 * tile_columns_f32
+    panels = rng.standard_normal(4 * depth * nr).astype(np.float32)
+    c = np.empty(TILE_ROWS * 4 * nr, np.float32)
+    flops = 2.0 * reps * TILE_ROWS * depth * 4 * nr
     tile_s = best_of(lambda: tiles(a, panels, c, depth, reps), repeats)[0]
     lhs = rng.standard_normal((1020, depth)).astype(np.float32)
     rhs = rng.standard_normal((depth, 64)).astype(np.float32)

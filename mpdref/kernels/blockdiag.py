@@ -32,6 +32,13 @@ from mpdref.kernels.config import PARALLEL, SERIAL
 from mpdref.kernels.intrinsics import TILE_ROWS, prefetch, prefetch_ahead, tile_columns, tile_product
 
 
+@numba.njit(inline="always")
+def _strip_block_start(padded, col_bounds, b0, b, line):
+    """Where block b's inputs start in a strip's gather buffer (blocks b0.. of a group, rows padded
+    to `padded`, each block's rows c_b + line apart)."""
+    return padded * (col_bounds[b] - col_bounds[b0] + line * (b - b0))
+
+
 @numba.njit(**PARALLEL)
 def _block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, col_perm, x, nr, strip_rows, groups,
                            depth_slice):
@@ -63,17 +70,16 @@ def _block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, co
         m = min(strip_rows, n - i0)
         padded = (m + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
         b0, b1 = group * k // groups, (group + 1) * k // groups
-        c_first = col_bounds[b0]
 
         # 1. Gather: block b's inputs for the strip, a (padded, c_b) matrix with row stride
-        # c_b + line at xg[xg_start(b):]; rows past the batch are zero.
-        xg = np.empty(padded * (col_bounds[b1] - c_first + line * (b1 - b0)), dtype=x.dtype)
+        # c_b + line at xg[_strip_block_start(b):]; rows past the batch are zero.
+        xg = np.empty(_strip_block_start(padded, col_bounds, b0, b1, line), dtype=x.dtype)
         for r in range(padded):
             i = i0 + r
             row = x[min(i, n - 1)]
             for b in range(b0, b1):
                 c0, c1 = col_bounds[b], col_bounds[b + 1]
-                dst = xg[padded * (c0 - c_first + line * (b - b0)) + r * (c1 - c0 + line):]
+                dst = xg[_strip_block_start(padded, col_bounds, b0, b, line) + r * (c1 - c0 + line):]
                 if i + 1 < n:  # random reads would fetch each line of the next row as a miss of its own
                     for j in range(c0, c1, line):
                         prefetch(x_flat, (i + 1) * cols + j)
@@ -88,7 +94,7 @@ def _block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, co
         tiles = padded // TILE_ROWS
         for b in range(b0, b1):
             c0, c1 = col_bounds[b], col_bounds[b + 1]
-            a_start = padded * (c0 - c_first + line * (b - b0))
+            a_start = _strip_block_start(padded, col_bounds, b0, b, line)
             for q in range((padded_start[b + 1] - padded_start[b]) // nr):
                 panel = offsets[b] + q * nr * (c1 - c0)
                 for d0 in range(0, c1 - c0, depth_slice):
@@ -219,8 +225,8 @@ def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_pe
     if flat.ndim != 1 or not flat.flags.c_contiguous:
         raise ValueError("flat must be the 1-D contiguous array pack_blocks returns")
     # The kernel reads through these indices unchecked: check that none points outside.
-    problem = _LAYOUT_PROBLEMS[_check_layout(flat, offsets, row_bounds, col_bounds, row_perm, col_perm,
-                                             tile_columns(flat.dtype))]
+    nr = tile_columns(flat.dtype)
+    problem = _LAYOUT_PROBLEMS[_check_layout(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, nr)]
     if problem:
         raise ValueError(problem)
     k = len(row_bounds) - 1
@@ -230,6 +236,5 @@ def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_pe
     reuse_freed_memory()  # the strips' buffers and y: kept in the heap for the next product
     strip_rows, groups = work_split(len(x), k, numba.get_num_threads(), flat.nbytes,
                                     len(x) * (rows + cols) * x.itemsize)
-    nr = tile_columns(flat.dtype)
     return _block_diagonal_matmul(flat, offsets, row_bounds, col_bounds, row_perm, col_perm,
                                   np.ascontiguousarray(x), nr, strip_rows, groups, DEPTH_SLICE_BYTES // (nr * flat.itemsize))

@@ -136,9 +136,7 @@ def tile_product(typingctx, a, a_start, a_stride, b, b_start, c, c_start, c_stri
     return sig, codegen
 
 
-
-
-def _prefetch_intrinsic(write: int, locality: int, doc: str):
+def _prefetch_intrinsic(locality: int, doc: str):
     @intrinsic
     def prefetch(typingctx, arr, index):
         if not (isinstance(arr, types.Array) and arr.layout == "C" and isinstance(index, types.Integer)):
@@ -154,8 +152,8 @@ def _prefetch_intrinsic(write: int, locality: int, doc: str):
             name = "llvm.prefetch.p0i8"
             function = module.globals.get(name) or ir.Function(
                 module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), name)
-            # (address, read 0 / write 1, locality 0-3, data cache 1)
-            builder.call(function, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, write),
+            # (address, read (0), locality 0-3, data cache (1))
+            builder.call(function, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, 0),
                                     ir.Constant(i32, locality), ir.Constant(i32, 1)])
             return context.get_dummy_value()
 
@@ -167,5 +165,5 @@ def _prefetch_intrinsic(write: int, locality: int, doc: str):
 
 # llvm.prefetch is a hint and never faults. The hardware prefetcher follows sequential reads
 # only: a row read in random order brings each of its lines in as a miss of its own.
-prefetch = _prefetch_intrinsic(0, 3, "prefetch(arr, i): bring arr[i]'s cache line into L1 for reading, soon")
-prefetch_ahead = _prefetch_intrinsic(0, 2, "prefetch_ahead(arr, i): bring arr[i]'s line into L2 for reading, later")
+prefetch = _prefetch_intrinsic(3, "prefetch(arr, i): bring arr[i]'s cache line into L1 for reading, soon")
+prefetch_ahead = _prefetch_intrinsic(2, "prefetch_ahead(arr, i): bring arr[i]'s line into L2 for reading, later")
