@@ -1,6 +1,6 @@
 """MPD's block-diagonal product on the CPU: the Numba kernel against its alternatives, in one run.
 
-    python benchmarks/block_diagonal.py [--repeats 20] [--tile]
+    python benchmarks/block_diagonal.py [--repeats 20] [--tile | --phases]
 
 y = x Wᵀ for a 4096 x 4096 float32 W under a permuted block-diagonal mask with k in
 {4, 16, 64} blocks, batch in {1, 64, 1024}, and the LeNet-300-100 layer shapes at k = 11:
@@ -9,6 +9,9 @@ y = x Wᵀ for a 4096 x 4096 float32 W under a permuted block-diagonal mask with
 - dense:   BLAS on the masked dense matrix, x @ Wᵀ;
 - stacked: np.matmul over the k equal blocks, stacked (k, r, c), input already in block
            order: the practical ideal, with no gather or scatter;
+- permuted: the same stacked np.matmul with the permutations done by NumPy, as one would
+           write it without the kernel: x[:, col_perm] into block order, then the
+           outputs back into row order;
 - bsr/csr: scipy.sparse with the permuted blocks (BSR, block size = one block; batch <= 64
            only, it takes tens of seconds at 1024) and the masked matrix (CSR).
 
@@ -16,6 +19,12 @@ Printed: microseconds for each and the ratios. Targets for batch >= 64: kernel >
 stacked (stacked time / kernel time) and >= 0.8·k times faster than dense. Each
 contender is timed after a pause (PAUSE): the thread pool of the one before would
 otherwise still be spinning on the same cores. The kernel calls no BLAS.
+
+--phases times the kernel's three phases (gather, multiply, un-permute) one at a time
+at batch 1024, beside the whole kernel, stacked np.matmul, and a plain copy of x into a
+new array on all threads (the memory traffic of each permuting phase, without the
+permutation): where the kernel's time goes.
+--tile times its register tile alone against BLAS on one core.
 """
 from __future__ import annotations
 
@@ -26,6 +35,7 @@ import numpy as np
 import scipy.sparse
 
 from mpdref.kernels.allocator import reuse_freed_memory
+from mpdref.kernels import blockdiag
 from mpdref.kernels.blockdiag import block_diagonal_matmul_permuted, pack_blocks
 from mpdref.mpd import mpd_mask
 from timing import best_of
@@ -60,6 +70,15 @@ def case(rows, cols, k, batch, repeats, rng):
         stacked_w = np.stack(blocks)  # (k, r, c)
         xs = np.ascontiguousarray(x[:, m.col_perm].reshape(batch, k, cols // k).transpose(1, 0, 2))  # (k, N, c)
         times["stacked"] = best_time(lambda: np.matmul(xs, stacked_w.transpose(0, 2, 1)), repeats)
+        out_order = np.argsort(m.row_perm)  # output o is row out_order[o] of the stacked result
+
+        def permuted():
+            xb = np.ascontiguousarray(x[:, m.col_perm].reshape(batch, k, cols // k).transpose(1, 0, 2))
+            yb = np.matmul(xb, stacked_w.transpose(0, 2, 1))  # (k, N, r)
+            return yb.transpose(1, 0, 2).reshape(batch, rows)[:, out_order]
+
+        assert np.allclose(permuted(), y, rtol=1e-3, atol=1e-3)
+        times["permuted"] = best_time(permuted, repeats)
         if batch <= 64:  # scipy's BSR times a dense matrix takes tens of seconds at batch 1024
             permuted = scipy.sparse.bsr_matrix(w[np.ix_(m.row_perm, m.col_perm)], blocksize=(rows // k, cols // k))
             xp = np.ascontiguousarray(x[:, m.col_perm].T)
@@ -68,6 +87,39 @@ def case(rows, cols, k, batch, repeats, rng):
     xt = np.ascontiguousarray(x.T)
     times["csr"] = best_time(lambda: csr @ xt, 1 if batch > 64 else 3)
     return times
+
+
+def phase_times(repeats, batch=1024):
+    """Milliseconds of each phase of the kernel alone (the others skipped), 4096 x 4096, float32."""
+    import numba
+
+    @numba.njit(parallel=True)
+    def copy(x):
+        y = np.empty_like(x)
+        for i in numba.prange(len(x)):
+            y[i] = x[i]
+        return y
+
+    rng = np.random.default_rng(0)
+    phases = {"gather": blockdiag.GATHER, "multiply": blockdiag.MULTIPLY, "un-permute": blockdiag.UNPERMUTE,
+              "kernel": blockdiag.ALL_PHASES}
+    print(f"{'k':>4}{'batch':>6}" + "".join(f"{name + ' ms':>15}" for name in phases)
+          + f"{'sum of 3 ms':>13}{'stacked ms':>12}{'copy ms':>9}")
+    for k in (4, 16, 64):
+        m = mpd_mask(4096, 4096, k, rng)
+        w = (rng.standard_normal((4096, 4096)) * m.mask).astype(np.float32)
+        x = rng.standard_normal((batch, 4096)).astype(np.float32)
+        blocks = m.blocks(w)
+        arguments = blockdiag.kernel_arguments(*pack_blocks(blocks, np.float32), m.row_bounds, m.col_bounds,
+                                               m.row_perm, m.col_perm, x)
+        times = {name: best_time(lambda: blockdiag._block_diagonal_matmul(*arguments, bits), repeats) / 1e3
+                 for name, bits in phases.items()}
+        xs = np.ascontiguousarray(x[:, m.col_perm].reshape(batch, k, -1).transpose(1, 0, 2))
+        stacked = best_time(lambda: np.matmul(xs, np.stack(blocks).transpose(0, 2, 1)), repeats) / 1e3
+        copied = best_time(lambda: copy(x), repeats) / 1e3
+        alone = times["gather"] + times["multiply"] + times["un-permute"]
+        print(f"{k:>4}{batch:>6}" + "".join(f"{t:>15.2f}" for t in times.values())
+              + f"{alone:>13.2f}{stacked:>12.2f}{copied:>9.2f}")
 
 
 def tile_speed(repeats):
@@ -113,8 +165,11 @@ def tile_speed(repeats):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--tile", action="store_true", help="measure only the register tile against BLAS on one core")
+    p.add_argument("--repeats", type=int, default=20, help="calls per contender; the fastest is kept (default 20)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--tile", action="store_true", help="measure only the register tile against BLAS on one core")
+    mode.add_argument("--phases", action="store_true",
+                      help="time the kernel's gather, multiply and un-permute one at a time (batch 1024)")
     args = p.parse_args()
     if args.tile:
         tile_speed(args.repeats)
@@ -122,17 +177,22 @@ def main():
     # The kernel keeps freed large buffers in the heap (mpdref.kernels.allocator); set it before
     # any timing so that every contender's allocations are served the same way.
     reuse_freed_memory()
+    if args.phases:
+        phase_times(args.repeats)
+        return
     rng = np.random.default_rng(0)
     shapes = [(4096, 4096, k) for k in (4, 16, 64)] + [(300, 784, 11), (100, 300, 11)]
     print(f"{'shape':>12}{'k':>4}{'batch':>6}{'kernel us':>11}{'stacked us':>12}{'dense us':>10}{'bsr us':>10}"
-          f"{'csr us':>10}{'stacked/kernel':>16}{'dense/kernel':>14}{'0.8k':>6}")
+          f"{'csr us':>10}{'stacked/kernel':>16}{'permuted/kernel':>17}{'dense/kernel':>14}{'0.8k':>6}")
     for rows, cols, k in shapes:
         for batch in (1, 64, 1024):
             t = case(rows, cols, k, batch, args.repeats, rng)
             get = lambda key: f"{t[key]:.0f}" if key in t else "-"  # noqa: E731
             vs_stacked = f"{t['stacked'] / t['kernel']:.2f}" if "stacked" in t else "-"
+            vs_permuted = f"{t['permuted'] / t['kernel']:.2f}" if "permuted" in t else "-"
             print(f"{f'{rows}x{cols}':>12}{k:>4}{batch:>6}{get('kernel'):>11}{get('stacked'):>12}{get('dense'):>10}"
-                  f"{get('bsr'):>10}{get('csr'):>10}{vs_stacked:>16}{t['dense'] / t['kernel']:>14.2f}{0.8 * k:>6.1f}")
+                  f"{get('bsr'):>10}{get('csr'):>10}{vs_stacked:>16}{vs_permuted:>17}{t['dense'] / t['kernel']:>14.2f}"
+                  f"{0.8 * k:>6.1f}")
 
 
 if __name__ == "__main__":

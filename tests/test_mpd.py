@@ -150,6 +150,9 @@ def test_a_row_of_the_kernel_does_not_depend_on_how_the_work_is_split(dtype, rng
     assert all(np.array_equal(y, results[0]) for y in results[1:])
     one_row = blockdiag.block_diagonal_matmul_permuted(*args, x[17:18])
     assert np.array_equal(one_row[0], results[0][17])
+    # What a benchmark calls (kernel_arguments, all phases named) is the product itself.
+    timed = blockdiag._block_diagonal_matmul(*blockdiag.kernel_arguments(*args, x), blockdiag.ALL_PHASES)
+    assert np.array_equal(timed, results[0])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -20,6 +20,9 @@ for small batches, are the units of work the threads share; see work_split):
 No BLAS is called, so no BLAS thread pool competes with Numba's. Each output is one
 running sum over its block's inputs in a fixed order, so a row's result does not depend
 on the batch it comes in, the strip it falls in or the number of threads.
+
+`phases` (GATHER | MULTIPLY | UNPERMUTE by default) lets `benchmarks/block_diagonal.py
+--phases` time each phase alone; a product with any phase left out is meaningless.
 """
 from __future__ import annotations
 
@@ -32,6 +35,11 @@ from mpdref.kernels.config import PARALLEL, SERIAL
 from mpdref.kernels.intrinsics import TILE_ROWS, prefetch, prefetch_ahead, tile_columns, tile_product
 
 
+#: the kernel's phases, as bits of its `phases` argument
+GATHER, MULTIPLY, UNPERMUTE = 1, 2, 4
+ALL_PHASES = GATHER | MULTIPLY | UNPERMUTE
+
+
 @numba.njit(inline="always")
 def _strip_block_start(padded, col_bounds, b0, b, line):
     """Where block b's inputs start in a strip's gather buffer (blocks b0.. of a group, rows padded
@@ -41,7 +49,7 @@ def _strip_block_start(padded, col_bounds, b0, b, line):
 
 @numba.njit(**PARALLEL)
 def _block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, col_perm, x, nr, strip_rows, groups,
-                           depth_slice):
+                           depth_slice, phases=ALL_PHASES):
     n, cols = x.shape
     k = len(row_bounds) - 1
     rows = row_bounds[k]
@@ -74,7 +82,7 @@ def _block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, co
         # 1. Gather: block b's inputs for the strip, a (padded, c_b) matrix with row stride
         # c_b + line at xg[_strip_block_start(b):]; rows past the batch are zero.
         xg = np.empty(_strip_block_start(padded, col_bounds, b0, b1, line), dtype=x.dtype)
-        for r in range(padded):
+        for r in range(padded if phases & GATHER else 0):
             i = i0 + r
             row = x[min(i, n - 1)]
             for b in range(b0, b1):
@@ -92,7 +100,7 @@ def _block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, co
         # 2. Multiply into yg (padded, yg_stride), block by block, panel by panel, slice by slice.
         yg = np.empty(padded * yg_stride, dtype=x.dtype)
         tiles = padded // TILE_ROWS
-        for b in range(b0, b1):
+        for b in range(b0, b1 if phases & MULTIPLY else b0):
             c0, c1 = col_bounds[b], col_bounds[b + 1]
             a_start = _strip_block_start(padded, col_bounds, b0, b, line)
             for q in range((padded_start[b + 1] - padded_start[b]) // nr):
@@ -116,7 +124,7 @@ def _block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, co
 
         # 3. Un-permute: y's rows written in order, each output read from where its block put it.
         lo, hi = padded_start[b0], padded_start[b1]
-        for r in range(m):
+        for r in range(m if phases & UNPERMUTE else 0):
             dst, src = y[i0 + r], yg[r * yg_stride:]
             if groups == 1:
                 for o in range(rows):
@@ -214,12 +222,10 @@ def _check_layout(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, nr)
     return 0
 
 
-def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x):
-    """y = x Wᵀ for W = P_r blockdiag(B_b) P_cᵀ, computed block by block (see the module docstring).
-
-    flat, offsets: the blocks as pack_blocks stores them. x (N, cols) float32 or float64 in the
-    original column order -> y (N, rows) in the original row order.
-    """
+def kernel_arguments(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x):
+    """The checked arguments of the compiled kernel for this product (work split and depth slice
+    included): block_diagonal_matmul_permuted's first half, for benchmarks that call the kernel
+    themselves."""
     if x.dtype != flat.dtype:
         raise TypeError(f"x is {x.dtype}, the blocks are {flat.dtype}")
     if flat.ndim != 1 or not flat.flags.c_contiguous:
@@ -233,8 +239,18 @@ def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_pe
     rows, cols = int(row_bounds[-1]), int(col_bounds[-1])
     if x.ndim != 2 or x.shape[1] != cols:
         raise ValueError(f"x must be (N, {cols}); got {x.shape}")
-    reuse_freed_memory()  # the strips' buffers and y: kept in the heap for the next product
     strip_rows, groups = work_split(len(x), k, numba.get_num_threads(), flat.nbytes,
                                     len(x) * (rows + cols) * x.itemsize)
-    return _block_diagonal_matmul(flat, offsets, row_bounds, col_bounds, row_perm, col_perm,
-                                  np.ascontiguousarray(x), nr, strip_rows, groups, DEPTH_SLICE_BYTES // (nr * flat.itemsize))
+    return (flat, offsets, row_bounds, col_bounds, row_perm, col_perm, np.ascontiguousarray(x), nr, strip_rows,
+            groups, DEPTH_SLICE_BYTES // (nr * flat.itemsize))
+
+
+def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x):
+    """y = x Wᵀ for W = P_r blockdiag(B_b) P_cᵀ, computed block by block (see the module docstring).
+
+    flat, offsets: the blocks as pack_blocks stores them. x (N, cols) float32 or float64 in the
+    original column order -> y (N, rows) in the original row order.
+    """
+    arguments = kernel_arguments(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x)
+    reuse_freed_memory()  # the strips' buffers and y: kept in the heap for the next product
+    return _block_diagonal_matmul(*arguments)
