@@ -19,7 +19,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_data_option(p):
     p.add_argument("--data", metavar="DIR", help="folder holding the four MNIST IDX files "
-                   "(default: $MPDREF_DATA, then ./data/mnist, then ~/.cache/mpdref/mnist)")
+                   "(default: $MPDREF_DATA, then ./data/mnist, then ../shared/data/mnist beside a "
+                   "source checkout, then ~/.cache/mpdref/mnist)")
 
 
 def _add_recipe_options(p):

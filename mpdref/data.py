@@ -5,7 +5,9 @@ Where MNIST is looked for, in order:
 1. an explicit ``root`` (``--data`` on the command line);
 2. ``$MPDREF_DATA``;
 3. ``./data/mnist``;
-4. ``~/.cache/mpdref/mnist``.
+4. ``../shared/data/mnist`` beside a source checkout of mpdref (where this project's
+   development machines keep the byte-exact copy), only when mpdref runs from one;
+5. ``~/.cache/mpdref/mnist``.
 
 An explicit root or ``$MPDREF_DATA`` that does not hold the files is an error,
 not a reason to look further: a typo must not silently pick other data.
@@ -136,6 +138,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 # ----------------------------------------------------------------------------- finding
 
 
+#: the source checkout mpdref runs from, if it runs from one (an editable install), else None
+CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT = CHECKOUT if (CHECKOUT / "pyproject.toml").is_file() else None
+
+
 def default_search_path() -> list[tuple[str, Path]]:
     """The places looked in when no root is given, with how each was chosen."""
     places = []
@@ -143,6 +150,8 @@ def default_search_path() -> list[tuple[str, Path]]:
     if env:
         places.append(("$MPDREF_DATA", Path(env)))
     places.append(("./data/mnist", Path("data") / "mnist"))
+    if CHECKOUT is not None:
+        places.append(("../shared/data/mnist beside the checkout", CHECKOUT.parent / "shared" / "data" / "mnist"))
     places.append(("~/.cache/mpdref/mnist", Path.home() / ".cache" / "mpdref" / "mnist"))
     return places
 

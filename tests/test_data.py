@@ -87,16 +87,20 @@ def test_load_mnist_rejects_files_that_are_not_mnist(tmp_path):
 
 
 def test_lookup_order(tmp_path, monkeypatch):
-    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home, cwd, checkout = tmp_path / "home", tmp_path / "cwd", tmp_path / "work" / "mpdref"
     cwd.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("MPDREF_DATA", raising=False)
+    monkeypatch.setattr(data, "CHECKOUT", checkout)
     with pytest.raises(DataError, match="MNIST not found") as info:
         data.find_mnist()
     assert "mpdref data fetch" in str(info.value)
+    assert str(tmp_path / "work" / "shared" / "data" / "mnist") in str(info.value)
     cache = fake_mnist(home / ".cache" / "mpdref" / "mnist")
     assert data.find_mnist() == cache
+    shared = fake_mnist(tmp_path / "work" / "shared" / "data" / "mnist")
+    assert data.find_mnist() == shared
     local = fake_mnist(cwd / "data" / "mnist")
     assert data.find_mnist().resolve() == local.resolve()
     env = fake_mnist(tmp_path / "env")
