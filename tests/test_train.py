@@ -148,6 +148,15 @@ def test_divergence_is_reported_at_once(rng):
         fit(net, synthetic(512, rng), Recipe(epochs=1, lr=1e6, schedule="constant"), progress=False)
 
 
+def test_progress_off_a_terminal_is_one_line_per_epoch(rng, capsys):
+    # stderr captured, as in a log file or CI: no bar redrawn with carriage returns, only the epochs' lines.
+    net = models.build("lenet-300-100")
+    fit(net, synthetic(256, rng), Recipe(epochs=2, batch_size=32, lr=0.05), progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert [line.split(":")[0] for line in err.splitlines()] == ["epoch 1/2", "epoch 2/2"]
+
+
 def test_fit_logs_one_json_line_per_epoch(rng):
     log = io.StringIO()
     net = models.build("lenet-300-100")
