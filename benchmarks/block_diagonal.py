@@ -53,11 +53,21 @@ def best_time(fn, repeats):
     return best_of(fn, repeats)[0] * 1e6
 
 
-def case(rows, cols, k, batch, repeats, rng):
+def problem(rows, cols, k, batch, rng):
+    """A float32 layer under a fresh MPD mask, and a batch for it: (mask, w, x, blocks)."""
     m = mpd_mask(rows, cols, k, rng)
     w = (rng.standard_normal((rows, cols)) * m.mask).astype(np.float32)
     x = rng.standard_normal((batch, cols)).astype(np.float32)
-    blocks = m.blocks(w)
+    return m, w, x, m.blocks(w)
+
+
+def block_order(x, m, k):
+    """x's columns gathered into block order and stacked (k, N, c), for k equal blocks."""
+    return np.ascontiguousarray(x[:, m.col_perm].reshape(len(x), k, -1).transpose(1, 0, 2))
+
+
+def case(rows, cols, k, batch, repeats, rng):
+    m, w, x, blocks = problem(rows, cols, k, batch, rng)
     flat, offsets = pack_blocks(blocks, np.float32)
     args = (flat, offsets, m.row_bounds, m.col_bounds, m.row_perm, m.col_perm)
     y = block_diagonal_matmul_permuted(*args, x)
@@ -67,22 +77,21 @@ def case(rows, cols, k, batch, repeats, rng):
         "dense": best_time(lambda: x @ w.T, repeats),
     }
     if rows % k == 0 and cols % k == 0:
-        stacked_w = np.stack(blocks)  # (k, r, c)
-        xs = np.ascontiguousarray(x[:, m.col_perm].reshape(batch, k, cols // k).transpose(1, 0, 2))  # (k, N, c)
-        times["stacked"] = best_time(lambda: np.matmul(xs, stacked_w.transpose(0, 2, 1)), repeats)
+        stacked_wt = np.stack(blocks).transpose(0, 2, 1)  # (k, c, r)
+        xs = block_order(x, m, k)  # (k, N, c)
+        times["stacked"] = best_time(lambda: np.matmul(xs, stacked_wt), repeats)
         out_order = np.argsort(m.row_perm)  # output o is row out_order[o] of the stacked result
 
         def permuted():
-            xb = np.ascontiguousarray(x[:, m.col_perm].reshape(batch, k, cols // k).transpose(1, 0, 2))
-            yb = np.matmul(xb, stacked_w.transpose(0, 2, 1))  # (k, N, r)
+            yb = np.matmul(block_order(x, m, k), stacked_wt)  # (k, N, r)
             return yb.transpose(1, 0, 2).reshape(batch, rows)[:, out_order]
 
         assert np.allclose(permuted(), y, rtol=1e-3, atol=1e-3)
         times["permuted"] = best_time(permuted, repeats)
         if batch <= 64:  # scipy's BSR times a dense matrix takes tens of seconds at batch 1024
-            permuted = scipy.sparse.bsr_matrix(w[np.ix_(m.row_perm, m.col_perm)], blocksize=(rows // k, cols // k))
+            bsr = scipy.sparse.bsr_matrix(w[np.ix_(m.row_perm, m.col_perm)], blocksize=(rows // k, cols // k))
             xp = np.ascontiguousarray(x[:, m.col_perm].T)
-            times["bsr"] = best_time(lambda: permuted @ xp, 3)
+            times["bsr"] = best_time(lambda: bsr @ xp, 3)
     csr = scipy.sparse.csr_matrix(w)
     xt = np.ascontiguousarray(x.T)
     times["csr"] = best_time(lambda: csr @ xt, 1 if batch > 64 else 3)
@@ -106,16 +115,13 @@ def phase_times(repeats, batch=1024):
     print(f"{'k':>4}{'batch':>6}" + "".join(f"{name + ' ms':>15}" for name in phases)
           + f"{'sum of 3 ms':>13}{'stacked ms':>12}{'copy ms':>9}")
     for k in (4, 16, 64):
-        m = mpd_mask(4096, 4096, k, rng)
-        w = (rng.standard_normal((4096, 4096)) * m.mask).astype(np.float32)
-        x = rng.standard_normal((batch, 4096)).astype(np.float32)
-        blocks = m.blocks(w)
+        m, _, x, blocks = problem(4096, 4096, k, batch, rng)
         arguments = blockdiag.kernel_arguments(*pack_blocks(blocks, np.float32), m.row_bounds, m.col_bounds,
                                                m.row_perm, m.col_perm, x)
         times = {name: best_time(lambda: blockdiag._block_diagonal_matmul(*arguments, bits), repeats) / 1e3
                  for name, bits in phases.items()}
-        xs = np.ascontiguousarray(x[:, m.col_perm].reshape(batch, k, -1).transpose(1, 0, 2))
-        stacked = best_time(lambda: np.matmul(xs, np.stack(blocks).transpose(0, 2, 1)), repeats) / 1e3
+        xs, stacked_wt = block_order(x, m, k), np.stack(blocks).transpose(0, 2, 1)  # stacked outside the timing
+        stacked = best_time(lambda: np.matmul(xs, stacked_wt), repeats) / 1e3
         copied = best_time(lambda: copy(x), repeats) / 1e3
         alone = times["gather"] + times["multiply"] + times["un-permute"]
         print(f"{k:>4}{batch:>6}" + "".join(f"{t:>15.2f}" for t in times.values())

@@ -209,8 +209,9 @@ def fit(
         loss_sum = 0.0
         wrong = 0
         bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="img", unit_scale=True,
-                   disable=not (progress and _on_a_terminal(sys.stderr)), leave=False, file=sys.stderr,
-                   dynamic_ncols=True)
+                   # None: tqdm's own test, no bar where stderr is not a terminal (a log file, a
+                   # pipe), in which each redraw would be one more line; the epoch lines stay
+                   disable=None if progress else True, leave=False, file=sys.stderr, dynamic_ncols=True)
         with bar:
             for b in range(steps_per_epoch):
                 idx = order[b * recipe.batch_size : (b + 1) * recipe.batch_size]
@@ -252,13 +253,6 @@ def fit(
             shown = ", ".join(f"{k} {_fmt(v)}" for k, v in record.items() if k != "epoch")
             tqdm.write(f"epoch {epoch + 1}/{recipe.epochs}: {shown}", file=sys.stderr)
     return history
-
-
-def _on_a_terminal(stream) -> bool:
-    """Whether a progress bar on `stream` is seen redrawn in place: not in a log file or a pipe,
-    where each redraw would be one more line (the epoch's summary line is written either way)."""
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
 
 
 def _fmt(v):
