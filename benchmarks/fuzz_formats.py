@@ -5,9 +5,12 @@
 Each case takes a valid file written by mpdref, damages it (bit flips, byte and run
 overwrites, truncation, extension, deleted or duplicated runs, splices of two files,
 zeroed runs; one to three at a time) and loads it with the matching reader under a
-time limit. Allowed: a correct load, or the reader's documented error (DataError,
-FormatError). Counted separately, and failing the run: any other exception, a hang
-(time limit), a crashed worker process. Cases are reproducible from (kind, seed).
+time limit. Allowed: the reader's documented error (DataError, FormatError), or a load
+of the right content: exactly the undamaged file's (after a splice, that of either
+spliced file) for the checksummed model files, checkpoints and .mpdz files; any for
+IDX files, which carry no checksum (the rule in full: tests/fuzzing.py). Counted
+separately, and failing the run: a load of other content, any other exception, a
+hang (time limit), a crashed worker process. Cases are reproducible from (kind, seed).
 """
 from __future__ import annotations
 
@@ -23,13 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+# fuzzing.py is test tooling and lives in tests/. Worker processes get this path too: forked
+# ones inherit it, spawned ones run this module's top level again (as __mp_main__).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fuzzing import CaseTimeout, allowed_contents, load_outcome, mutate, sample_files  # noqa: E402
+
 KINDS = ("idx", "model", "checkpoint", "mpdz")
 _SAMPLES = None
 
 
 def run_chunk(kind: str, seeds: range, seconds: float) -> dict:
-    from mpdref.fuzzing import CaseTimeout, load_outcome, mutate, sample_files
-
     global _SAMPLES
     work = Path(tempfile.mkdtemp(prefix="mpdref-fuzz-"))
     if _SAMPLES is None:
@@ -39,18 +45,20 @@ def run_chunk(kind: str, seeds: range, seconds: float) -> dict:
     for seed in seeds:
         rng = np.random.default_rng([seed, KINDS.index(kind)])
         which = int(rng.integers(len(_SAMPLES[kind])))
-        suffix, original = _SAMPLES[kind][which]
-        data = original
-        other = _SAMPLES[kind][(which + 1) % len(_SAMPLES[kind])][1]
+        sample = _SAMPLES[kind][which]
+        other = _SAMPLES[kind][(which + 1) % len(_SAMPLES[kind])]
+        data = sample.data
         applied = []
         for _ in range(int(rng.integers(1, 4))):
-            mutation, data = mutate(data, rng, other)
+            mutation, data = mutate(data, rng, other.data)
             applied.append(mutation)
-        path = work / f"case{suffix}"
+        path = work / f"case{sample.suffix}"
         path.write_bytes(data)
         try:
-            outcome = load_outcome(kind, path, seconds)
-            counts[outcome if data != original or outcome != "loaded" else "unchanged"] += 1
+            outcome = load_outcome(kind, path, allowed_contents(sample, other, applied), seconds)
+            counts[outcome.verdict if data != sample.data or outcome.verdict != "loaded" else "unchanged"] += 1
+            if outcome.verdict == "loaded-different":
+                failures.append((kind, seed, applied, f"loaded other content: {', '.join(outcome.differing)}"))
         except CaseTimeout:
             counts["hang"] += 1
             failures.append((kind, seed, applied, "hang"))
@@ -88,18 +96,20 @@ def main():
             failures += result["failures"]
     seconds = time.perf_counter() - started
 
-    # loaded: damaged, still a valid file (e.g. changed pixels, or HDF5 user-block padding);
-    # unchanged: the damage happened to change nothing (a splice at the very end, a byte set to itself)
-    print(f"{'format':<12}{'cases':>9}{'unchanged':>11}{'loaded':>9}{'rejected':>10}{'unexpected':>12}{'hangs':>7}")
+    # loaded: damaged, still a valid file with the right content (e.g. changed pixels, HDF5 user-block
+    # padding, a splice that is the other file whole); unchanged: the damage happened to change nothing
+    # (a splice at the very end, a byte set to itself); different: loaded other content
+    print(f"{'format':<12}{'cases':>9}{'unchanged':>11}{'loaded':>9}{'rejected':>10}{'different':>11}"
+          f"{'unexpected':>12}{'hangs':>7}")
     for kind in KINDS:
         c = totals[kind]
         print(f"{kind:<12}{sum(c.values()):>9}{c['unchanged']:>11}{c['loaded']:>9}{c['rejected']:>10}"
-              f"{c['unexpected']:>12}{c['hang']:>7}")
+              f"{c['loaded-different']:>11}{c['unexpected']:>12}{c['hang']:>7}")
     total = sum(sum(c.values()) for c in totals.values())
     print(f"{total} cases in {seconds:.0f} s, {crashed} crashed worker chunks")
     for kind, seed, applied, what in failures[:10]:
         print(f"FAIL {kind} seed {seed} {applied}:\n{what}")
-    bad = crashed + sum(c["unexpected"] + c["hang"] for c in totals.values())
+    bad = crashed + sum(c["loaded-different"] + c["unexpected"] + c["hang"] for c in totals.values())
     sys.exit(1 if bad else 0)
 
 

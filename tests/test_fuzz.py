@@ -1,10 +1,10 @@
-"""Damaged files: only a correct load or the documented error (see mpdref.fuzzing)."""
+"""Damaged files: only a load of the right content or the documented error (see tests/fuzzing.py)."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mpdref.fuzzing import MUTATIONS, load_outcome, mutate, sample_files
+from fuzzing import MUTATIONS, allowed_contents, load_outcome, mutate, read, sample_files
 
 CASES = {"idx": 1500, "model": 700, "checkpoint": 500, "mpdz": 500}
 
@@ -16,14 +16,49 @@ def samples(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", list(CASES))
 def test_undamaged_samples_load(samples, kind, tmp_path):
-    for i, (suffix, data) in enumerate(samples[kind]):
-        path = tmp_path / f"ok{i}{suffix}"
-        path.write_bytes(data)
-        assert load_outcome(kind, path) == "loaded"
+    for i, sample in enumerate(samples[kind]):
+        path = tmp_path / f"ok{i}{sample.suffix}"
+        path.write_bytes(sample.data)
+        assert load_outcome(kind, path, [sample.content]).verdict == "loaded"
+
+
+@pytest.mark.parametrize("kind, some_differing", [
+    ("model", {"params/fc1.weight", "masks/fc3.weight", "metadata"}),
+    ("checkpoint", {"params/fc1.weight", "masks/fc3.weight", "velocity/fc1.weight", "progress/epochs_done",
+                    "progress/rng"}),
+    ("mpdz", {"params/fc1.weight", "masks/fc1.weight"}),
+])
+def test_a_load_of_other_content_is_a_failure(samples, kind, some_differing, tmp_path):
+    """The comparison can fail: the other valid sample, passed off as the damaged first one, loads different."""
+    first, second = samples[kind]
+    path = tmp_path / f"second{second.suffix}"
+    path.write_bytes(second.data)
+    outcome = load_outcome(kind, path, [first.content])
+    assert outcome.verdict == "loaded-different"
+    assert some_differing <= set(outcome.differing)
+
+
+def test_a_splice_may_load_as_the_other_file(samples, tmp_path):
+    """A splice cut at the start of both files is the other file whole: its content is allowed then."""
+    first, second = samples["model"]
+    path = tmp_path / f"spliced{first.suffix}"
+    path.write_bytes(second.data)
+    assert load_outcome("model", path, allowed_contents(first, second, ["splice"])).verdict == "loaded"
+
+
+def test_idx_loads_are_not_compared_as_nothing_protects_them(samples, tmp_path):
+    """Why: one flipped bit of the (unchecksummed) header turns the uint8 sample into int8, and it loads."""
+    sample = samples["idx"][0]  # the raw (not gzipped) (40, 28, 28) sample
+    damaged = bytearray(sample.data)
+    damaged[2] ^= 0x01  # type code 0x08 (uint8) -> 0x09 (int8)
+    path = tmp_path / "retyped"
+    path.write_bytes(damaged)
+    assert read("idx", path).dtype == np.int8
+    assert load_outcome("idx", path, [sample.content]).verdict == "loaded"
 
 
 @pytest.mark.parametrize("kind", list(CASES))
-def test_damaged_files_load_or_raise_the_documented_error(samples, kind, tmp_path_factory):
+def test_damaged_files_load_the_right_content_or_raise_the_documented_error(samples, kind, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"fuzz-{kind}")
 
     @settings(max_examples=CASES[kind], deadline=None, derandomize=True, database=None,
@@ -32,12 +67,14 @@ def test_damaged_files_load_or_raise_the_documented_error(samples, kind, tmp_pat
            mutation=st.sampled_from(MUTATIONS), repeats=st.integers(1, 3))
     def case(which, seed, mutation, repeats):
         rng = np.random.default_rng(seed)
-        suffix, data = samples[kind][which]
-        other = samples[kind][(which + 1) % len(samples[kind])][1]
+        sample = samples[kind][which]
+        other = samples[kind][(which + 1) % len(samples[kind])]
+        data = sample.data
         for _ in range(repeats):
-            _, data = mutate(data, rng, other, kind=mutation)
-        path = work / f"case{suffix}"
+            _, data = mutate(data, rng, other.data, kind=mutation)
+        path = work / f"case{sample.suffix}"
         path.write_bytes(data)
-        assert load_outcome(kind, path, seconds=10) in ("loaded", "rejected")
+        outcome = load_outcome(kind, path, allowed_contents(sample, other, [mutation]), seconds=10)
+        assert outcome.verdict in ("loaded", "rejected"), outcome
 
     case()
