@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import inspect
+import itertools
 import sys
 
 from mpdref.kernels import BackendUnavailable
-
-# Paper baselines quoted beside mpdref's numbers (dense test error, Han et al. 2016, Table 1-2).
-PAPER_DENSE_ERROR = {"lenet-300-100": 0.0164, "lenet-5": 0.0080}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +37,16 @@ def _add_recipe_options(p):
                    help="float32 for speed, float64 for audits (default float32)")
 
 
+def _add_command(sub, name: str, func) -> argparse.ArgumentParser:
+    """A subcommand that runs `func`, documented by its docstring: the first line is the
+    command's line in `mpdref --help` (lower case, no period, as argparse writes its own), the
+    rest the description that `mpdref NAME --help` prints."""
+    summary, _, description = inspect.getdoc(func).partition("\n\n")
+    p = sub.add_parser(name, help=summary, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mpdref import __version__
     from mpdref.models import ARCHITECTURES
@@ -50,46 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mpdref {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("demo", help="LeNet-300-100 dense, Deep-Compressed and MPD-compressed, and a results table",
-                       description="Three short pipelines on LeNet-300-100: dense training with the default "
-                                   "recipe; Deep Compression (3 rounds of pruning and retraining, distilling "
-                                   "from the dense network, 5-bit codebooks, Huffman coding into model.mpdz); MPD masks at 10x trained in "
-                                   "block form, 6-bit codebooks, Huffman. Prints each compressed file's size "
-                                   "table and the test errors. Fetches MNIST if it is found nowhere.")
+    p = _add_command(sub, "demo", cmd_demo)
     _add_data_option(p)
-    p.add_argument("--epochs", type=int, help="epochs of the first (dense or MPD) training (default: the recipe's, 30)")
+    p.add_argument("--epochs", type=int,
+                   help="epochs of the first (dense or MPD) training (default: the config's, 30)")
     p.add_argument("--out", default="runs/demo", metavar="RUN_DIR", help="run directory (default runs/demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--seed", type=int, help="seed (default: the config's, 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="run an experiment (TOML) into a run directory, or resume one",
-                       description="Run the stages of an experiment file in order. The whole config is "
-                                   "validated before any work starts. A checkpoint closes every epoch and "
-                                   "every stage; --resume continues an interrupted run exactly. "
-                                   "--stages lists the stage types and their settings.")
+    p = _add_command(sub, "run", cmd_run)
     p.add_argument("config", nargs="?", metavar="EXPERIMENT.toml", help="experiment file (see configs/)")
     p.add_argument("--stages", action="store_true", help="list the stage types and their settings, then exit")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NAME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
     p.add_argument("--force", action="store_true", help="overwrite a run in RUN_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("show", help="summarize a run directory",
-                       description="Print a run's settings and one row per stage.")
+    p = _add_command(sub, "show", cmd_show)
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("compare", help="several runs side by side",
-                       description="Print one row per run: network, stages, errors, time.")
+    p = _add_command(sub, "compare", cmd_compare)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("train", help="train a network into a run directory",
-                       description="Train a network with SGD: a one-stage experiment written into "
-                                   "RUN_DIR (config.json, log.jsonl, checkpoint.h5, model.h5, metrics.json, "
-                                   "figures/). `mpdref run --resume RUN_DIR` continues it if interrupted.")
+    p = _add_command(sub, "train", cmd_train)
     p.add_argument("--model", required=True, choices=tuple(ARCHITECTURES), help="network to train")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
     _add_data_option(p)
@@ -98,15 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation images held out from the end of the training set (default 5000)")
     p.add_argument("--force", action="store_true", help="overwrite a finished run in RUN_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="error rate of a saved model on MNIST",
-                       description="Load a model file (HDF5, validated) and print its error rate. "
-                                   "--backend cuda runs the network on the GPU in block-diagonal form "
-                                   "(MPD layers as k small products, the permutations fused into the "
-                                   "kernels; an unmasked layer is one block); it needs numba-cuda "
-                                   "(pip install -e '.[cuda]') and an NVIDIA GPU, or NUMBA_ENABLE_CUDASIM=1 "
-                                   "for Numba's (slow) simulator.")
+    p = _add_command(sub, "evaluate", cmd_evaluate)
     p.add_argument("model_file", metavar="MODEL.h5|MODEL.mpdz")
     _add_data_option(p)
     p.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
@@ -115,64 +100,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="test: the 10,000 test images (default); val: the last 5,000 training "
                         "images; train: the other 55,000")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("compress", help="write a model as a compressed .mpdz file and print its size table",
-                       description="Deep Compression's storage: per weight, its distinct values as a float32 "
-                                   "codebook with Huffman-coded indices (raw float32 when that is smaller), and "
-                                   "the positions of the kept weights as Huffman-coded relative indices, or, for "
-                                   "MPD masks, the permutations and block boundaries. The table's bits are the "
-                                   "bytes of the file.")
+    p = _add_command(sub, "compress", cmd_compress)
     p.add_argument("model_file", metavar="MODEL.h5")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.mpdz")
     p.add_argument("--max-code-length", type=int, default=11, metavar="BITS",
                    help="longest Huffman codeword (default 11: one 2048-entry decoding table)")
     p.add_argument("--index-bits", type=int, default=None, metavar="B",
                    help="bits per relative index (1-8; default: the smallest file per weight)")
-    p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("decompress", help="turn an .mpdz file back into a model file",
-                       description="Decode an .mpdz file (verified first) into an HDF5 model file with the "
-                                   "same weights, biases and masks.")
+    p = _add_command(sub, "decompress", cmd_decompress)
     p.add_argument("mpdz_file", metavar="MODEL.mpdz")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.h5")
-    p.set_defaults(func=cmd_decompress)
 
-    p = sub.add_parser("size", help="the size table of an .mpdz file",
-                       description="Per weight: weights, fraction kept, bits per weight and per index before and "
-                                   "after Huffman coding, codebook and code-table bits, index or permutation "
-                                   "bits, bias bits, and the ratio to dense float32; then the container and the "
-                                   "total. Counted from the file's sections.")
+    p = _add_command(sub, "size", cmd_size)
     p.add_argument("mpdz_file", metavar="MODEL.mpdz")
-    p.set_defaults(func=cmd_size)
 
     p = sub.add_parser("data", help="fetch or check MNIST",
                        description="Fetch MNIST from a public mirror, or check the copy that mpdref finds.")
     data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser, required=True)
-    q = data_sub.add_parser("fetch", help="download MNIST, verify it, move it into place",
-                            description="Download the four MNIST files, verify their SHA-256, and "
-                                        "move them into place atomically.")
+    q = _add_command(data_sub, "fetch", cmd_data_fetch)
     q.add_argument("--dest", metavar="DIR", help="target folder (default ~/.cache/mpdref/mnist)")
     q.add_argument("--mirror", action="append", metavar="URL",
                    help="base URL to fetch from (repeatable; default: the built-in public mirrors)")
-    q.set_defaults(func=cmd_data_fetch)
-    q = data_sub.add_parser("check", help="find MNIST and verify its checksums",
-                            description="Say where MNIST is found and verify all four files.")
+    q = _add_command(data_sub, "check", cmd_data_check)
     _add_data_option(q)
-    q.set_defaults(func=cmd_data_check)
     return parser
 
 
 # ----------------------------------------------------------------------------- commands
 
 
-def _training_config(model, stage, seed=0, dtype="float32", data_root=None, val_size=5000, name=None):
+def _training_config(model, stage, seed=0, dtype="float32", data_root=None, val_size=5000):
     """A one-stage experiment from command-line options; problems are named by their option."""
     import re
 
     from mpdref.runner.config import ConfigError, resolve_config
 
-    raw = {"experiment": {"name": name or model, "model": model, "seed": seed, "dtype": dtype},
+    raw = {"experiment": {"name": model, "model": model, "seed": seed, "dtype": dtype},
            "data": {"validation_size": val_size, **({"root": str(data_root)} if data_root else {})},
            "stages": [{"type": "train", **{k: v for k, v in stage.items() if v is not None}}]}
     try:
@@ -184,6 +149,7 @@ def _training_config(model, stage, seed=0, dtype="float32", data_root=None, val_
 
 def _report(metrics, out) -> None:
     from mpdref.runner.report import percent, format_table
+    from mpdref.train import PAPER_DENSE_ERROR
 
     paper = PAPER_DENSE_ERROR.get(metrics["model"])
     stage = metrics["stages"][0]
@@ -196,6 +162,12 @@ def _report(metrics, out) -> None:
 
 
 def cmd_train(args) -> int:
+    """train a network into a run directory
+
+    Train a network with SGD: a one-stage experiment written into RUN_DIR (config.json,
+    log.jsonl, checkpoint.h5, model.h5, metrics.json, figures/). `mpdref run --resume RUN_DIR`
+    continues it if interrupted.
+    """
     from mpdref.runner import run_experiment
 
     stage = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
@@ -206,51 +178,54 @@ def cmd_train(args) -> int:
     return 0
 
 
-DEMO_PIPELINES = {
-    # name: (what it shows, stages after the dense training)
-    "dense": ("LeNet-300-100, the default recipe", []),
-    "deep-compression": ("prune in 3 rounds, 5-bit codebooks, Huffman + relative indices; the dense "
-                         "network teaches the retraining", [
-        {"type": "prune", "keep": {"fc1.weight": 0.3, "fc2.weight": 0.3, "fc3.weight": 0.6}},
-        {"type": "train", "epochs": 2, "lr": 0.02, "teacher": "train"},
-        {"type": "prune", "keep": {"fc1.weight": 0.12, "fc2.weight": 0.15, "fc3.weight": 0.4}},
-        {"type": "train", "epochs": 2, "lr": 0.02, "teacher": "train"},
-        {"type": "prune", "keep": {"fc1.weight": 0.075, "fc2.weight": 0.09, "fc3.weight": 0.26}},
-        {"type": "train", "epochs": 4, "lr": 0.02, "teacher": "train"},
-        # as configs/deep-compression-lenet-300-100.toml, with one epoch of centroid fine-tuning
-        {"type": "quantize", "bits_all": 5, "method": "lloyd", "init": "linear", "epochs": 1, "lr": 0.001,
-         "teacher": "train"},
-        {"type": "encode"}]),
-    "mpd": ("MPD masks (10x), block-form training, 6-bit codebooks, Huffman", [
-        {"type": "quantize", "bits_all": 6, "method": "optimal", "epochs": 1, "lr": 0.002},
-        {"type": "encode"}]),
-}
+DEMO_PIPELINES = ("dense", "deep-compression", "mpd")  # mpdref/configs/demo/NAME.toml, run in this order
+
+
+def _header_summary(toml_text: str) -> str:
+    """The first paragraph of a TOML file's comment header, on one line: what the config shows."""
+    paragraph = itertools.takewhile(lambda line: line.startswith("# "), toml_text.splitlines())
+    return " ".join(line[2:] for line in paragraph)
 
 
 def cmd_demo(args) -> int:
+    """LeNet-300-100 dense, Deep-Compressed and MPD-compressed, and a results table
+
+    Three short pipelines on LeNet-300-100, the experiment files in mpdref/configs/demo/: dense
+    training with the default recipe; Deep Compression (3 rounds of pruning and retraining,
+    distilling from the dense network, 5-bit codebooks, Huffman coding into model.mpdz); MPD
+    masks at 10x trained in block form, 6-bit codebooks, Huffman. Prints each compressed file's
+    size table and the test errors. Fetches MNIST if it is found nowhere.
+    """
+    from importlib import resources
+
     from mpdref.compress import size_table
     from mpdref.data import find_or_fetch_mnist
     from mpdref.runner import run_experiment
-    from mpdref.runner.config import resolve_config
+    from mpdref.runner.config import load_config, resolve_config
     from mpdref.runner.report import format_table, percent
+    from mpdref.train import PAPER_DENSE_ERROR
 
     root = find_or_fetch_mnist(args.data)
-    epochs = args.epochs
     rows = []
-    for name, (what, later) in DEMO_PIPELINES.items():
-        config = _training_config("lenet-300-100", {"epochs": epochs}, args.seed, data_root=root, name=f"demo-{name}")
-        if name == "mpd":
-            config["stages"][0]["form"] = "block"
-            config["stages"].insert(0, {"type": "mpd", "layers": ["fc1.weight", "fc2.weight"], "ratio": 10.0})
-        config["stages"] += later
-        config = resolve_config(config, "demo")
-        dense = next(s for s in config["stages"] if s["type"] == "train")
+    for name in DEMO_PIPELINES:
+        with resources.as_file(resources.files("mpdref") / "configs" / "demo" / f"{name}.toml") as path:
+            config = load_config(path)
+            what = _header_summary(path.read_text())
+        first_train = next(i for i, s in enumerate(config["stages"]) if s["type"] == "train")
+        if args.epochs is not None:
+            config["stages"][first_train]["epochs"] = args.epochs
+        if args.seed is not None:
+            config["experiment"]["seed"] = args.seed
+        config["data"]["root"] = str(root)
+        config = resolve_config(config, f"{path} with the demo's options")  # checks the options' values
+        dense = config["stages"][first_train]
         print(f"mpdref demo [{name}]: {what}; {dense['epochs']} epochs of SGD first (batch {dense['batch_size']}, "
               f"lr {dense['lr']} {dense['schedule']}, momentum {dense['momentum']}, weight decay "
               f"{dense['weight_decay']}); MNIST from {root}", file=sys.stderr)
         out = f"{args.out}/{name}"
         metrics = run_experiment(config, out, force=True, progress=not args.no_progress)
-        table = size_table(f"{out}/model.mpdz") if later else None  # the encode stage printed it
+        encoded = any(s["type"] == "encode" for s in config["stages"])  # the encode stage printed the size table
+        table = size_table(f"{out}/model.mpdz") if encoded else None
         rows.append((name, percent(metrics["test_error"]), percent(metrics["val_error"]),
                      f"{table['file_bytes']:,} B" if table else f"{4 * metrics['parameters']:,} B (float32)",
                      f"{table['ratio']:.1f}x" if table else "1.0x", f"{metrics['train_seconds']:.0f} s"))
@@ -261,6 +236,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """run an experiment (TOML) into a run directory, or resume one
+
+    Run the stages of an experiment file in order. The whole config is validated before any
+    work starts. A checkpoint closes every epoch and every stage; --resume continues an
+    interrupted run exactly. --stages lists the stage types and their settings.
+    """
     from mpdref.runner import resume_experiment, run_experiment
     from mpdref.runner.config import load_config
     from mpdref.runner.report import show_run
@@ -287,6 +268,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_show(args) -> int:
+    """summarize a run directory
+
+    Print a run's settings and one row per stage.
+    """
     from mpdref.runner.report import show_run
 
     print(show_run(args.run_dir))
@@ -294,6 +279,10 @@ def cmd_show(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """several runs side by side
+
+    Print one row per run: network, stages, errors, time.
+    """
     from mpdref.runner.report import compare_runs
 
     print(compare_runs(args.run_dirs))
@@ -301,6 +290,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """error rate of a saved model on MNIST
+
+    Load a model file (HDF5, validated) and print its error rate. --backend cuda runs the
+    network on the GPU in block-diagonal form (MPD layers as k small products, the
+    permutations fused into the kernels; an unmasked layer is one block); it needs numba-cuda
+    (pip install -e '.[cuda]') and an NVIDIA GPU, or NUMBA_ENABLE_CUDASIM=1 for Numba's (slow)
+    simulator.
+    """
     from mpdref import data
 
     net = _load_any(args.model_file)
@@ -341,6 +338,13 @@ def _load_any(path):
 
 
 def cmd_compress(args) -> int:
+    """write a model as a compressed .mpdz file and print its size table
+
+    Deep Compression's storage: per weight, its distinct values as a float32 codebook with
+    Huffman-coded indices (raw float32 when that is smaller), and the positions of the kept
+    weights as Huffman-coded relative indices, or, for MPD masks, the permutations and block
+    boundaries. The table's bits are the bytes of the file.
+    """
     from mpdref import models
     from mpdref.compress import compress, format_size_table
 
@@ -352,6 +356,11 @@ def cmd_compress(args) -> int:
 
 
 def cmd_decompress(args) -> int:
+    """turn an .mpdz file back into a model file
+
+    Decode an .mpdz file (verified first) into an HDF5 model file with the same weights,
+    biases and masks.
+    """
     from mpdref import models
     from mpdref.compress import decompress
 
@@ -362,6 +371,12 @@ def cmd_decompress(args) -> int:
 
 
 def cmd_size(args) -> int:
+    """the size table of an .mpdz file
+
+    Per weight: weights, fraction kept, bits per weight and per index before and after Huffman
+    coding, codebook and code-table bits, index or permutation bits, bias bits, and the ratio
+    to dense float32; then the container and the total. Counted from the file's sections.
+    """
     from mpdref.compress import format_size_table, size_table
 
     print(format_size_table(size_table(args.mpdz_file)))
@@ -369,6 +384,10 @@ def cmd_size(args) -> int:
 
 
 def cmd_data_fetch(args) -> int:
+    """download MNIST, verify it, move it into place
+
+    Download the four MNIST files, verify their SHA-256, and move them into place atomically.
+    """
     from mpdref import data
 
     mirrors = tuple(args.mirror) if args.mirror else data.MIRRORS
@@ -378,6 +397,10 @@ def cmd_data_fetch(args) -> int:
 
 
 def cmd_data_check(args) -> int:
+    """find MNIST and verify its checksums
+
+    Say where MNIST is found and verify all four files.
+    """
     from mpdref import data
 
     root = data.find_mnist(args.data)

@@ -17,23 +17,18 @@ counted in the total.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from mpdref import huffman, models
+from mpdref.bits import index_bits as bits_per_index
 from mpdref.io import FormatError
 from mpdref.io.mpdz import read_mpdz, write_mpdz
+from mpdref.mpd import MPDMask, weight_structure
 from mpdref.sparse_index import positions_from_indices, relative_indices
 
 FORMAT = "mpdref-compressed-model"
 assert huffman.MAX_LENGTH <= 15, "code lengths are stored in 4 bits"
 MAX_CODEBOOK = (1 << 15) - 1  # with the filler symbol, at most 2^15 symbols: codes of at most 15 bits
-
-
-def _bits_for(n: int) -> int:
-    """Bits of one index into n items (at least 1)."""
-    return max(1, math.ceil(math.log2(max(n, 2))))
 
 
 def _pack(values, bits: int) -> bytes:
@@ -62,8 +57,6 @@ def _unpack_lengths(data: bytes, count: int, what: str) -> np.ndarray:
 
 
 def _mpd_structure(mask):
-    from mpdref.mpd import weight_structure
-
     try:
         s = weight_structure(mask)
     except ValueError:
@@ -84,7 +77,7 @@ def _mpd_positions(shape, s) -> np.ndarray:
 
 def _huffman(symbols, alphabet: int, max_length: int):
     counts = np.bincount(symbols, minlength=alphabet)
-    lengths = huffman.code_lengths(counts, max(max_length, _bits_for(np.count_nonzero(counts))))
+    lengths = huffman.code_lengths(counts, max(max_length, bits_per_index(np.count_nonzero(counts))))
     return lengths, huffman.encode(symbols, lengths)
 
 
@@ -99,10 +92,10 @@ def _encode_weight(name, w, mask, max_length, index_bits):
         layer.update(kind="mpd", k=s.k, rows=len(s.row_perm), cols=len(s.col_perm))
         positions = _mpd_positions(w.shape, s)
         rows, cols = len(s.row_perm), len(s.col_perm)
-        sections += [(f"{name}/row_perm", _pack(s.row_perm, _bits_for(rows))),
-                     (f"{name}/col_perm", _pack(s.col_perm, _bits_for(cols))),
-                     (f"{name}/row_bounds", _pack(s.row_bounds, _bits_for(rows + 1))),
-                     (f"{name}/col_bounds", _pack(s.col_bounds, _bits_for(cols + 1)))]
+        sections += [(f"{name}/row_perm", _pack(s.row_perm, bits_per_index(rows))),
+                     (f"{name}/col_perm", _pack(s.col_perm, bits_per_index(cols))),
+                     (f"{name}/row_bounds", _pack(s.row_bounds, bits_per_index(rows + 1))),
+                     (f"{name}/col_bounds", _pack(s.col_bounds, bits_per_index(cols + 1)))]
     else:
         layer["kind"] = "sparse"
         positions = np.flatnonzero(np.asarray(mask).ravel())
@@ -163,13 +156,11 @@ def _decode_weight(layer, sections):
     if layer["kind"] == "dense":
         positions = np.arange(size)
     elif layer["kind"] == "mpd":
-        from mpdref.mpd import MPDMask
-
         rows, cols, k = int(layer["rows"]), int(layer["cols"]), int(layer["k"])
-        row_perm = _unpack(sections[f"{name}/row_perm"], _bits_for(rows), rows)
-        col_perm = _unpack(sections[f"{name}/col_perm"], _bits_for(cols), cols)
-        row_bounds = _unpack(sections[f"{name}/row_bounds"], _bits_for(rows + 1), k + 1)
-        col_bounds = _unpack(sections[f"{name}/col_bounds"], _bits_for(cols + 1), k + 1)
+        row_perm = _unpack(sections[f"{name}/row_perm"], bits_per_index(rows), rows)
+        col_perm = _unpack(sections[f"{name}/col_perm"], bits_per_index(cols), cols)
+        row_bounds = _unpack(sections[f"{name}/row_bounds"], bits_per_index(rows + 1), k + 1)
+        col_bounds = _unpack(sections[f"{name}/col_bounds"], bits_per_index(cols + 1), k + 1)
         if (sorted(row_perm) != list(range(rows)) or sorted(col_perm) != list(range(cols))
                 or np.any(np.diff(row_bounds) <= 0) or np.any(np.diff(col_bounds) <= 0)
                 or row_bounds[-1] != rows or col_bounds[-1] != cols or row_bounds[0] or col_bounds[0]):
@@ -261,7 +252,7 @@ def size_table(path) -> dict:
         rows.append({
             "layer": name, "kind": layer["kind"], "weights": size, "kept": int(layer["kept"]) / size,
             "stored": int(layer["stored"]),
-            "weight_bits_fixed": 32 if n_codebook == 0 else _bits_for(n_codebook + (layer["kind"] == "sparse")),
+            "weight_bits_fixed": 32 if n_codebook == 0 else bits_per_index(n_codebook + (layer["kind"] == "sparse")),
             "weight_bits": own.get("weights", own.get("values", 0)) / stored,
             "index_bits_fixed": layer.get("index_bits", 0),
             "index_bits": own.get("indices", 0) / stored,
@@ -298,39 +289,3 @@ def format_size_table(table: dict) -> str:
                  f"ratio {table['ratio']:.1f}x ({table['ratio_without_container']:.1f}x without the container's "
                  f"{table['container_bits'] // 8:,}-byte header and checksum)")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- the encode stage
-
-from mpdref.runner.config import Option  # noqa: E402  (the stage plugs into the runner's registry)
-from mpdref.runner.registry import Stage, register  # noqa: E402
-
-
-@register
-class EncodeStage(Stage):
-    """Write the network as RUN_DIR/model.mpdz, print its size table, and check what decodes from it."""
-
-    type = "encode"
-    description = "write the compressed model file (model.mpdz) and its size table"
-    options = {
-        "max_code_length": Option(int, 11, check=lambda v: 1 <= v <= huffman.MAX_LENGTH,
-                                  accepted=f"an integer in [1, {huffman.MAX_LENGTH}]"),
-        "index_bits": Option(int, None, check=lambda v: 1 <= v <= 8,
-                             accepted="an integer in [1, 8] (default: the smallest file per weight)"),
-    }
-
-    def run(self, ctx, settings, resume):
-        import sys
-
-        path = ctx.out / "model.mpdz"
-        table = compress(ctx.net, path, settings["max_code_length"], settings["index_bits"])
-        print(format_size_table(table), file=sys.stderr)
-        decoded = decompress(path)
-        _, val, test = ctx.datasets()
-        same = bool(np.array_equal(decoded.predict(test[0]), ctx.net.predict(test[0])))
-        if not same:
-            raise RuntimeError(f"{path}: the decoded model predicts differently from the network it came from")
-        return {"file_bytes": table["file_bytes"], "ratio": table["ratio"], "dense_bits": table["dense_bits"],
-                "file_bits": table["file_bits"], "same_predictions": same,
-                "layers": {r["layer"]: {k: v for k, v in r.items() if k != "layer"} for r in table["layers"]},
-                **ctx.errors()}

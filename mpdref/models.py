@@ -8,19 +8,44 @@ directly. Every network takes the normalized input of
 
 A weight may carry a 0/1 mask: data, never a trainable parameter. The masked
 weights are zero (set when the mask is set) and training keeps them zero.
+
+A network computes with one of two op sets, its `backend`: "fast" (the default:
+`mpdref.kernels.fast_ops`, the reference with its data movement compiled) or
+"reference" (`mpdref.ops`, plain NumPy: what an audit reads). The two agree bit for
+bit; ``build(..., backend="reference")`` or ``net.use_backend("reference")`` chooses.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 
 from mpdref import __version__, ops
 from mpdref.io.model_file import MODEL_FORMAT, read_network_file, write_network_file
 
+OP_BACKENDS = ("fast", "reference")
+
+
+def op_set(backend: str) -> ModuleType:
+    """The functions a network's layers call: `mpdref.ops` ("reference") or `mpdref.kernels.fast_ops` ("fast")."""
+    if backend == "reference":
+        return ops
+    if backend == "fast":
+        from mpdref.kernels import fast_ops
+
+        return fast_ops
+    raise ValueError(f"unknown op backend {backend!r}; choose one of {', '.join(OP_BACKENDS)}")
+
 
 # ----------------------------------------------------------------------------- layers
-# A layer holds its hyper-parameters and parameter names; the math is in `ops`.
+# A layer holds its hyper-parameters, its parameter names and its op set; the math is in
+# `ops`. The interface: forward(params, x, train, rng) -> (y, cache) and
+# backward(dout, cache, need_dx) -> (dx, {parameter name: gradient}); a layer with
+# parameters also has parameter_shapes().
+
+_OPS = field(default=ops, compare=False, repr=False)  # the reference until a network gives its own
 
 
 @dataclass(frozen=True)
@@ -28,6 +53,7 @@ class Dense:
     name: str
     in_features: int
     out_features: int
+    ops: ModuleType = _OPS
 
     def parameter_shapes(self):
         return {f"{self.name}.weight": (self.out_features, self.in_features),
@@ -37,10 +63,10 @@ class Dense:
         return self.in_features
 
     def forward(self, params, x, train, rng):
-        return ops.dense_forward(x, params[f"{self.name}.weight"], params[f"{self.name}.bias"])
+        return self.ops.dense_forward(x, params[f"{self.name}.weight"], params[f"{self.name}.bias"])
 
     def backward(self, dout, cache, need_dx):
-        dx, dw, db = ops.dense_backward(dout, cache, need_dx)
+        dx, dw, db = self.ops.dense_backward(dout, cache, need_dx)
         return dx, {f"{self.name}.weight": dw, f"{self.name}.bias": db}
 
 
@@ -52,6 +78,7 @@ class Conv2d:
     kernel: int
     stride: int = 1
     padding: int = 0
+    ops: ModuleType = _OPS
 
     def parameter_shapes(self):
         return {f"{self.name}.weight": (self.out_channels, self.in_channels, self.kernel, self.kernel),
@@ -61,54 +88,60 @@ class Conv2d:
         return self.in_channels * self.kernel * self.kernel
 
     def forward(self, params, x, train, rng):
-        return ops.conv2d_forward(x, params[f"{self.name}.weight"], params[f"{self.name}.bias"],
-                                  self.stride, self.padding)
+        return self.ops.conv2d_forward(x, params[f"{self.name}.weight"], params[f"{self.name}.bias"],
+                                       self.stride, self.padding)
 
     def backward(self, dout, cache, need_dx):
-        dx, dw, db = ops.conv2d_backward(dout, cache, need_dx)
+        dx, dw, db = self.ops.conv2d_backward(dout, cache, need_dx)
         return dx, {f"{self.name}.weight": dw, f"{self.name}.bias": db}
 
 
 @dataclass(frozen=True)
 class MaxPool2d:
     kernel: int = 2
+    ops: ModuleType = _OPS
 
     def forward(self, params, x, train, rng):
-        return ops.max_pool2d_forward(x, self.kernel, self.kernel)
+        return self.ops.max_pool2d_forward(x, self.kernel, self.kernel)
 
     def backward(self, dout, cache, need_dx):
-        return ops.max_pool2d_backward(dout, cache), {}
+        return self.ops.max_pool2d_backward(dout, cache), {}
 
 
 @dataclass(frozen=True)
 class ReLU:
+    ops: ModuleType = _OPS
+
     def forward(self, params, x, train, rng):
-        return ops.relu_forward(x)
+        return self.ops.relu_forward(x)
 
     def backward(self, dout, cache, need_dx):
-        return ops.relu_backward(dout, cache), {}
+        return self.ops.relu_backward(dout, cache), {}
 
 
 @dataclass(frozen=True)
 class Dropout:
     p: float = 0.5
+    ops: ModuleType = _OPS
 
     def forward(self, params, x, train, rng):
         if not train or self.p == 0.0:
             return x, None
-        return ops.dropout_forward(x, self.p, rng)
+        return self.ops.dropout_forward(x, self.p, rng)
 
     def backward(self, dout, cache, need_dx):
-        return (dout if cache is None else ops.dropout_backward(dout, cache)), {}
+        return (dout if cache is None else self.ops.dropout_backward(dout, cache)), {}
 
 
 @dataclass(frozen=True)
 class Flatten:
+    ops: ModuleType = _OPS
+
     def forward(self, params, x, train, rng):
-        return ops.flatten_forward(x)
+        return self.ops.flatten_forward(x)
 
     def backward(self, dout, cache, need_dx):
-        return ops.flatten_backward(dout, cache), {}
+        return self.ops.flatten_backward(dout, cache), {}
 
 
 # ----------------------------------------------------------------------------- architectures
@@ -136,10 +169,11 @@ ARCHITECTURES = {"lenet-300-100": _lenet_300_100, "lenet-5": _lenet_5, "deep-mni
 INPUT_SHAPE = (1, 28, 28)
 
 
-def _layers(name: str):
+def _layers(name: str, backend: str = "reference"):
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown network {name!r}; choose one of {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name]()
+    chosen = op_set(backend)
+    return [dataclasses.replace(layer, ops=chosen) for layer in ARCHITECTURES[name]()]
 
 
 def parameter_shapes(name: str) -> dict[str, tuple[int, ...]]:
@@ -155,7 +189,7 @@ def parameter_shapes(name: str) -> dict[str, tuple[int, ...]]:
 
 
 class Classifier:
-    """predict and error_rate for anything with forward(x) -> logits (Network, mpd.BlockNetwork)."""
+    """logits, predict and error_rate for anything with forward(x) -> logits."""
 
     def logits(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """forward(x) (N, classes), computed in batches."""
@@ -174,7 +208,80 @@ class Classifier:
         return float(np.mean(self.predict(x, batch_size) != y))
 
 
-class Network(Classifier):
+class LayerStack(Classifier):
+    """The loop over a list of layers (see "layers" above) that a network and its MPD block form share.
+
+    A subclass has `layers`, `params`, `rng` (dropout) and `dtype`. `output_order`: None when
+    the last layer's outputs are the classes in order; else the last layer's output i is the
+    logit of class output_order[i] (MPD's block form), and `label_position[c]` is where class c is.
+    """
+
+    output_order: np.ndarray | None = None
+    label_position: np.ndarray | None = None
+
+    def _run(self, x: np.ndarray, train: bool):
+        """The last layer's output and every layer's cache."""
+        caches = []
+        for layer in self.layers:
+            x, cache = layer.forward(self.params, x, train, self.rng)
+            caches.append(cache)
+        return x, caches
+
+    def _backward(self, dout: np.ndarray, caches: list) -> dict:
+        """Gradients of every parameter, keyed like params, from the gradient of the last output."""
+        grads = {}
+        first = next(i for i, layer in enumerate(self.layers) if hasattr(layer, "parameter_shapes"))
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            # The input needs no gradient: the first layer with parameters skips dx.
+            dout, layer_grads = self.layers[i].backward(dout, caches[i], need_dx=i > first)
+            grads.update(layer_grads)
+        return {k: grads[k] for k in self.params}
+
+    def _check_input(self, x):
+        pass
+
+    def _class_logits(self, z: np.ndarray) -> np.ndarray:
+        """The last layer's outputs (N, classes) in the classes' order."""
+        if self.output_order is None:
+            return z
+        logits = np.empty_like(z)
+        logits[:, self.output_order] = z  # the one scatter, back to the classes' order
+        return logits
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """x (N, 1, 28, 28) -> logits (N, 10). `train` turns dropout on (drawn from self.rng)."""
+        self._check_input(x)
+        z, _ = self._run(x, train)
+        return self._class_logits(z)
+
+    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, train: bool = True):
+        """Mean softmax cross-entropy and its gradient for every parameter.
+
+        x (N, 1, 28, 28), y (N,) integer labels -> (loss, grads), grads keyed like params.
+        `train` turns dropout on.
+        """
+        loss, grads, _ = self.loss_grads_and_logits(x, y, train)
+        return loss, grads
+
+    def loss_grads_and_logits(self, x: np.ndarray, y: np.ndarray, train: bool = True, teacher=None):
+        """`loss_and_grads`, plus the logits (N, 10) of the same forward pass.
+
+        teacher: None (cross-entropy), or (teacher_logits (N, 10), temperature, weight) for the
+        distillation loss (`mpdref.ops.distillation_forward`)."""
+        self._check_input(x)
+        z, caches = self._run(x, train)
+        if self.output_order is not None:
+            # The loss is invariant to the order of the logits: compare the last layer's outputs with
+            # labels (and teacher logits) put in their order, instead of reordering every batch.
+            y = self.label_position[y]
+            if teacher is not None:
+                teacher_logits, temperature, weight = teacher
+                teacher = (teacher_logits[:, self.output_order], temperature, weight)
+        loss, dout = ops.training_loss(z, y, teacher)
+        return loss, self._backward(dout, caches), self._class_logits(z)
+
+
+class Network(LayerStack):
     """A feed-forward network: an ordered list of layers, parameters and masks by name.
 
     Attributes:
@@ -183,19 +290,27 @@ class Network(Classifier):
         params: dict name -> array, in layer order.
         masks: dict name -> bool array of the parameter's shape (only masked weights).
         rng: the generator that draws dropout masks.
+        backend: the op set its layers call ("fast" or "reference", see OP_BACKENDS).
     """
 
-    def __init__(self, name: str, dtype=np.float32, seed: int = 0):
-        self.layers = _layers(name)
+    def __init__(self, name: str, dtype=np.float32, seed: int = 0, backend: str = "fast"):
+        self.layers = _layers(name, backend)
         self.name = name
+        self.backend = backend
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
             raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
         self.masks: dict[str, np.ndarray] = {}
         self.metadata: dict = {}  # free-form, saved with the model (e.g. the recipe that trained it)
-        init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
+        init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)  # the init and dropout streams
         self.params = self._initial_parameters(np.random.default_rng(init_seed))
         self.rng = np.random.default_rng(dropout_seed)
+
+    def use_backend(self, backend: str) -> "Network":
+        """Compute with op set `backend` from now on ("fast" or "reference"); returns the network."""
+        self.layers = _layers(self.name, backend)
+        self.backend = backend
+        return self
 
     def _initial_parameters(self, rng):
         """PyTorch's default init: weight and bias ~ U(-1/√fan_in, 1/√fan_in).
@@ -275,50 +390,11 @@ class Network(Classifier):
         if x.dtype != self.dtype:
             raise TypeError(f"{self.name}: input is {x.dtype}, the network is {self.dtype}")
 
-    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        """x (N, 1, 28, 28) -> logits (N, 10). `train` turns dropout on (drawn from self.rng)."""
-        self._check_input(x)
-        for layer in self.layers:
-            x, _ = layer.forward(self.params, x, train, self.rng)
-        return x
 
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray, train: bool = True):
-        """Mean softmax cross-entropy and its gradient for every parameter.
-
-        x (N, 1, 28, 28), y (N,) integer labels -> (loss, grads), grads keyed like params.
-        `train` turns dropout on.
-        """
-        loss, grads, _ = self.loss_grads_and_logits(x, y, train)
-        return loss, grads
-
-    def loss_grads_and_logits(self, x: np.ndarray, y: np.ndarray, train: bool = True, teacher=None):
-        """`loss_and_grads`, plus the logits (N, 10) of the same forward pass.
-
-        teacher: None (cross-entropy), or (teacher_logits (N, 10), temperature, weight) for the
-        distillation loss (`mpdref.ops.distillation_forward`)."""
-        self._check_input(x)
-        caches = []
-        for layer in self.layers:
-            x, cache = layer.forward(self.params, x, train, self.rng)
-            caches.append(cache)
-        logits = x
-        loss, dout = ops.training_loss(logits, y, teacher)
-        grads = {}
-        first = self._first_parametric_layer
-        for i in range(len(self.layers) - 1, first - 1, -1):
-            # The input needs no gradient: the first layer with parameters skips dx.
-            dout, layer_grads = self.layers[i].backward(dout, caches[i], need_dx=i > first)
-            grads.update(layer_grads)
-        return loss, {k: grads[k] for k in self.params}, logits
-
-    @property
-    def _first_parametric_layer(self) -> int:
-        return next(i for i, layer in enumerate(self.layers) if hasattr(layer, "parameter_shapes"))
-
-
-def build(name: str, dtype=np.float32, seed: int = 0) -> Network:
-    """A freshly initialized network: ``lenet-300-100``, ``lenet-5`` or ``deep-mnist``."""
-    return Network(name, dtype=dtype, seed=seed)
+def build(name: str, dtype=np.float32, seed: int = 0, backend: str = "fast") -> Network:
+    """A freshly initialized network: ``lenet-300-100``, ``lenet-5`` or ``deep-mnist``, computing with
+    op set `backend` ("fast" or "reference"; the same bits either way)."""
+    return Network(name, dtype=dtype, seed=seed, backend=backend)
 
 
 def save(net: Network, path, metadata: dict | None = None) -> None:

@@ -134,3 +134,70 @@ def test_demo_runs_the_three_pipelines(capsys, tmp_path, mnist_dir):
         size = (tmp_path / "demo" / name / "model.mpdz").stat().st_size
         assert f"{size:,} B" in " ".join(rows[name])
     assert "fc1.weight" in err and "ratio" in err  # the size tables
+
+
+# What `mpdref demo` ran before its pipelines moved into mpdref/configs/demo/*.toml, resolved.
+DEMO_TRAIN = {"type": "train", "name": "train", "epochs": 30, "batch_size": 64, "lr": 0.05, "momentum": 0.9,
+              "weight_decay": 0.0001, "schedule": "cosine", "milestones": [], "gamma": 0.1, "form": "masked",
+              "teacher": None, "temperature": 4.0, "teacher_weight": 0.9}
+DEMO_RETRAIN = {**DEMO_TRAIN, "lr": 0.02, "teacher": "train"}
+DEMO_QUANTIZE = {"type": "quantize", "name": "quantize", "bits": None, "init": "linear", "epochs": 1,
+                 "batch_size": 64, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine", "milestones": [],
+                 "gamma": 0.1, "teacher": None, "temperature": 4.0, "teacher_weight": 0.9}
+DEMO_ENCODE = {"type": "encode", "name": "encode", "index_bits": None, "max_code_length": 11}
+DEMO_STAGES = {
+    "dense": [DEMO_TRAIN],
+    "deep-compression": [
+        DEMO_TRAIN,
+        {"type": "prune", "name": "prune", "keep": {"fc1.weight": 0.3, "fc2.weight": 0.3, "fc3.weight": 0.6},
+         "quality": None},
+        {**DEMO_RETRAIN, "name": "train-3", "epochs": 2},
+        {"type": "prune", "name": "prune-4", "keep": {"fc1.weight": 0.12, "fc2.weight": 0.15, "fc3.weight": 0.4},
+         "quality": None},
+        {**DEMO_RETRAIN, "name": "train-5", "epochs": 2},
+        {"type": "prune", "name": "prune-6", "keep": {"fc1.weight": 0.075, "fc2.weight": 0.09, "fc3.weight": 0.26},
+         "quality": None},
+        {**DEMO_RETRAIN, "name": "train-7", "epochs": 4},
+        {**DEMO_QUANTIZE, "bits_all": 5, "method": "lloyd", "lr": 0.001, "teacher": "train"},
+        DEMO_ENCODE,
+    ],
+    "mpd": [
+        {"type": "mpd", "name": "mpd", "layers": ["fc1.weight", "fc2.weight"], "ratio": 10.0, "k": None,
+         "k_all": None, "rescale": "auto"},
+        {**DEMO_TRAIN, "form": "block"},
+        {**DEMO_QUANTIZE, "bits_all": 6, "method": "optimal", "lr": 0.002},
+        DEMO_ENCODE,
+    ],
+}
+
+
+@pytest.mark.parametrize("options, epochs, seed", [([], 30, 0), (["--epochs", "1", "--seed", "3"], 1, 3)])
+def test_demo_runs_its_three_configs_in_order_with_its_options(capsys, monkeypatch, tmp_path, options, epochs, seed):
+    import mpdref
+    import mpdref.compress
+    import mpdref.data
+    import mpdref.runner
+
+    ran = []
+
+    def run_experiment(config, out, force, progress):
+        ran.append((out, config))
+        return {"test_error": 0.02, "val_error": 0.02, "parameters": 266_610, "train_seconds": 1.0}
+
+    monkeypatch.setattr(mpdref.data, "find_or_fetch_mnist", lambda root: tmp_path)
+    monkeypatch.setattr(mpdref.runner, "run_experiment", run_experiment)
+    monkeypatch.setattr(mpdref.compress, "size_table", lambda path: {"file_bytes": 26_000, "ratio": 41.0})
+    code, out, err = run_cli(capsys, "demo", "--out", "demo", *options)
+    assert code == 0, err
+    assert [out for out, _ in ran] == ["demo/dense", "demo/deep-compression", "demo/mpd"]
+    for name, (_, config) in zip(DEMO_STAGES, ran):
+        first_train = next(i for i, stage in enumerate(DEMO_STAGES[name]) if stage["type"] == "train")
+        stages = [dict(stage) for stage in DEMO_STAGES[name]]
+        stages[first_train]["epochs"] = epochs  # --epochs sets the dense (or MPD) training only
+        assert config == {"experiment": {"name": f"demo-{name}", "model": "lenet-300-100", "seed": seed,
+                                         "dtype": "float32"},
+                          "data": {"root": str(tmp_path), "validation_size": 5000, "train_limit": None},
+                          "stages": stages, "mpdref_version": mpdref.__version__}
+    assert "mpdref demo [deep-compression]: prune in 3 rounds, 5-bit codebooks, Huffman + relative indices; " \
+           "the dense network teaches the retraining; " in err
+    assert f"{epochs} epochs of SGD first" in err

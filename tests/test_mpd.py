@@ -437,33 +437,34 @@ def test_mpd_after_dense_training_fine_tunes_without_rescaling(tmp_path, mnist_d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_block_layout_kernels_equal_their_numpy_expressions(dtype, rng):
-    from mpdref.kernels import cpu
-    from mpdref.mpd import BlockLayer
+def test_block_layout_kernels_equal_the_reference_ops(dtype, rng):
+    from mpdref.kernels import fast_ops
+    from mpdref.mpd import BlockDense
+    from mpdref.ops import block
 
     n, cols, rows = 7, 23, 17
     col_sizes, row_sizes = (6, 6, 6, 5), (5, 4, 4, 4)  # unequal blocks: padding in both dimensions
     k, c_max, r_max = 4, 6, 5
-    step = BlockLayer("fc", "dense", k, rng.permutation(cols), row_sizes, col_sizes)
+    layer = BlockDense("fc", k, rng.permutation(cols), row_sizes, col_sizes)
     x = rng.standard_normal((n, cols)).astype(dtype)
-    xs = np.empty((k, n, c_max), dtype)
-    cpu.gather_blocks(x, step.padded_gather, xs)
-    x_ext = np.concatenate([x, np.zeros((n, 1), dtype)], axis=1)
-    np.testing.assert_array_equal(xs, x_ext[:, step.padded_gather].reshape(n, k, c_max).transpose(1, 0, 2))
-    ys = rng.standard_normal((k, n, r_max)).astype(dtype)
+    w = rng.standard_normal((k, r_max, c_max)).astype(dtype)
     bias = rng.standard_normal(rows).astype(dtype)
-    y = np.empty((n, rows), dtype)
-    cpu.rows_from_blocks(ys, step.valid_rows, bias, y)
-    np.testing.assert_array_equal(y, ys.transpose(1, 0, 2).reshape(n, k * r_max)[:, step.valid_rows] + bias)
+    ys = rng.standard_normal((k, n, r_max)).astype(dtype)
     dout = rng.standard_normal((n, rows)).astype(dtype)
-    dys = np.full((k, n, r_max), np.nan, dtype)
-    cpu.blocks_from_rows(dout, step.valid_rows, dys)
-    dy = np.zeros((n, k * r_max), dtype)
-    dy[:, step.valid_rows] = dout
-    np.testing.assert_array_equal(dys, dy.reshape(n, k, r_max).transpose(1, 0, 2))
     dxs = rng.standard_normal((k, n, c_max)).astype(dtype)
-    dx = np.full((n, cols), np.nan, dtype)
-    cpu.scatter_blocks(dxs, step.padded_gather, dx)
-    expected = np.empty((n, cols + 1), dtype)
-    expected[:, step.padded_gather] = dxs.transpose(1, 0, 2).reshape(n, k * c_max)
-    np.testing.assert_array_equal(dx, expected[:, :cols])
+    gather, valid = layer.padded_gather, layer.valid_rows
+    pairs = [(fast_ops._gather_blocks(x, gather, k), block.gather_blocks(x, gather, k)),
+             (fast_ops._rows_from_blocks(ys, valid, bias), block.rows_from_blocks(ys, valid, bias)),
+             (fast_ops._blocks_from_rows(dout, valid, k, r_max), block.blocks_from_rows(dout, valid, k, r_max)),
+             (fast_ops._scatter_blocks(dxs, gather, cols), block.scatter_blocks(dxs, gather, cols))]
+    y_fast, cache_fast = fast_ops.block_dense_forward(x, w, bias, gather, valid)
+    y_ref, cache_ref = block.block_dense_forward(x, w, bias, gather, valid)
+    pairs += [(y_fast, y_ref)]
+    pairs += zip(fast_ops.block_dense_backward(dout, cache_fast), block.block_dense_backward(dout, cache_ref))
+    for fast, reference in pairs:  # data movement only, and the same products: the same bits
+        assert fast.dtype == reference.dtype == dtype
+        np.testing.assert_array_equal(fast, reference)
+    # the padding reads zeros and its gradient is dropped: the layer is the product of the blocks alone
+    blocks = [w[b, :r, :c] for b, (r, c) in enumerate(zip(row_sizes, col_sizes))]
+    expected = block.block_diagonal_matmul(blocks, x[:, layer.gather])
+    np.testing.assert_allclose(y_ref, expected + bias, rtol=1e-5 if dtype == np.float32 else 1e-12)

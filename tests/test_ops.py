@@ -3,10 +3,10 @@ import pytest
 
 import naive
 from conftest import needs_torch
-from mpdref import ops
-from mpdref.kernels import cpu
-from mpdref.ops.conv import col2im_reference, conv2d_output_size, im2col_reference
-from mpdref.ops.pool import max_pool2d_reference
+from mpdref import ops as reference_ops
+from mpdref.kernels import cpu, fast_ops
+from mpdref.ops import conv
+from mpdref.ops.conv import conv2d_output_size
 
 # (N, C, H, W, F, K, stride, padding): batch 1, non-square, stride 2 with padding, C = 1, F = 1
 CONV_SHAPES = [
@@ -19,6 +19,12 @@ CONV_SHAPES = [
 POOL_SHAPES = [(1, 1, 4, 4, 2, 2), (2, 3, 7, 9, 2, 2), (1, 2, 7, 6, 3, 2), (2, 1, 5, 8, 3, 3), (1, 1, 6, 6, 1, 1)]
 
 
+@pytest.fixture(params=["reference", "fast"])
+def ops(request):
+    """Every test that takes `ops` runs on both op sets: the NumPy reference and the compiled one."""
+    return reference_ops if request.param == "reference" else fast_ops
+
+
 def rel_err(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
@@ -28,7 +34,7 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize("shape", CONV_SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv2d_forward_matches_loops(shape, dtype, rng):
+def test_conv2d_forward_matches_loops(ops, shape, dtype, rng):
     n, c, h, w, f, k, s, p = shape
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((f, c, k, k)).astype(dtype)
@@ -45,17 +51,17 @@ def test_im2col_and_col2im_kernels_equal_numpy_references(shape, rng):
     x = rng.standard_normal((n, c, h, w))
     oh, ow = conv2d_output_size(h, k, s, p), conv2d_output_size(w, k, s, p)
     cols = cpu.im2col(x, k, k, s, p, oh, ow)
-    np.testing.assert_array_equal(cols, im2col_reference(x, k, k, s, p))
+    np.testing.assert_array_equal(cols, conv.im2col(x, k, k, s, p))
     dcols = rng.standard_normal(cols.shape)
     dx = cpu.col2im(dcols, h, w, s, p)
-    np.testing.assert_allclose(dx, col2im_reference(dcols, h, w, s, p), rtol=1e-13, atol=1e-13)
+    np.testing.assert_array_equal(dx, conv.col2im(dcols, h, w, s, p))  # the same sums in the same order
     # col2im is the adjoint of im2col: <im2col(x), d> = <x, col2im(d)>
     assert np.isclose(np.sum(cols * dcols), np.sum(x * dx), rtol=1e-12)
 
 
 @pytest.mark.parametrize("shape", POOL_SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_max_pool_matches_loops_including_ties(shape, dtype, rng):
+def test_max_pool_matches_loops_including_ties(ops, shape, dtype, rng):
     n, c, h, w, k, s = shape
     # Few distinct values, many zeros: ties everywhere, as after a ReLU.
     x = np.maximum(rng.integers(-2, 3, size=(n, c, h, w)), 0).astype(dtype)
@@ -66,12 +72,12 @@ def test_max_pool_matches_loops_including_ties(shape, dtype, rng):
     dx = ops.max_pool2d_backward(dout, cache)
     assert dx.dtype == dtype
     np.testing.assert_allclose(dx, naive.max_pool2d_backward(dout, winner, x.shape), rtol=1e-6)
-    y_np, argmax_np = max_pool2d_reference(x, k, s)
+    y_np, (argmax_np, _) = reference_ops.max_pool2d_forward(x, k, s)
     np.testing.assert_array_equal(y_np, y)
     np.testing.assert_array_equal(argmax_np, cache[0])
 
 
-def test_max_pool_gradient_goes_to_first_maximum():
+def test_max_pool_gradient_goes_to_first_maximum(ops):
     x = np.zeros((1, 1, 2, 2))
     y, cache = ops.max_pool2d_forward(x, 2)
     dx = ops.max_pool2d_backward(np.ones_like(y), cache)
@@ -85,7 +91,7 @@ def test_max_pool_gradient_goes_to_first_maximum():
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES)
-def test_conv2d_gradients_by_finite_differences(shape, rng):
+def test_conv2d_gradients_by_finite_differences(ops, shape, rng):
     n, c, h, w, f, k, s, p = shape
     inputs = [rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, k, k)), rng.standard_normal(f)]
     cache = {}
@@ -101,21 +107,21 @@ def test_conv2d_gradients_by_finite_differences(shape, rng):
     naive.check_vjp(forward, backward, inputs, rng)
 
 
-def test_dense_gradients_by_finite_differences(rng):
+def test_dense_gradients_by_finite_differences(ops, rng):
     inputs = [rng.standard_normal((5, 7)), rng.standard_normal((3, 7)), rng.standard_normal(3)]
     naive.check_vjp(lambda x, w, b: ops.dense_forward(x, w, b)[0],
                     lambda d: ops.dense_backward(d, ops.dense_forward(*inputs)[1]), inputs, rng)
 
 
 @pytest.mark.parametrize("shape", POOL_SHAPES)
-def test_max_pool_gradient_by_finite_differences(shape, rng):
+def test_max_pool_gradient_by_finite_differences(ops, shape, rng):
     n, c, h, w, k, s = shape
     x = rng.permutation(n * c * h * w).reshape(n, c, h, w).astype(np.float64)  # distinct: differentiable
     naive.check_vjp(lambda x: ops.max_pool2d_forward(x, k, s)[0],
                     lambda d: [ops.max_pool2d_backward(d, ops.max_pool2d_forward(x, k, s)[1])], [x], rng)
 
 
-def test_relu_dropout_flatten_gradients_by_finite_differences(rng):
+def test_relu_dropout_flatten_gradients_by_finite_differences(ops, rng):
     x = rng.standard_normal((4, 3, 5))
     x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink
     naive.check_vjp(lambda x: ops.relu_forward(x)[0], lambda d: [ops.relu_backward(d, ops.relu_forward(x)[1])],
@@ -126,7 +132,7 @@ def test_relu_dropout_flatten_gradients_by_finite_differences(rng):
                     lambda d: [ops.flatten_backward(d, ops.flatten_forward(x)[1])], [x], rng)
 
 
-def test_softmax_cross_entropy_gradient_by_finite_differences(rng):
+def test_softmax_cross_entropy_gradient_by_finite_differences(ops, rng):
     logits = rng.standard_normal((6, 10)) * 3
     labels = rng.integers(0, 10, 6)
     naive.check_vjp(lambda z: ops.softmax_cross_entropy_forward(z, labels)[0],
@@ -134,7 +140,7 @@ def test_softmax_cross_entropy_gradient_by_finite_differences(rng):
                     [logits], rng)
 
 
-def test_softmax_cross_entropy_value_and_stability():
+def test_softmax_cross_entropy_value_and_stability(ops):
     logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     labels = np.array([2, 0])
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -150,7 +156,7 @@ def test_softmax_cross_entropy_value_and_stability():
 
 
 @pytest.mark.parametrize("temperature, weight", [(1.0, 0.5), (4.0, 0.9), (0.5, 1.0)])
-def test_distillation_gradient_by_finite_differences(temperature, weight, rng):
+def test_distillation_gradient_by_finite_differences(ops, temperature, weight, rng):
     logits = rng.standard_normal((6, 10)) * 3
     teacher = rng.standard_normal((6, 10)) * 3
     labels = rng.integers(0, 10, 6)
@@ -160,7 +166,7 @@ def test_distillation_gradient_by_finite_differences(temperature, weight, rng):
                     [logits], rng)
 
 
-def test_distillation_value_by_hand():
+def test_distillation_value_by_hand(ops):
     z = np.array([[1.0, 2.0, 0.0], [0.5, -1.0, 2.0]])
     t = np.array([[3.0, 0.0, 1.0], [0.0, 0.0, 4.0]])
     y = np.array([1, 2])
@@ -181,7 +187,7 @@ def test_distillation_value_by_hand():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_distillation_at_weight_zero_is_cross_entropy_to_the_bit(dtype, rng):
+def test_distillation_at_weight_zero_is_cross_entropy_to_the_bit(ops, dtype, rng):
     z = (rng.standard_normal((7, 10)) * 4).astype(dtype)
     t = (rng.standard_normal((7, 10)) * 4).astype(dtype)
     y = rng.integers(0, 10, 7)
@@ -192,7 +198,7 @@ def test_distillation_at_weight_zero_is_cross_entropy_to_the_bit(dtype, rng):
     np.testing.assert_array_equal(grad, ce_grad)
 
 
-def test_distillation_refuses_what_it_cannot_use():
+def test_distillation_refuses_what_it_cannot_use(ops):
     z = np.zeros((2, 3))
     with pytest.raises(ValueError, match="teacher_logits must have the logits' shape"):
         ops.distillation_forward(z, np.array([0, 1]), np.zeros((2, 4)), 2.0, 0.5)
@@ -208,7 +214,7 @@ def test_distillation_refuses_what_it_cannot_use():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_op_keeps_the_dtype(dtype, rng):
+def test_every_op_keeps_the_dtype(ops, dtype, rng):
     x = rng.standard_normal((2, 3, 8, 8)).astype(dtype)
     w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
     b = np.zeros(4, dtype)
@@ -227,7 +233,7 @@ def test_every_op_keeps_the_dtype(dtype, rng):
     assert loss.dtype == dtype
 
 
-def test_mixed_dtypes_are_refused(rng):
+def test_mixed_dtypes_are_refused(ops, rng):
     x = rng.standard_normal((2, 3)).astype(np.float32)
     with pytest.raises(TypeError, match="float32 or all float64"):
         ops.dense_forward(x, rng.standard_normal((4, 3)), np.zeros(4, np.float32))
@@ -239,7 +245,7 @@ def test_mixed_dtypes_are_refused(rng):
         ops.max_pool2d_forward(np.zeros((1, 1, 1, 1)), 2)
 
 
-def test_dropout_mask_is_drawn_from_the_given_generator(rng):
+def test_dropout_mask_is_drawn_from_the_given_generator(ops, rng):
     x = np.ones((1000, 100))
     y1, m1 = ops.dropout_forward(x, 0.5, np.random.default_rng(3))
     y2, m2 = ops.dropout_forward(x, 0.5, np.random.default_rng(3))
@@ -255,7 +261,7 @@ def test_dropout_mask_is_drawn_from_the_given_generator(rng):
 
 @needs_torch
 @pytest.mark.parametrize("shape", CONV_SHAPES)
-def test_conv_pool_dense_loss_agree_with_torch(shape, rng):
+def test_conv_pool_dense_loss_agree_with_torch(ops, shape, rng):
     import torch
     import torch.nn.functional as F
 
@@ -297,7 +303,7 @@ def test_conv_pool_dense_loss_agree_with_torch(shape, rng):
 
 
 @needs_torch
-def test_distillation_agrees_with_torch(rng):
+def test_distillation_agrees_with_torch(ops, rng):
     import torch
     import torch.nn.functional as F
 
@@ -315,32 +321,39 @@ def test_distillation_agrees_with_torch(rng):
     assert rel_err(ops.distillation_backward(1.0, cache), tz.grad.numpy()) < 1e-12
 
 
-@pytest.mark.parametrize("groups, c, f", [(2, 4, 6), (3, 3, 3), (4, 8, 4)])
-def test_grouped_conv_matches_per_group_loops_and_gradients(groups, c, f, rng):
-    x, w, b = rng.standard_normal((2, c, 7, 6)), rng.standard_normal((f, c // groups, 3, 3)), rng.standard_normal(f)
-    y, cache = ops.conv2d_forward(x, w, b, 1, 1, groups=groups)
-    cg, fg = c // groups, f // groups
-    expected = np.concatenate([naive.conv2d(x[:, j * cg : (j + 1) * cg], w[j * fg : (j + 1) * fg],
-                                            b[j * fg : (j + 1) * fg], 1, 1) for j in range(groups)], axis=1)
+@pytest.mark.parametrize("channels, filters", [((2, 2), (3, 3)), ((1, 1, 1), (1, 1, 1)), ((3, 1, 4), (2, 5, 1))])
+def test_grouped_conv_matches_per_group_loops_and_gradients(ops, channels, filters, rng):
+    x, b = rng.standard_normal((2, sum(channels), 7, 6)), rng.standard_normal(sum(filters))
+    weights = [rng.standard_normal((f, c, 3, 3)) for c, f in zip(channels, filters)]  # unequal groups allowed
+    y, cache = ops.grouped_conv2d_forward(x, weights, b, 1, 1)
+    c0, f0 = np.cumsum([0, *channels]), np.cumsum([0, *filters])
+    expected = np.concatenate([naive.conv2d(x[:, c0[g] : c0[g + 1]], w, b[f0[g] : f0[g + 1]], 1, 1)
+                               for g, w in enumerate(weights)], axis=1)
     assert rel_err(y, expected) < 1e-13
-    naive.check_vjp(lambda x, w, b: ops.conv2d_forward(x, w, b, 1, 1, groups=groups)[0],
-                    lambda d: ops.conv2d_backward(d, cache), [x, w, b], rng)
-    with pytest.raises(ValueError, match="must divide"):
-        ops.conv2d_forward(x, w, b, 1, 1, groups=5)
+
+    def backward(d):
+        dx, dws, db = ops.grouped_conv2d_backward(d, cache)
+        return (dx, *dws, db)
+
+    naive.check_vjp(lambda x, *wb: ops.grouped_conv2d_forward(x, list(wb[:-1]), wb[-1], 1, 1)[0],
+                    backward, [x, *weights, b], rng)
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        ops.grouped_conv2d_forward(x[:, 1:], weights, b, 1, 1)
 
 
 @needs_torch
-def test_grouped_conv_agrees_with_torch(rng):
+def test_grouped_conv_agrees_with_torch(ops, rng):
     import torch
     import torch.nn.functional as F
 
     x, w, b = rng.standard_normal((3, 6, 9, 9)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
     tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
     ty = F.conv2d(tx, tw, tb, stride=2, padding=1, groups=2)
-    y, cache = ops.conv2d_forward(x, w, b, 2, 1, groups=2)
+    y, cache = ops.grouped_conv2d_forward(x, [w[:2], w[2:]], b, 2, 1)
     dout = rng.standard_normal(y.shape)
     ty.backward(torch.tensor(dout))
-    for ours, theirs in zip((y, *ops.conv2d_backward(dout, cache)), (ty, tx.grad, tw.grad, tb.grad)):
+    dx, dws, db = ops.grouped_conv2d_backward(dout, cache)
+    for ours, theirs in zip((y, dx, np.concatenate(dws), db), (ty, tx.grad, tw.grad, tb.grad)):
         assert rel_err(ours, theirs.detach().numpy()) < 1e-10
 
 
@@ -356,16 +369,14 @@ def test_unrolled_2x2_pool_equals_the_generic_kernel(shape, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_backward_kernel_equals_the_reference_bit_for_bit(dtype, rng):
-    from mpdref.ops.activation import relu_backward_reference
-
     x = rng.standard_normal((33, 47)).astype(dtype)
     x[0, :5] = [0.0, -0.0, np.inf, -np.inf, np.nan]
-    y, cache = ops.relu_forward(x)
+    y, cache = reference_ops.relu_forward(x)
     wide = rng.standard_normal((33, 48)).astype(dtype)
     wide[1, :4] = [np.nan, -0.0, np.inf, 0.0]
     for dout in (wide[:, :47], np.ascontiguousarray(wide[:, 1:])):  # strided and contiguous
         for c in (cache, np.asfortranarray(cache)):  # the cache of a transposed activation is F-ordered
-            got, expected = ops.relu_backward(dout, c), relu_backward_reference(dout, c)
+            got, expected = fast_ops.relu_backward(dout, c), reference_ops.relu_backward(dout, c)
             assert got.dtype == expected.dtype == dtype
             np.testing.assert_array_equal(np.ascontiguousarray(got).view(np.uint8),
                                           np.ascontiguousarray(expected).view(np.uint8))

@@ -1,15 +1,11 @@
-"""Numba fast paths. Each kernel names the NumPy reference in `mpdref.ops` or `mpdref.mpd` it must equal.
+"""Numba fast paths. Each kernel names the NumPy reference in `mpdref.ops` it must equal.
 
 The CPU kernels (`cpu`, `blockdiag`) always load; the CUDA kernels (`cuda`) load only
 when asked for, through `load_backend("cuda")`.
 """
 from __future__ import annotations
 
-BACKENDS = ("cpu", "cuda")
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend asked for cannot run here; the message names the cause and the alternatives."""
+from mpdref.kernels.config import BACKENDS, BackendUnavailable  # noqa: F401  (public here)
 
 
 def load_backend(name: str):

@@ -1,4 +1,5 @@
-"""Every Numba option mpdref uses, in one place: CPU flags, CUDA threads and tile sizes.
+"""Every Numba option mpdref uses, in one place: CPU flags, CUDA threads and tile sizes; and the
+backends (devices) a block network can run on.
 
 fastmath stays off: the fast paths are compared with the NumPy reference and
 runs must be reproducible bit for bit. ``cache=True`` is never combined with
@@ -7,6 +8,13 @@ runs must be reproducible bit for bit. ``cache=True`` is never combined with
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+BACKENDS = ("cpu", "cuda")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend asked for cannot run here; the message names the cause and the alternatives."""
+
 
 FASTMATH = False
 

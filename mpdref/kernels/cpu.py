@@ -16,7 +16,7 @@ from mpdref.kernels.config import SERIAL
 
 @numba.njit(**SERIAL)
 def im2col(x, kh, kw, stride, padding, oh, ow):
-    """Patches of x as columns; equals `mpdref.ops.conv.im2col_reference`.
+    """Patches of x as columns; equals `mpdref.ops.conv.im2col` (tests/test_ops.py holds them equal).
 
     x (N, C, H, W) -> cols (C, KH, KW, N, OH, OW) with
     cols[c, p, q, n, i, j] = x[n, c, i·s - pad + p, j·s - pad + q] (0 outside the
@@ -43,8 +43,8 @@ def im2col(x, kh, kw, stride, padding, oh, ow):
 def col2im(dcols, height, width, stride, padding):
     """Adjoint of `im2col`: sum each patch gradient back onto the image.
 
-    dcols (C, KH, KW, N, OH, OW) -> dx (N, C, H, W); equals
-    `mpdref.ops.conv.col2im_reference`.
+    dcols (C, KH, KW, N, OH, OW) -> dx (N, C, H, W); equals `mpdref.ops.conv.col2im` bit for bit
+    (the same additions in the same order).
     """
     channels, kh, kw, n_batch, oh, ow = dcols.shape
     dx = np.zeros((n_batch, channels, height, width), dtype=dcols.dtype)
@@ -65,7 +65,7 @@ def col2im(dcols, height, width, stride, padding):
 
 @numba.njit(**SERIAL)
 def max_pool2d_forward(x, kh, kw, stride, oh, ow):
-    """Window maxima and where they are; equals `mpdref.ops.pool.max_pool2d_reference`.
+    """Window maxima and where they are; equals `mpdref.ops.max_pool2d_forward` (its y and argmax).
 
     x (N, C, H, W) -> (y (N, C, OH, OW), argmax int32 (N, C, OH, OW)), argmax the
     flat index h·W + w of the *first* maximum in row-major window order
@@ -126,7 +126,8 @@ def max_pool2d_forward_2x2(x):
 
 @numba.njit(**SERIAL)
 def max_pool2d_backward(dout, argmax, height, width):
-    """Route each window's gradient to its first maximum (summing where windows overlap).
+    """Route each window's gradient to its first maximum (summing where windows overlap); equals
+    `mpdref.ops.max_pool2d_backward`.
 
     dout, argmax (N, C, OH, OW) -> dx (N, C, H, W).
     """
@@ -142,7 +143,7 @@ def max_pool2d_backward(dout, argmax, height, width):
 
 @numba.njit(**SERIAL)
 def sgd_momentum_update(w, v, g, mask, lr, momentum, weight_decay):
-    """One pass of `mpdref.train.SGD.step`'s rule, in place, for one parameter (flat views):
+    """One pass of `mpdref.train.SGD.reference_step`'s rule, in place, for one parameter (flat views):
 
         v ← (μ·v + g + λ·w) ⊙ m,   w ← (w − η·v) ⊙ m
 
@@ -163,21 +164,20 @@ def sgd_momentum_update(w, v, g, mask, lr, momentum, weight_decay):
 
 @numba.njit(**SERIAL)
 def relu_backward(dout, y, out):
-    """out = dout where y > 0, else 0 (flat arrays): `ops.relu_backward`'s np.where in one pass."""
+    """out = dout where y > 0, else 0 (flat arrays): `mpdref.ops.relu_backward`'s np.where in one pass."""
     for i in range(dout.size):
         out[i] = dout[i] if y[i] > 0 else 0
 
 
 # ----------------------------------------------------------------------------- MPD block form (mpdref.mpd)
-# The layout moves of BlockNetwork's dense layers, each one pass; the NumPy expressions they
-# replace are in the docstrings, and tests/test_mpd.py holds the two equal.
+# The layout moves of the block form's dense layers (`mpdref.ops.block`), each one pass;
+# tests/test_mpd.py holds each equal to its NumPy reference.
 
 
 @numba.njit(**SERIAL)
 def gather_blocks(x, padded_gather, out):
-    """out (k, N, C)[b, i, j] = x[i, padded_gather[b·C + j]], 0 where that index is -1 (padding).
-
-    NumPy: x_ext = [x | 0]; x_ext[:, padded_gather].reshape(N, k, C).transpose(1, 0, 2)."""
+    """out (k, N, C)[b, i, j] = x[i, padded_gather[b·C + j]], 0 where that index is -1 (padding);
+    equals `mpdref.ops.block.gather_blocks`."""
     k, n, c = out.shape
     for b in range(k):
         for i in range(n):
@@ -188,9 +188,8 @@ def gather_blocks(x, padded_gather, out):
 
 @numba.njit(**SERIAL)
 def rows_from_blocks(ys, valid_rows, bias, out):
-    """out (N, rows)[i, q] = ys (k, N, R)[b, i, r] + bias[q] where valid_rows[q] = b·R + r.
-
-    NumPy: ys.transpose(1, 0, 2).reshape(N, k·R)[:, valid_rows] + bias."""
+    """out (N, rows)[i, q] = ys (k, N, R)[b, i, r] + bias[q] where valid_rows[q] = b·R + r; equals
+    `mpdref.ops.block.rows_from_blocks`."""
     k, n, r_max = ys.shape
     for i in range(n):
         for q in range(len(valid_rows)):
@@ -201,7 +200,7 @@ def rows_from_blocks(ys, valid_rows, bias, out):
 @numba.njit(**SERIAL)
 def blocks_from_rows(dout, valid_rows, out):
     """out (k, N, R) = 0, then out[b, i, r] = dout[i, q] where valid_rows[q] = b·R + r (the adjoint of
-    rows_from_blocks without the bias)."""
+    rows_from_blocks without the bias); equals `mpdref.ops.block.blocks_from_rows`."""
     k, n, r_max = out.shape
     out[:] = 0
     for i in range(n):
@@ -213,7 +212,8 @@ def blocks_from_rows(dout, valid_rows, out):
 @numba.njit(**SERIAL)
 def scatter_blocks(dxs, padded_gather, out):
     """out (N, cols)[i, padded_gather[b·C + j]] = dxs (k, N, C)[b, i, j], padding (index -1) dropped
-    (the adjoint of gather_blocks; padded_gather is a permutation of the columns but for the padding)."""
+    (the adjoint of gather_blocks; padded_gather is a permutation of the columns but for the padding);
+    equals `mpdref.ops.block.scatter_blocks`."""
     k, n, c = dxs.shape
     for b in range(k):
         for i in range(n):

@@ -12,7 +12,7 @@ The kernels, and the reference each one must equal:
 
       y[row_dest[r0_b + i], n] = act(bias[r0_b + i] + Σ_j B_b[i, j] · x[gather[c0_b + j], n])
 
-  which is `mpdref.mpd.block_diagonal_matmul(blocks, x[:, gather])` plus the bias and
+  which is `mpdref.ops.block_diagonal_matmul(blocks, x[:, gather])` plus the bias and
   ReLU, its rows scattered by row_dest. Shared-memory tiles with register tiling
   (sizes in `mpdref.kernels.config`); one grid dimension runs over the blocks, which
   may differ in size.
@@ -37,8 +37,8 @@ import warnings
 
 import numpy as np
 
-from mpdref.kernels import BackendUnavailable
-from mpdref.kernels.config import CUDA_SIM_THREADS, CUDA_THREADS, FASTMATH, CudaTiles, choose_cuda_tiles
+from mpdref.kernels.config import (CUDA_SIM_THREADS, CUDA_THREADS, FASTMATH, BackendUnavailable, CudaTiles,
+                                   choose_cuda_tiles)
 
 _ALTERNATIVES = ("Use backend='cpu' (mpdref evaluate --backend cpu), or set NUMBA_ENABLE_CUDASIM=1 "
                  "to run the CUDA kernels in Numba's simulator (slow; meant for tests).")

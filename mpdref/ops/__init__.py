@@ -1,8 +1,10 @@
-"""Pure forward/backward functions, NCHW, weights in PyTorch layout.
+"""The reference path: pure forward/backward functions in plain NumPy, NCHW, weights in PyTorch layout.
 
-Each op is a pair ``X_forward(...) -> (out, cache)`` and
-``X_backward(dout, cache) -> grads``. The dtype of the output is the dtype of
-the input (float32 or float64); mixing them raises TypeError.
+Each op is a pair ``X_forward(...) -> (out, cache)`` and ``X_backward(dout, cache) -> grads``
+that reads like the equation in its docstring. The dtype of the output is the dtype of
+the input (float32 or float64); mixing them raises TypeError. Nothing here uses Numba:
+the compiled equals of some of these functions are in `mpdref.kernels.fast_ops`, and a
+network chooses between the two sets with ``backend=`` (`mpdref.models.build`).
 """
 from mpdref.ops.activation import (
     dropout_backward,
@@ -13,7 +15,8 @@ from mpdref.ops.activation import (
     relu_backward,
     relu_forward,
 )
-from mpdref.ops.conv import conv2d_backward, conv2d_forward
+from mpdref.ops.block import block_dense_backward, block_dense_forward, block_diagonal_matmul
+from mpdref.ops.conv import conv2d_backward, conv2d_forward, grouped_conv2d_backward, grouped_conv2d_forward
 from mpdref.ops.dense import dense_backward, dense_forward
 from mpdref.ops.loss import (
     distillation_backward,
@@ -26,6 +29,9 @@ from mpdref.ops.loss import (
 from mpdref.ops.pool import max_pool2d_backward, max_pool2d_forward
 
 __all__ = [
+    "block_dense_backward",
+    "block_dense_forward",
+    "block_diagonal_matmul",
     "conv2d_backward",
     "conv2d_forward",
     "dense_backward",
@@ -37,6 +43,8 @@ __all__ = [
     "dropout_mask",
     "flatten_backward",
     "flatten_forward",
+    "grouped_conv2d_backward",
+    "grouped_conv2d_forward",
     "log_softmax",
     "max_pool2d_backward",
     "max_pool2d_forward",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpdref.kernels import cpu
 from mpdref.ops._checks import common_float_dtype
 
 
@@ -15,18 +14,7 @@ def relu_forward(x: np.ndarray):
 
 
 def relu_backward(dout: np.ndarray, cache):
-    """dx = dy · [x > 0] (the subgradient at 0 is taken as 0, as in PyTorch).
-
-    Equal to ``relu_backward_reference`` value for value (a Numba pass; np.where takes three)."""
-    y = cache
-    if dout.dtype != y.dtype or dout.shape != y.shape:
-        return relu_backward_reference(dout, cache)
-    out = np.empty(y.shape, y.dtype)  # C order, so that out.reshape(-1) is a view the kernel writes through
-    cpu.relu_backward(np.ascontiguousarray(dout).reshape(-1), np.ascontiguousarray(y).reshape(-1), out.reshape(-1))
-    return out
-
-
-def relu_backward_reference(dout: np.ndarray, cache):
+    """dx = dy · [x > 0] (the subgradient at 0 is taken as 0, as in PyTorch)."""
     y = cache
     return np.where(y > 0, dout, 0)
 

@@ -4,15 +4,19 @@
 
 where x̃ is x zero-padded by `padding` on each side and s the stride. The
 product is computed as one matrix multiply over patches (im2col):
-w.reshape(F, C·KH·KW) @ cols (C·KH·KW, N·OH·OW). The patch gathering and its
-adjoint run as Numba kernels (`mpdref.kernels.cpu`); the NumPy references for
-both are below and the tests hold them equal.
+w.reshape(F, C·KH·KW) @ cols (C·KH·KW, N·OH·OW).
+
+A grouped convolution splits the channels into consecutive groups, group g of
+c_g input channels feeding its own f_g filters; groups may differ in size (MPD's
+block-diagonal conv layers: `mpdref.mpd`).
+
+The data movement (`im2col`, `col2im`) has Numba versions in
+`mpdref.kernels.cpu`; `mpdref.kernels.fast_ops` puts them in these functions' place.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from mpdref.kernels import cpu
 from mpdref.ops._checks import common_float_dtype, require_ndim
 
 
@@ -20,16 +24,13 @@ def conv2d_output_size(size: int, kernel: int, stride: int, padding: int) -> int
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _check_conv_args(x, w, b, stride, padding, groups=1):
+def check_conv2d_args(x, w, b, stride, padding) -> tuple[int, int]:
+    """(OH, OW) after checking dtypes and shapes; raises TypeError or ValueError naming the problem."""
     common_float_dtype("conv2d_forward", x=x, w=w, b=b)
     require_ndim("conv2d_forward", "x", x, 4, "(N, C, H, W)")
-    require_ndim("conv2d_forward", "w", w, 4, "(F, C / groups, KH, KW)")
-    if groups < 1 or x.shape[1] % groups or w.shape[0] % groups:
-        raise ValueError(f"conv2d_forward: groups = {groups} must divide the channels {x.shape[1]} and filters {w.shape[0]}")
-    if x.shape[1] != w.shape[1] * groups or b.shape != (w.shape[0],):
-        raise ValueError(
-            f"conv2d_forward: shapes do not fit: x {x.shape}, w {w.shape}, b {b.shape}, groups {groups}"
-        )
+    require_ndim("conv2d_forward", "w", w, 4, "(F, C, KH, KW)")
+    if x.shape[1] != w.shape[1] or b.shape != (w.shape[0],):
+        raise ValueError(f"conv2d_forward: shapes do not fit: x {x.shape}, w {w.shape}, b {b.shape}")
     if stride < 1 or padding < 0:
         raise ValueError(f"conv2d_forward: need stride >= 1 and padding >= 0, got {stride}, {padding}")
     oh = conv2d_output_size(x.shape[2], w.shape[2], stride, padding)
@@ -39,43 +40,58 @@ def _check_conv_args(x, w, b, stride, padding, groups=1):
     return oh, ow
 
 
-def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int = 1, padding: int = 0,
-                   groups: int = 1):
-    """x (N, C, H, W), w (F, C / groups, KH, KW), b (F,) -> y (N, F, OH, OW), cache.
+def im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
+    """Patches of x: (N, C, H, W) -> cols (C, KH, KW, N, OH, OW),
 
-    With groups = g, input channels and filters split into g equal groups and
-    group j's filters see only group j's channels (PyTorch's `groups`): MPD's
-    block-diagonal conv layers with equal blocks. (Unequal groups: one call per
-    block, as `mpdref.mpd.BlockNetwork` does.)
-    """
-    if groups != 1:
-        _check_conv_args(x, w, b, stride, padding, groups)
-        c, f = x.shape[1] // groups, w.shape[0] // groups
-        parts = [conv2d_forward(np.ascontiguousarray(x[:, j * c : (j + 1) * c]), w[j * f : (j + 1) * f],
-                                b[j * f : (j + 1) * f], stride, padding) for j in range(groups)]
-        return np.concatenate([y for y, _ in parts], axis=1), ("groups", [cache for _, cache in parts])
-    oh, ow = _check_conv_args(x, w, b, stride, padding)
+        cols[c, p, q, n, i, j] = x̃[n, c, i·s + p, j·s + q]
+
+    reshaped to (C·KH·KW, N·OH·OW) it is the patch matrix."""
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))  # x̃
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))  # (N, C, H', W', KH, KW)
+    windows = windows[:, :, ::stride, ::stride]  # (N, C, OH, OW, KH, KW)
+    return np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3))
+
+
+def col2im(dcols: np.ndarray, height: int, width: int, stride: int, padding: int) -> np.ndarray:
+    """The adjoint of `im2col`: every patch gradient summed back onto the image,
+
+        dx̃[n, c, i·s + p, j·s + q] += dcols[c, p, q, n, i, j],   dx = dx̃ without its padding
+
+    dcols (C, KH, KW, N, OH, OW) -> dx (N, C, H, W); for each element the terms are added
+    in (p, q) row-major order."""
+    c, kh, kw, n, oh, ow = dcols.shape
+    dxp = np.zeros((n, c, height + 2 * padding, width + 2 * padding), dtype=dcols.dtype)
+    for p in range(kh):
+        for q in range(kw):
+            dxp[:, :, p : p + stride * oh : stride, q : q + stride * ow : stride] += (
+                dcols[:, p, q].transpose(1, 0, 2, 3)
+            )
+    return np.ascontiguousarray(dxp[:, :, padding : padding + height, padding : padding + width])
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int = 1, padding: int = 0, im2col=im2col):
+    """x (N, C, H, W), w (F, C, KH, KW), b (F,) -> y (N, F, OH, OW), cache.
+
+    `im2col`: the patch gathering (the NumPy one above, or a compiled equal)."""
+    oh, ow = check_conv2d_args(x, w, b, stride, padding)
     n, f = x.shape[0], w.shape[0]
     kh, kw = w.shape[2:]
-    cols = cpu.im2col(np.ascontiguousarray(x), kh, kw, stride, padding, oh, ow)
+    cols = im2col(np.ascontiguousarray(x), kh, kw, stride, padding)
     cols = cols.reshape(-1, n * oh * ow)  # (C·KH·KW, N·OH·OW)
     y = w.reshape(f, -1) @ cols  # (F, N·OH·OW)
     y = y.reshape(f, n, oh * ow).transpose(1, 0, 2) + b[:, None]  # (N, F, OH·OW)
     return y.reshape(n, f, oh, ow), (cols, w, x.shape, stride, padding)
 
 
-def conv2d_backward(dout: np.ndarray, cache, need_dx: bool = True):
+def conv2d_backward(dout: np.ndarray, cache, need_dx: bool = True, col2im=col2im):
     """dout (N, F, OH, OW) -> (dx (N, C, H, W) or None, dw (F, C, KH, KW), db (F,)).
 
-    dw = Σ_patches dy ⊗ patch; dx scatters wᵀ dy back onto the patches (col2im).
-    """
-    if isinstance(cache[0], str):  # ("groups", per-group caches)
-        caches = cache[1]
-        f = dout.shape[1] // len(caches)
-        parts = [conv2d_backward(np.ascontiguousarray(dout[:, j * f : (j + 1) * f]), c, need_dx)
-                 for j, c in enumerate(caches)]
-        dx = np.concatenate([p[0] for p in parts], axis=1) if need_dx else None
-        return dx, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+        db[f] = Σ_{n,i,j} dy[n, f, i, j]
+        dw[f, c, p, q] = Σ_{n,i,j} dy[n, f, i, j] · x̃[n, c, i·s + p, j·s + q]      (dy · colsᵀ)
+        dx̃[n, c, i·s + p, j·s + q] += Σ_f w[f, c, p, q] · dy[n, f, i, j]           (col2im of wᵀ · dy)
+
+    With `need_dx` False (the network's first layer) dx is not computed. `col2im`: the
+    scatter back onto the image (the NumPy one above, or a compiled equal)."""
     cols, w, x_shape, stride, padding = cache
     n, f, oh, ow = dout.shape
     dy = np.ascontiguousarray(dout.reshape(n, f, oh * ow).transpose(1, 0, 2)).reshape(f, -1)  # (F, N·OH·OW)
@@ -85,28 +101,47 @@ def conv2d_backward(dout: np.ndarray, cache, need_dx: bool = True):
     if need_dx:
         dcols = w.reshape(f, -1).T @ dy  # (C·KH·KW, N·OH·OW)
         dcols = dcols.reshape(*w.shape[1:], n, oh, ow)  # (C, KH, KW, N, OH, OW)
-        dx = cpu.col2im(dcols, x_shape[2], x_shape[3], stride, padding)
+        dx = col2im(dcols, x_shape[2], x_shape[3], stride, padding)
     return dx, dw, db
 
 
-# ----------------------------------------------------------------------------- references
+def grouped_conv2d_forward(x: np.ndarray, weights: list[np.ndarray], b: np.ndarray, stride: int = 1,
+                           padding: int = 0, conv2d_forward=conv2d_forward):
+    """Groups of channels convolved apart: weights[g] (f_g, c_g, KH, KW), sizes free.
+
+    Group g reads input channels C_g = [Σ_{h<g} c_h, Σ_{h≤g} c_h) and writes output channels
+    F_g = [Σ_{h<g} f_h, Σ_{h≤g} f_h):
+
+        y[:, F_g] = conv2d(x[:, C_g], weights[g], b[F_g])
+
+    x (N, Σ c_g, H, W), b (Σ f_g,) -> y (N, Σ f_g, OH, OW), cache. With equal groups this is
+    PyTorch's conv2d(groups=G) with w = concatenate(weights). `conv2d_forward`: the
+    per-group convolution (this module's, or a compiled equal)."""
+    if not weights:
+        raise ValueError("grouped_conv2d_forward: no groups")
+    c_in, f_out = sum(w.shape[1] for w in weights), sum(w.shape[0] for w in weights)
+    if x.ndim != 4 or x.shape[1] != c_in or b.shape != (f_out,):
+        raise ValueError(f"grouped_conv2d_forward: shapes do not fit: x {x.shape}, groups of "
+                         f"{[tuple(w.shape) for w in weights]} (need {c_in} channels), b {b.shape} (need {f_out},)")
+    outs, caches, c0, f0 = [], [], 0, 0
+    for w in weights:
+        f_g, c_g = w.shape[:2]
+        y, cache = conv2d_forward(np.ascontiguousarray(x[:, c0 : c0 + c_g]), w, b[f0 : f0 + f_g], stride, padding)
+        outs.append(y)
+        caches.append(cache)
+        c0, f0 = c0 + c_g, f0 + f_g
+    return np.concatenate(outs, axis=1), caches
 
 
-def im2col_reference(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
-    """NumPy reference for `kernels.cpu.im2col`: (N, C, H, W) -> (C, KH, KW, N, OH, OW)."""
-    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
-    windows = windows[:, :, ::stride, ::stride]  # (N, C, OH, OW, KH, KW)
-    return np.ascontiguousarray(windows.transpose(1, 4, 5, 0, 2, 3))
-
-
-def col2im_reference(dcols: np.ndarray, height: int, width: int, stride: int, padding: int) -> np.ndarray:
-    """NumPy reference for `kernels.cpu.col2im`: (C, KH, KW, N, OH, OW) -> (N, C, H, W)."""
-    c, kh, kw, n, oh, ow = dcols.shape
-    dxp = np.zeros((n, c, height + 2 * padding, width + 2 * padding), dtype=dcols.dtype)
-    for p in range(kh):
-        for q in range(kw):
-            dxp[:, :, p : p + stride * oh : stride, q : q + stride * ow : stride] += (
-                dcols[:, p, q].transpose(1, 0, 2, 3)
-            )
-    return dxp[:, :, padding : padding + height, padding : padding + width]
+def grouped_conv2d_backward(dout: np.ndarray, cache, need_dx: bool = True, conv2d_backward=conv2d_backward):
+    """dout (N, Σ f_g, OH, OW) -> (dx (N, Σ c_g, H, W) or None, [dw_g (f_g, c_g, KH, KW)], db (Σ f_g,)):
+    each group's `conv2d_backward` on its own output channels F_g, the dx_g side by side."""
+    dxs, dws, dbs, f0 = [], [], [], 0
+    for group_cache in cache:
+        f_g = group_cache[1].shape[0]  # the group's weight
+        dx_g, dw, db = conv2d_backward(np.ascontiguousarray(dout[:, f0 : f0 + f_g]), group_cache, need_dx)
+        dxs.append(dx_g)
+        dws.append(dw)
+        dbs.append(db)
+        f0 += f_g
+    return (np.concatenate(dxs, axis=1) if need_dx else None), dws, np.concatenate(dbs)

@@ -21,35 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from mpdref import data, models
+from mpdref.figures import plot_training_curves
 from mpdref.io.atomic import write_bytes_atomic
-from mpdref.runner import stages as _stages  # noqa: F401  (registers the core stages)
-from mpdref import mpd as _mpd  # noqa: F401,E402  (registers the mpd stage)
-from mpdref import prune as _prune  # noqa: F401,E402  (registers the prune and sensitivity stages)
-from mpdref import quantize as _quantize  # noqa: F401,E402  (registers the quantize stage)
-from mpdref import compress as _compress  # noqa: F401,E402  (registers the encode stage)
+from mpdref.runner import stages as _stages  # noqa: F401  (registers every stage)
 from mpdref.runner.checkpoint import read_checkpoint, write_checkpoint
+from mpdref.runner.files import RunDirectoryError, read_json, read_log, write_json
 from mpdref.runner.config import ConfigError, config_digest, resolve_config
 from mpdref.runner.registry import STAGES
+from mpdref.streams import random_stream
 
 RUN_FILES = ("config.json", "log.jsonl", "checkpoint.h5", "model.h5", "metrics.json")
 RUN_FOLDERS = ("stages", "figures")
-
-
-class RunDirectoryError(ValueError):
-    """The run directory cannot be used (it holds a finished run, or is not a directory)."""
-
-
-def write_json(path: Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def read_json(path: Path, what: str):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise RunDirectoryError(f"{path}: missing; {what}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RunDirectoryError(f"{path}: unreadable ({e})") from None
 
 
 def load_datasets(dtype, root=None, val_size: int = data.VALIDATION_SIZE, train_limit: int | None = None,
@@ -101,6 +83,10 @@ class RunContext:
         if len(val[0]):
             out["val_error"] = net.error_rate(val[0].astype(net.dtype, copy=False), val[1])
         return out
+
+    def rng(self, stream: str) -> np.random.Generator:
+        """The generator of the named random stream `stream` (mpdref.streams) for this run's seed and this stage."""
+        return random_stream(self.seed, stream, self.stage_index)
 
     def log(self, record: dict) -> None:
         stage = self.config["stages"][self.stage_index]
@@ -205,14 +191,13 @@ def _run_stages(config: dict, out: Path, ctx: RunContext, state: dict | None) ->
 
 
 def _finish(config: dict, out: Path, ctx: RunContext) -> dict:
-    from mpdref.runner.report import plot_training_curves, read_log
-
     e = config["experiment"]
     models.save(ctx.net, out / "model.h5", {"experiment": e["name"], "stages": [s["name"] for s in config["stages"]]})
     last = next((r for r in reversed(ctx.results) if "test_error" in r), {})
     metrics = {"name": e["name"], "model": e["model"], "seed": e["seed"], "parameters": ctx.net.num_parameters(),
                "stages": ctx.results, "test_error": last.get("test_error"), "val_error": last.get("val_error"),
                "train_seconds": sum(r.get("seconds", 0.0) for r in read_log(out))}
-    plot_training_curves(out)
+    plot_training_curves([r for r in read_log(out) if "epoch" in r], f"{e['name']} ({e['model']})",
+                         out / "figures" / "training.png")
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -14,67 +14,21 @@ filled in and the mpdref version, and is what a run directory stores.
 from __future__ import annotations
 
 import json
-import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 from mpdref import __version__
 from mpdref.models import ARCHITECTURES
+from mpdref.runner.options import REQUIRED, Option
+from mpdref.runner.registry import STAGES
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-REQUIRED = object()
-
-
 class ConfigError(ValueError):
     """An experiment config that cannot be run; the message lists every problem by key path."""
-
-
-@dataclass(frozen=True)
-class Option:
-    """One setting: its type, default (or REQUIRED), accepted values and a description."""
-
-    kind: type  # int, float, str, bool, list or dict (a TOML table)
-    default: Any = REQUIRED
-    choices: tuple = ()
-    check: Callable[[Any], bool] | None = None
-    accepted: str = ""  # how to say what `check` accepts
-    help: str = ""
-
-    def describe(self) -> str:
-        if self.choices:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        return self.accepted or f"a {self.kind.__name__}"
-
-    def validate(self, path: str, value, problems: list):
-        kind_ok = {
-            int: isinstance(value, int) and not isinstance(value, bool),
-            float: isinstance(value, (int, float)) and not isinstance(value, bool),
-            str: isinstance(value, str),
-            bool: isinstance(value, bool),
-            list: isinstance(value, list),
-            dict: isinstance(value, dict),
-        }[self.kind]
-        if not kind_ok:
-            problems.append(f"{path}: expected {self.describe()}, got {value!r} ({type(value).__name__})")
-            return None
-        if self.kind is float:
-            value = float(value)
-            if not math.isfinite(value):
-                problems.append(f"{path}: expected a finite number, got {value!r}")
-                return None
-        if self.choices and value not in self.choices:
-            problems.append(f"{path}: expected {self.describe()}, got {value!r}")
-            return None
-        if self.check is not None and not self.check(value):
-            problems.append(f"{path}: expected {self.describe()}, got {value!r}")
-            return None
-        return value
 
 
 EXPERIMENT_OPTIONS = {
@@ -119,8 +73,6 @@ def _validate_table(path: str, table, options: dict, problems: list, defaults: d
 
 def resolve_config(raw: dict, source: str = "<config>", default_name: str = "experiment") -> dict:
     """Validate a raw config dict (as parsed from TOML) and fill in every default."""
-    from mpdref.runner.registry import STAGES
-
     problems: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a table")

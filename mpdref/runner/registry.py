@@ -1,11 +1,13 @@
 """The one registry of pipeline stages.
 
-A stage is a class with a `type` name, its `options` (mpdref.runner.config.Option),
+A stage is a class with a `type` name, its `options` (mpdref.runner.options.Option),
 `defaults(model)`, `check(settings)` and `run(ctx, settings, resume)`. A method
 adds a stage by decorating its class with :func:`register`; the runner finds it
 here and needs no change.
 """
 from __future__ import annotations
+
+from mpdref.runner.options import REQUIRED
 
 STAGES: dict[str, type] = {}
 
@@ -59,10 +61,9 @@ def weight_setting_problems(model: str, setting: str, names, value_ok=None, acce
 
 def describe_stages() -> str:
     """Every registered stage: its type, what it does, and each setting with what it accepts and its
-    default (`mpdref run --stages`)."""
-    import mpdref.runner  # noqa: F401  (registers the stages of every method)
+    default (`mpdref run --stages`). Importing mpdref.runner (as importing this module does) registers
+    them all."""
     from mpdref.models import ARCHITECTURES
-    from mpdref.runner.config import REQUIRED
 
     lines = []
     for stage_type, cls in STAGES.items():

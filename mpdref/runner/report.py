@@ -1,24 +1,9 @@
-"""Reading run directories back: summary tables and training-curve figures."""
+"""Reading run directories back: summary tables."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from mpdref.runner import read_json  # the runner imports this module lazily: no cycle
-
-
-def read_log(out) -> list[dict]:
-    """The complete JSON lines of RUN_DIR/log.jsonl (a torn last line is skipped)."""
-    path = Path(out) / "log.jsonl"
-    records = []
-    if not path.exists():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
+from mpdref.runner.files import read_json, read_log
 
 
 def percent(v):
@@ -90,40 +75,3 @@ def compare_runs(outs) -> str:
                      f"{metrics['train_seconds']:.0f} s" if metrics else "-", status.split(":")[0]))
     return format_table(("run", "name", "network", "seed", "stages", "val error", "test error", "train time",
                          "status"), rows)
-
-
-def plot_training_curves(out) -> Path | None:
-    """figures/training.png: train loss and validation/test error per epoch, across all training stages."""
-    from mpdref.io.figure import pyplot, save_figure
-
-    epochs = [r for r in read_log(out) if "epoch" in r]
-    if not epochs:
-        return None
-    from matplotlib.ticker import MaxNLocator
-
-    plt = pyplot()
-
-    x = list(range(1, len(epochs) + 1))
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    ax_loss.plot(x, [r["train_loss"] for r in epochs], label="train loss")
-    ax_loss.set_yscale("log")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("mean cross-entropy")
-    for key, label in (("train_error", "train"), ("val_error", "validation"), ("test_error", "test")):
-        if all(key in r for r in epochs):
-            ax_err.plot(x, [100 * r[key] for r in epochs], label=label)
-    ax_err.set_xlabel("epoch")
-    ax_err.set_ylabel("error (%)")
-    ax_err.set_yscale("log")  # the differences that matter are tenths of a percent
-    for ax in (ax_loss, ax_err):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, which="both", alpha=0.3)
-    for i in range(1, len(epochs)):
-        if epochs[i]["stage_index"] != epochs[i - 1]["stage_index"]:
-            for ax in (ax_loss, ax_err):
-                ax.axvline(i + 0.5, color="0.6", lw=0.8, ls="--")
-    ax_err.legend()
-    ax_loss.legend()
-    config = read_json(Path(out) / "config.json", "not a run directory")
-    fig.suptitle(f"{config['experiment']['name']} ({config['experiment']['model']})")
-    return save_figure(fig, Path(out) / "figures" / "training.png", dpi=100)

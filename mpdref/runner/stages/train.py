@@ -1,14 +1,17 @@
-"""The stages of the reference core: train (from scratch or further), evaluate."""
+"""The stages of the reference core: train (from scratch or further, masked or in MPD block form), teacher,
+evaluate; and the recipe and distillation settings that other training stages share."""
 from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
-
+from mpdref import models
+from mpdref.io import FormatError
 from mpdref.models import ARCHITECTURES
-from mpdref.runner.config import REQUIRED, Option
+from mpdref.mpd import block_arrays, to_block_diagonal
+from mpdref.runner.options import REQUIRED, Option
 from mpdref.runner.registry import Stage, register
+from mpdref.streams import random_stream
 from mpdref.train import DEFAULT_RECIPES, SCHEDULES, SGD, Distillation, Recipe, fit
 
 RECIPE_OPTIONS = {
@@ -57,9 +60,6 @@ def distillation_from(ctx, settings: dict) -> tuple[Distillation | None, dict]:
     report about the teacher (its file, validation and test error)."""
     if settings.get("teacher") is None:
         return None, {}
-    from mpdref import models
-    from mpdref.io import FormatError
-
     path = teacher_file(ctx, settings["teacher"])
     if str(path) not in ctx.teachers:
         if not path.exists():
@@ -82,7 +82,7 @@ def fit_in_stage(ctx, net, recipe, optimizer, resume, velocity, checkpoint_at_st
     velocity(): the optimizer's state in the network's parameter layout, as checkpoints hold it; the
     caller restores the optimizer from resume["velocity"] itself. distill: soft targets, or None."""
     train_set, val_set, test_set = ctx.datasets()
-    shuffle = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(1, ctx.stage_index)))
+    shuffle = ctx.rng("shuffle")
     start_epoch = 0
     if resume is not None:
         shuffle.bit_generator.state = resume["rng"]["shuffle"]
@@ -129,8 +129,6 @@ class TrainStage(Stage):
         net = ctx.net
         trained = net
         if settings["form"] == "block":
-            from mpdref.mpd import block_arrays, to_block_diagonal
-
             trained = to_block_diagonal(net)
         sgd = SGD(trained, recipe.momentum, recipe.weight_decay)
         if resume is not None:
@@ -163,8 +161,6 @@ class TeacherStage(Stage):
                   for k, v in RECIPE_OPTIONS.items()}}
 
     def run(self, ctx, settings, resume):
-        from mpdref import models
-
         name = ctx.config["stages"][ctx.stage_index]["name"]
         recipe = replace(DEFAULT_RECIPES[settings["model"]],
                          **{k: (tuple(v) if k == "milestones" else v) for k, v in settings.items()
@@ -172,7 +168,7 @@ class TeacherStage(Stage):
         # The init and the shuffling stream of a run of that model with this seed whose first stage is a
         # train stage of this recipe: the teacher is that run's network, bit for bit (a test checks it).
         teacher = models.build(settings["model"], dtype=ctx.net.dtype, seed=ctx.seed)
-        shuffle = np.random.default_rng(np.random.SeedSequence(ctx.seed, spawn_key=(1, 0)))
+        shuffle = random_stream(ctx.seed, "shuffle", 0)
         train_set, val_set, test_set = ctx.datasets()
         # No checkpoints inside: an interrupted teacher stage is trained again from the start (same seed,
         # same bits). Its epochs are logged under "teacher", apart from the run's own training curves.

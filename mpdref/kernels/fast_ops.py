@@ -1,0 +1,123 @@
+"""The fast op set: `mpdref.ops` with the data movement compiled.
+
+The same functions, names and signatures as `mpdref.ops`; where a Numba kernel of
+`mpdref.kernels.cpu` does an op's data movement in one pass, the function here is the
+reference op with that kernel put in: the arithmetic (the matrix products, the sums)
+is the reference's own, so the two sets agree bit for bit (the tests hold them to it).
+Every other op is the reference itself. A network takes this set by default and the
+reference with ``backend="reference"`` (`mpdref.models.build`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mpdref.kernels import cpu
+from mpdref.ops import activation, block, conv, pool
+from mpdref.ops import __all__  # noqa: F401  (the same names as the reference set)
+from mpdref.ops import (  # noqa: F401  (the ops that have no compiled equal are the reference's)
+    block_diagonal_matmul,
+    dense_backward,
+    dense_forward,
+    distillation_backward,
+    distillation_forward,
+    dropout_backward,
+    dropout_forward,
+    dropout_mask,
+    flatten_backward,
+    flatten_forward,
+    log_softmax,
+    relu_forward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+    training_loss,
+)
+
+
+def _im2col(x, kh, kw, stride, padding):
+    oh = conv.conv2d_output_size(x.shape[2], kh, stride, padding)
+    ow = conv.conv2d_output_size(x.shape[3], kw, stride, padding)
+    return cpu.im2col(x, kh, kw, stride, padding, oh, ow)
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0):
+    """`mpdref.ops.conv2d_forward` with the patches gathered by `kernels.cpu.im2col`."""
+    return conv.conv2d_forward(x, w, b, stride, padding, im2col=_im2col)
+
+
+def conv2d_backward(dout, cache, need_dx=True):
+    """`mpdref.ops.conv2d_backward` with the patch gradients summed back by `kernels.cpu.col2im`."""
+    return conv.conv2d_backward(dout, cache, need_dx, col2im=cpu.col2im)
+
+
+def grouped_conv2d_forward(x, weights, b, stride=1, padding=0):
+    """`mpdref.ops.grouped_conv2d_forward`, each group through `conv2d_forward` above."""
+    return conv.grouped_conv2d_forward(x, weights, b, stride, padding, conv2d_forward=conv2d_forward)
+
+
+def grouped_conv2d_backward(dout, cache, need_dx=True):
+    """`mpdref.ops.grouped_conv2d_backward`, each group through `conv2d_backward` above."""
+    return conv.grouped_conv2d_backward(dout, cache, need_dx, conv2d_backward=conv2d_backward)
+
+
+def max_pool2d_forward(x, kernel=2, stride=None):
+    """`mpdref.ops.max_pool2d_forward` in one pass (`kernels.cpu.max_pool2d_forward`; 2 × 2 unrolled)."""
+    stride = kernel if stride is None else stride
+    oh, ow = pool.check_max_pool2d_args(x, kernel, stride)
+    x = np.ascontiguousarray(x)
+    if kernel == 2 and stride == 2:
+        y, argmax = cpu.max_pool2d_forward_2x2(x)
+    else:
+        y, argmax = cpu.max_pool2d_forward(x, kernel, kernel, stride, oh, ow)
+    return y, (argmax, x.shape)
+
+
+def max_pool2d_backward(dout, cache):
+    """`mpdref.ops.max_pool2d_backward` in one pass (`kernels.cpu.max_pool2d_backward`)."""
+    argmax, x_shape = cache
+    return cpu.max_pool2d_backward(np.ascontiguousarray(dout), argmax, x_shape[2], x_shape[3])
+
+
+def relu_backward(dout, cache):
+    """`mpdref.ops.relu_backward` in one pass (`kernels.cpu.relu_backward`; np.where takes three)."""
+    y = cache
+    if dout.dtype != y.dtype or dout.shape != y.shape:
+        return activation.relu_backward(dout, cache)
+    out = np.empty(y.shape, y.dtype)  # C order, so that out.reshape(-1) is a view the kernel writes through
+    cpu.relu_backward(np.ascontiguousarray(dout).reshape(-1), np.ascontiguousarray(y).reshape(-1), out.reshape(-1))
+    return out
+
+
+def _gather_blocks(x, padded_gather, k):
+    xs = np.empty((k, x.shape[0], len(padded_gather) // k), dtype=x.dtype)
+    cpu.gather_blocks(x, padded_gather, xs)
+    return xs
+
+
+def _rows_from_blocks(ys, valid_rows, bias):
+    y = np.empty((ys.shape[1], len(valid_rows)), dtype=ys.dtype)
+    cpu.rows_from_blocks(ys, valid_rows, bias, y)
+    return y
+
+
+def _blocks_from_rows(dout, valid_rows, k, r_max):
+    dys = np.empty((k, dout.shape[0], r_max), dtype=dout.dtype)
+    cpu.blocks_from_rows(dout, valid_rows, dys)
+    return dys
+
+
+def _scatter_blocks(dxs, padded_gather, cols):
+    dx = np.empty((dxs.shape[1], cols), dtype=dxs.dtype)
+    cpu.scatter_blocks(dxs, padded_gather, dx)
+    return dx
+
+
+def block_dense_forward(x, w, b, padded_gather, valid_rows):
+    """`mpdref.ops.block_dense_forward` with the gather and the bias pass in `kernels.cpu`."""
+    return block.block_dense_forward(x, w, b, padded_gather, valid_rows, gather_blocks=_gather_blocks,
+                                     rows_from_blocks=_rows_from_blocks)
+
+
+def block_dense_backward(dout, cache, need_dx=True):
+    """`mpdref.ops.block_dense_backward` with the two layout moves in `kernels.cpu`."""
+    return block.block_dense_backward(dout, cache, need_dx, blocks_from_rows=_blocks_from_rows,
+                                      scatter_blocks=_scatter_blocks)
