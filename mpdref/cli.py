@@ -203,7 +203,7 @@ def cmd_demo(args) -> int:
     from mpdref.runner import run_experiment
     from mpdref.runner.config import load_config, resolve_config
     from mpdref.runner.report import format_table, percent
-    from mpdref.train import PAPER_DENSE_ERROR
+    from mpdref.train import PAPER_DEEP_COMPRESSION, PAPER_DENSE_ERROR
 
     root = find_or_fetch_mnist(args.data)
     rows = []
@@ -230,8 +230,9 @@ def cmd_demo(args) -> int:
                      f"{table['file_bytes']:,} B" if table else f"{4 * metrics['parameters']:,} B (float32)",
                      f"{table['ratio']:.1f}x" if table else "1.0x", f"{metrics['train_seconds']:.0f} s"))
     print(format_table(("pipeline", "test error", "val error", "model size", "smaller", "train time"), rows))
+    paper = PAPER_DEEP_COMPRESSION["lenet-300-100"]
     print(f"LeNet-300-100 dense test error in the paper: {percent(PAPER_DENSE_ERROR['lenet-300-100'])}; "
-          f"Deep Compression: 1.58% at 40x. Run directories: {args.out}/*")
+          f"Deep Compression: {percent(paper['test_error'])} at {paper['ratio']}x. Run directories: {args.out}/*")
     return 0
 
 

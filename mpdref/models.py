@@ -45,7 +45,11 @@ def op_set(backend: str) -> ModuleType:
 # backward(dout, cache, need_dx) -> (dx, {parameter name: gradient}); a layer with
 # parameters also has parameter_shapes().
 
-_OPS = field(default=ops, compare=False, repr=False)  # the reference until a network gives its own
+
+
+def op_set_field():
+    """A layer's `ops` field: the reference set until a network gives its own (not compared, not shown)."""
+    return field(default=ops, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class Dense:
     name: str
     in_features: int
     out_features: int
-    ops: ModuleType = _OPS
+    ops: ModuleType = op_set_field()
 
     def parameter_shapes(self):
         return {f"{self.name}.weight": (self.out_features, self.in_features),
@@ -78,7 +82,7 @@ class Conv2d:
     kernel: int
     stride: int = 1
     padding: int = 0
-    ops: ModuleType = _OPS
+    ops: ModuleType = op_set_field()
 
     def parameter_shapes(self):
         return {f"{self.name}.weight": (self.out_channels, self.in_channels, self.kernel, self.kernel),
@@ -99,7 +103,7 @@ class Conv2d:
 @dataclass(frozen=True)
 class MaxPool2d:
     kernel: int = 2
-    ops: ModuleType = _OPS
+    ops: ModuleType = op_set_field()
 
     def forward(self, params, x, train, rng):
         return self.ops.max_pool2d_forward(x, self.kernel, self.kernel)
@@ -110,7 +114,7 @@ class MaxPool2d:
 
 @dataclass(frozen=True)
 class ReLU:
-    ops: ModuleType = _OPS
+    ops: ModuleType = op_set_field()
 
     def forward(self, params, x, train, rng):
         return self.ops.relu_forward(x)
@@ -122,7 +126,7 @@ class ReLU:
 @dataclass(frozen=True)
 class Dropout:
     p: float = 0.5
-    ops: ModuleType = _OPS
+    ops: ModuleType = op_set_field()
 
     def forward(self, params, x, train, rng):
         if not train or self.p == 0.0:
@@ -135,7 +139,7 @@ class Dropout:
 
 @dataclass(frozen=True)
 class Flatten:
-    ops: ModuleType = _OPS
+    ops: ModuleType = op_set_field()
 
     def forward(self, params, x, train, rng):
         return self.ops.flatten_forward(x)

@@ -78,9 +78,12 @@ DEFAULT_RECIPES = {
     "deep-mnist": Recipe(epochs=12, lr=0.05, weight_decay=5e-4),
 }
 
-# The papers' dense test errors, quoted beside mpdref's: the reference networks of Deep
-# Compression (Han et al. 2016), Table 1.
+# The papers' numbers, quoted beside mpdref's: Deep Compression (Han et al. 2016), Table 1: the
+# reference networks' test errors, and after pruning, quantization and Huffman coding the test
+# error and how many times smaller the model is than dense float32.
 PAPER_DENSE_ERROR = {"lenet-300-100": 0.0164, "lenet-5": 0.0080}
+PAPER_DEEP_COMPRESSION = {"lenet-300-100": {"test_error": 0.0158, "ratio": 40},
+                          "lenet-5": {"test_error": 0.0074, "ratio": 39}}
 
 
 def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:

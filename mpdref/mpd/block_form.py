@@ -12,12 +12,12 @@ with `mpdref.train.fit`, through the same loop as a Network.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
 
-from mpdref import models, ops
+from mpdref import models
 from mpdref.mpd.masks import MPDMask, weight_structure
 
 
@@ -36,7 +36,7 @@ class BlockLayer:
     gather: np.ndarray  # int64 (cols,), a permutation of the previous activation's positions
     row_sizes: tuple
     col_sizes: tuple
-    ops: ModuleType = field(default=ops, compare=False, repr=False)
+    ops: ModuleType = models.op_set_field()
 
 
 @dataclass(frozen=True, eq=False)
