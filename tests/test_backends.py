@@ -7,6 +7,7 @@ agree exactly, for the networks, their MPD-masked versions and their block forms
 import numpy as np
 import pytest
 
+from compare import assert_close
 from mpdref import models, ops
 from mpdref.kernels import fast_ops
 from mpdref.mpd import apply_mpd_masks, to_block_diagonal
@@ -36,7 +37,7 @@ def _both(name, dtype, seed=0, mpd=False):
 
 def _same(a, b, what):
     assert a.dtype == b.dtype and a.shape == b.shape, what
-    assert np.array_equal(a, b), f"{what}: max |difference| {np.max(np.abs(a - b))}"
+    assert_close(a, b, rtol=0, atol=0, name=what)  # exactly equal
 
 
 @pytest.mark.parametrize("name", list(models.ARCHITECTURES))

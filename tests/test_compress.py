@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import naive
 from mpdref import models
 from mpdref.cli import main
 from mpdref.compress import compress, decompress, size_table
@@ -25,6 +26,9 @@ from mpdref.sparse_index import positions_from_indices, relative_indices
 def test_relative_indices_round_trip_with_fillers(kept, bits):
     positions = np.array(sorted(kept), np.int64)
     symbols, is_filler = relative_indices(positions, bits)
+    expected_symbols, expected_fillers = naive.relative_indices(positions, bits)
+    np.testing.assert_array_equal(symbols, expected_symbols)
+    np.testing.assert_array_equal(is_filler, expected_fillers)
     assert symbols.min(initial=0) >= 0 and symbols.max(initial=0) < 2**bits
     stored = positions_from_indices(symbols, 5001)
     np.testing.assert_array_equal(stored[~is_filler], positions)

@@ -14,6 +14,8 @@ import types
 import numpy as np
 import pytest
 
+import naive
+from compare import assert_close, max_norm_atol
 from mpdref import models, ops
 from mpdref.kernels import BackendUnavailable, load_backend
 from mpdref.kernels.config import CUDA_SIM_TILES, CUDA_TILES, CudaTiles, choose_cuda_tiles
@@ -47,8 +49,7 @@ def _assert_float_rounding(got, ref, bound_scale, depth, dtype):
     """|got - ref| within the worst-case rounding of a depth-term sum (γ_depth · Σ|terms|), ref in float64."""
     assert got.dtype == dtype and got.shape == ref.shape
     assert np.all(np.isfinite(got))
-    tol = (depth + 2) * EPS[dtype] * bound_scale
-    assert np.all(np.abs(got - ref) <= tol), float(np.max(np.abs(got - ref) - tol))
+    assert_close(got, ref, rtol=0, atol=(depth + 2) * EPS[dtype] * bound_scale, name="y")  # a bound per element
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -76,12 +77,10 @@ def test_fused_gather_bias_relu_and_scatter(tiles, dtype, rng):
     bias = rng.standard_normal(sum(rows)).astype(dtype)
     row_dest = rng.permutation(sum(rows))
     got = kc.block_diagonal_matmul(blocks, x, gather=gather, bias=bias, relu=True, row_dest=row_dest, tiles=tiles)
-    blocks64 = [b.astype(np.float64) for b in blocks]
-    z = block_diagonal_matmul(blocks64, x[:, gather].astype(np.float64)) + bias
-    ref = np.empty_like(z)
-    ref[:, row_dest] = np.maximum(z, 0.0)  # y[:, row_dest[i]] = relu(z[:, i])
-    scale = np.empty_like(z)
-    scale[:, row_dest] = block_diagonal_matmul([np.abs(b) for b in blocks64], np.abs(x[:, gather].astype(np.float64))) + np.abs(bias)
+    blocks64, x64 = [b.astype(np.float64) for b in blocks], x.astype(np.float64)
+    ref = naive.permuted_block_diagonal_matmul(blocks64, x64, gather, row_dest, bias, relu=True)
+    scale = naive.permuted_block_diagonal_matmul([np.abs(b) for b in blocks64], np.abs(x64), gather, row_dest,
+                                                 np.abs(bias))
     _assert_float_rounding(got, ref, scale, max(cols) + 1, dtype)
     assert np.any(got == 0.0) and np.all(got >= 0.0)  # the ReLU ran
 
@@ -131,20 +130,15 @@ def test_grouped_conv_pool_and_relu_equal_the_ops(dtype, rng):
     conv = kc.DeviceBlockConv(blocks, gather, bias, stride=1, padding=1)
     y = conv(kc.to_device(np.moveaxis(x, 0, -1)), relu=True)
     pooled = kc.max_pool(y, 2).copy_to_host()
-    xg = x[:, gather].astype(np.float64)
-    parts, start, row = [], 0, 0
-    for block in blocks:
-        r, c = block.shape[:2]
-        out, _ = ops.conv2d_forward(np.ascontiguousarray(xg[:, start : start + c]), block.astype(np.float64),
-                                    bias[row : row + r].astype(np.float64), 1, 1)
-        parts.append(out)
-        start, row = start + c, row + r
-    ref_conv = np.maximum(np.concatenate(parts, axis=1), 0.0)
+    ref_conv, _ = ops.grouped_conv2d_forward(x[:, gather].astype(np.float64), [b.astype(np.float64) for b in blocks],
+                                             bias.astype(np.float64), 1, 1)
+    ref_conv = np.maximum(ref_conv, 0.0)
     got_conv = np.moveaxis(y.copy_to_host(), -1, 0)
     tol = 1e-5 if dtype == np.float32 else 1e-12
-    assert np.max(np.abs(got_conv - ref_conv)) <= tol * np.max(np.abs(ref_conv))
+    # Norm-wise relative errors, max|got - ref| <= tol·max|ref|: rtol = 0, atol = tol·max|ref|.
+    assert_close(got_conv, ref_conv, rtol=0, atol=max_norm_atol(tol, ref_conv), name="conv")
     ref_pool, _ = ops.max_pool2d_forward(ref_conv, 2, 2)
-    assert np.max(np.abs(np.moveaxis(pooled, -1, 0) - ref_pool)) <= tol * np.max(np.abs(ref_pool))
+    assert_close(np.moveaxis(pooled, -1, 0), ref_pool, rtol=0, atol=max_norm_atol(tol, ref_pool), name="pool")
     a = kc.to_device(x)
     assert np.array_equal(kc.relu(a).copy_to_host(), np.maximum(x, 0))
 
@@ -201,7 +195,8 @@ def test_whole_network_on_the_device_equals_the_block_network(name, dtype, rng, 
     expected = block.forward(x)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     assert got.shape == expected.shape and got.dtype == dtype
-    assert np.max(np.abs(got - expected)) <= tol * np.max(np.abs(expected))
+    # A norm-wise relative error: rtol = 0, atol = tol·max|expected|.
+    assert_close(got, expected, rtol=0, atol=max_norm_atol(tol, expected), name="logits")
     assert np.array_equal(gpu.predict(x), block.predict(x))
 
 

@@ -1,5 +1,4 @@
 """Deep Compression stages 1-2: magnitude pruning, sensitivity, 1-D k-means, trained quantization."""
-import itertools
 import json
 
 import numpy as np
@@ -7,6 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import naive
+from compare import assert_close
 from mpdref import models
 from mpdref.prune import magnitude_mask, prune, sensitivity
 from mpdref.quantize import CodebookSGD, codebook_of, initial_centroids, kmeans_1d, quantize_weight, sse
@@ -75,43 +76,17 @@ def test_sensitivity_leaves_the_network_unchanged(rng):
 # ----------------------------------------------------------------------------- 1-D k-means
 
 
-def _brute_force_sse(values, k):
-    """Minimum SSE over all splits of the sorted values into k contiguous non-empty runs."""
-    x = np.sort(values)
-    best = np.inf
-    for cuts in itertools.combinations(range(1, len(x)), k - 1):
-        bounds = (0, *cuts, len(x))
-        best = min(best, sum(float(((x[a:b] - x[a:b].mean()) ** 2).sum()) for a, b in zip(bounds, bounds[1:])))
-    return best
-
-
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(-100, 100, allow_nan=False), min_size=1, max_size=11), st.integers(1, 5), st.data())
 def test_optimal_kmeans_equals_brute_force_and_never_loses_to_lloyd(values, k, data):
     values = np.array(values)
     k = min(k, len(values))
     c, labels = kmeans_1d(values, k, method="optimal")
-    best = _brute_force_sse(values, k)
+    best = naive.optimal_kmeans_sse(values, k)
     assert sse(values, c, labels) <= best + 1e-9 * (1 + best)
     init = data.draw(st.sampled_from(["linear", "density", "random"]))
     c2, l2 = kmeans_1d(values, k, init=init, rng=np.random.default_rng(0))
     assert sse(values, c, labels) <= sse(values, c2, l2) + 1e-9 * (1 + best)
-
-
-def _naive_lloyd(values, centroids, iterations):
-    """Lloyd as usually written: assign every value to its nearest centroid, then average; an empty
-    cluster takes the value farthest from its old centroid (largest distances first)."""
-    c = np.array(centroids, float)
-    for _ in range(iterations):
-        labels = np.argmin(np.abs(values[:, None] - c[None, :]), axis=1)  # ties: the lower index
-        new = np.array([values[labels == j].mean() if np.any(labels == j) else c[j] for j in range(len(c))])
-        empty = [j for j in range(len(c)) if not np.any(labels == j)]
-        far = np.argsort(-np.abs(values - c[labels]), kind="stable")[: len(empty)]
-        new[empty] = values[far]
-        if np.array_equal(new, c):
-            break
-        c = np.sort(new)
-    return c
 
 
 @pytest.mark.parametrize("init", ["linear", "density", "random"])
@@ -120,9 +95,9 @@ def test_lloyd_on_prefix_sums_equals_the_naive_lloyd(init, rng):
     values = np.concatenate([rng.laplace(0, 0.3, 700), 3 + 0.2 * rng.standard_normal(300), [40.0, -25.0]])
     for iterations in (1, 2, 5, 50):
         c, labels = kmeans_1d(values, 8, init=init, iterations=iterations, rng=np.random.default_rng(1))
-        expected = _naive_lloyd(values, initial_centroids(values, 8, init, np.random.default_rng(1)), iterations)
-        np.testing.assert_allclose(c, expected, rtol=1e-12, atol=1e-12)
-        np.testing.assert_array_equal(labels, np.argmin(np.abs(values[:, None] - c[None, :]), axis=1))
+        expected = naive.lloyd(values, initial_centroids(values, 8, init, np.random.default_rng(1)), iterations)
+        assert_close(c, expected, rtol=1e-12, atol=1e-12, name="centroids")
+        np.testing.assert_array_equal(labels, naive.nearest_centroid(values, c))
 
 
 def test_kmeans_inputs_are_checked():
@@ -165,17 +140,17 @@ def test_centroid_gradient_is_the_derivative_of_the_loss(rng):
         analytic = CodebookSGD.centroid_gradient(grads[name], kept, labels, len(centroids))
         w0 = net.params[name].copy()
         for c in range(len(centroids)):
-            h = 1e-6
-            losses = []
-            for sign in (1, -1):
+
+            def loss_at(t):  # the loss with centroid c moved by t
                 shifted = centroids.copy()
-                shifted[c] += sign * h
+                shifted[c] += t
                 w = w0.copy()
                 w.ravel()[kept] = shifted[labels]
                 net.params[name] = w
-                losses.append(net.loss_grads_and_logits(x, y, train=False)[0])
+                return net.loss_grads_and_logits(x, y, train=False)[0]
+
+            numeric = naive.directional_derivative(loss_at, 0.0, 1.0, eps=1e-6)
             net.params[name] = w0
-            numeric = (losses[0] - losses[1]) / (2 * h)
             assert abs(numeric - analytic[c]) <= 1e-6 * max(1.0, abs(analytic[c])), (name, c)
 
 

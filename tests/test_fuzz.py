@@ -4,7 +4,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fuzzing import MUTATIONS, allowed_contents, load_outcome, mutate, read, sample_files
+import naive
+from fuzzing import MUTATIONS, Outcome, allowed_contents, load_outcome, mutate, read, sample_files
 
 CASES = {"idx": 1500, "model": 700, "checkpoint": 500, "mpdz": 500}
 
@@ -29,8 +30,8 @@ def test_undamaged_samples_load(samples, kind, tmp_path):
     ("mpdz", {"params/fc1.weight", "masks/fc1.weight"}),
 ])
 def test_a_load_of_other_content_is_a_failure(samples, kind, some_differing, tmp_path):
-    """The comparison can fail: the other valid sample, passed off as the damaged first one, loads different."""
-    first, second = samples[kind]
+    """The comparison can fail: another valid sample, passed off as the damaged first one, loads different."""
+    first, second = samples[kind][:2]
     path = tmp_path / f"second{second.suffix}"
     path.write_bytes(second.data)
     outcome = load_outcome(kind, path, [first.content])
@@ -46,8 +47,9 @@ def test_a_splice_may_load_as_the_other_file(samples, tmp_path):
     assert load_outcome("model", path, allowed_contents(first, second, ["splice"])).verdict == "loaded"
 
 
-def test_idx_loads_are_not_compared_as_nothing_protects_them(samples, tmp_path):
-    """Why: one flipped bit of the (unchecksummed) header turns the uint8 sample into int8, and it loads."""
+def test_a_retyped_idx_file_loads_what_its_bytes_say(samples, tmp_path):
+    """One flipped bit of the (unchecksummed) header turns the uint8 sample into int8: a load of the right
+    content, since the header is no longer the original's."""
     sample = samples["idx"][0]  # the raw (not gzipped) (40, 28, 28) sample
     damaged = bytearray(sample.data)
     damaged[2] ^= 0x01  # type code 0x08 (uint8) -> 0x09 (int8)
@@ -55,6 +57,25 @@ def test_idx_loads_are_not_compared_as_nothing_protects_them(samples, tmp_path):
     path.write_bytes(damaged)
     assert read("idx", path).dtype == np.int8
     assert load_outcome("idx", path, [sample.content]).verdict == "loaded"
+
+
+def test_an_idx_load_of_other_content_is_a_failure(samples, tmp_path, monkeypatch):
+    """The IDX check can fail: against an original of the same header but another dtype and shape, and
+    against a decoder that reads one value differently."""
+    sample = samples["idx"][0]
+    path = tmp_path / "sample"
+    path.write_bytes(sample.data)
+    other_kind = dict(sample.content, dtype="int8", shape=(300,))
+    assert load_outcome("idx", path, [other_kind]) == Outcome("loaded-different", ("dtype", "shape"))
+    decode = naive.idx_decode
+
+    def one_value_off(data, gzipped=False):
+        array = decode(data, gzipped)
+        array.flat[-1] ^= 1
+        return array
+
+    monkeypatch.setattr(naive, "idx_decode", one_value_off)
+    assert load_outcome("idx", path, [sample.content]) == Outcome("loaded-different", ("values",))
 
 
 @pytest.mark.parametrize("kind", list(CASES))
@@ -76,5 +97,7 @@ def test_damaged_files_load_the_right_content_or_raise_the_documented_error(samp
         path.write_bytes(data)
         outcome = load_outcome(kind, path, allowed_contents(sample, other, [mutation]), seconds=10)
         assert outcome.verdict in ("loaded", "rejected"), outcome
+        if kind == "idx" and outcome.verdict == "rejected":  # only where the oracle finds no IDX array either
+            assert naive.idx_decode(data, gzipped=sample.suffix == ".gz") is None
 
     case()

@@ -1,39 +1,12 @@
 """The canonical Huffman codec: optimal lengths, round trips, edge cases, corrupt input."""
-import heapq
-import itertools
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import naive
 from mpdref.huffman import (MAX_LENGTH, CodecError, canonical_codes, check_lengths, code_lengths, decode,
                             encode)
-
-
-def _plain_huffman_cost(counts):
-    """Σ count · length of an unrestricted Huffman code (textbook heap construction)."""
-    heap = [c for c in counts if c > 0]
-    if len(heap) <= 1:
-        return sum(heap)
-    heapq.heapify(heap)
-    cost = 0
-    while len(heap) > 1:
-        a, b = heapq.heappop(heap), heapq.heappop(heap)
-        cost += a + b
-        heapq.heappush(heap, a + b)
-    return cost
-
-
-def _best_limited_cost(counts, max_length):
-    """The cheapest complete prefix code with lengths <= max_length, by brute force (tiny alphabets)."""
-    used = [c for c in counts if c > 0]
-    best = None
-    for lengths in itertools.product(range(1, max_length + 1), repeat=len(used)):
-        if sum(2.0 ** -l for l in lengths) == 1.0:
-            cost = sum(c * l for c, l in zip(used, lengths))
-            best = cost if best is None else min(best, cost)
-    return best
 
 
 @settings(max_examples=80, deadline=None)
@@ -46,9 +19,9 @@ def test_unlimited_lengths_cost_what_huffman_costs(counts):
     check_lengths(lengths)  # a complete prefix code
     cost = int(np.sum(counts * lengths))
     if lengths.max() < MAX_LENGTH:  # the limit did not bind: as good as Huffman's
-        assert cost == _plain_huffman_cost(counts)
+        assert cost == naive.huffman_cost(counts)
     else:
-        assert cost >= _plain_huffman_cost(counts)
+        assert cost >= naive.huffman_cost(counts)
 
 
 @settings(max_examples=60, deadline=None)
@@ -60,7 +33,7 @@ def test_length_limited_code_is_optimal(counts, max_length):
     lengths = code_lengths(counts, max_length)
     assert lengths.max() <= max_length
     check_lengths(lengths)
-    assert int(np.sum(counts * lengths)) == _best_limited_cost(counts, max_length)
+    assert int(np.sum(counts * lengths)) == naive.limited_huffman_cost(counts, max_length)
 
 
 def test_canonical_codes_are_prefix_free_and_ordered():
@@ -84,6 +57,7 @@ def test_round_trip(data):
     lengths = code_lengths(np.bincount(symbols, minlength=alphabet), max_length)
     stream = encode(symbols, lengths)
     assert len(stream) == (int(np.sum(lengths[symbols])) + 7) // 8
+    np.testing.assert_array_equal(stream, naive.huffman_encode(symbols, canonical_codes(lengths), lengths))
     np.testing.assert_array_equal(decode(stream, lengths, n), symbols)
 
 
@@ -176,8 +150,6 @@ def test_damaged_streams_raise_or_decode_to_the_right_length(data):
 def test_decode_equals_a_bit_by_bit_decoder_on_damaged_long_streams(data):
     # Long enough that most of the stream goes through the decoder's bulk loop (no tests between
     # the lookups after a refill): it must decode, and fail, exactly where the oracle does.
-    import naive
-
     rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
     alphabet = data.draw(st.integers(2, 40))
     n = data.draw(st.integers(50, 1500))

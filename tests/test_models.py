@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import naive
+from compare import assert_close, max_norm_atol
 from conftest import needs_torch
 from mpdref import models
 from mpdref.io import FormatError
@@ -122,11 +123,13 @@ def test_logits_loss_and_every_gradient_agree_with_torch_float64(name, rng):
     loss_t.backward()
     loss, grads = net.loss_and_grads(x, y, train=False)
     logits = net.forward(x)
-    assert np.max(np.abs(logits - logits_t.detach().numpy())) <= 1e-10 * np.max(np.abs(logits))
+    # Norm-wise relative errors, max|ours - theirs| <= 1e-10·max|...|: rtol = 0, atol = 1e-10·max|...|
+    # (for the logits relative to ours, for the gradients to PyTorch's).
+    assert_close(logits, logits_t.detach().numpy(), rtol=0, atol=max_norm_atol(1e-10, logits), name="logits")
     assert abs(loss - loss_t.item()) <= 1e-10 * loss_t.item()
     for k, p in m.named_parameters():
         theirs = p.grad.numpy()
-        assert np.max(np.abs(grads[k] - theirs)) <= 1e-10 * np.max(np.abs(theirs)), k
+        assert_close(grads[k], theirs, rtol=0, atol=max_norm_atol(1e-10, theirs), name=f"gradient of {k}")
 
 
 def test_state_dict_round_trip_and_errors():

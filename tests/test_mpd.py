@@ -3,8 +3,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpdref.mpd import block_diagonal_matmul, block_structure, mpd_mask, split_bounds
+import naive
+from compare import assert_close, max_norm_atol
 from conftest import assert_resume_is_bit_identical
+from mpdref.mpd import block_diagonal_matmul, block_structure, mpd_mask, split_bounds
 
 
 def test_block_sizes_follow_array_split():
@@ -17,10 +19,7 @@ def test_mask_is_a_permuted_block_diagonal(rng):
     m = mpd_mask(300, 784, 10, rng)
     assert m.mask.shape == (300, 784) and m.mask.dtype == bool and m.k == 10
     permuted = m.mask[np.ix_(m.row_perm, m.col_perm)]
-    expected = np.zeros((300, 784), bool)
-    for b in range(10):
-        expected[m.row_bounds[b] : m.row_bounds[b + 1], m.col_bounds[b] : m.col_bounds[b + 1]] = True
-    np.testing.assert_array_equal(permuted, expected)
+    np.testing.assert_array_equal(permuted, naive.block_diagonal_mask(300, 784, m.row_bounds, m.col_bounds))
     assert m.mask.sum() == sum(np.diff(m.row_bounds) * np.diff(m.col_bounds))
     assert sorted(m.row_perm.tolist()) == list(range(300))
 
@@ -68,7 +67,7 @@ def test_block_diagonal_matmul_equals_the_masked_dense_product(dtype, rng):
     dense = x @ w.T  # (4, 37)
     y = block_diagonal_matmul(m.blocks(w), x[:, m.col_perm])  # gather the input once
     assert y.dtype == dtype
-    np.testing.assert_allclose(y, dense[:, m.row_perm], rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert_close(y, dense[:, m.row_perm], rtol=1e-5 if dtype == np.float32 else 1e-12, atol=0, name="y")
     with pytest.raises(ValueError, match="columns"):
         block_diagonal_matmul(m.blocks(w), x[:, :50])
 
@@ -79,21 +78,15 @@ def test_block_diagonal_matmul_equals_the_masked_dense_product(dtype, rng):
 KERNEL_CASES = [(37, 53, 5, 4), (8, 8, 8, 1), (64, 33, 3, 17), (5, 40, 1, 2), (70, 600, 2, 100), (40, 1100, 2, 53)]
 
 
-def reference_product(m, w, x):
-    """The kernel's equation with the NumPy reference: blocks on gathered inputs, outputs put back in place."""
-    y = np.empty((len(x), w.shape[0]), x.dtype)
-    y[:, m.row_perm] = block_diagonal_matmul(m.blocks(w), x[:, m.col_perm])
-    return y
-
-
 def assert_within_rounding(y, m, w, x):
     """|y - exact| <= 1.01·n·u·(|x| |W|ᵀ), the textbook bound for a sum of n products in precision u
-    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1), n the largest block depth."""
+    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1), n the largest block depth; exact:
+    the kernel's oracle in float64."""
     depth = int(np.diff(m.col_bounds).max())
-    exact = reference_product(m, w.astype(np.float64), x.astype(np.float64))
+    exact = naive.permuted_block_diagonal_matmul(m.blocks(w.astype(np.float64)), x.astype(np.float64), m.col_perm,
+                                                 m.row_perm)
     bound = 1.01 * depth * np.finfo(x.dtype).eps / 2 * (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T)
-    excess = np.abs(y - exact) - bound
-    assert excess.size == 0 or excess.max() <= 0, f"beyond the rounding bound by {excess.max():.3g}"
+    assert_close(y, exact, rtol=0, atol=bound, name="y")  # the bound, element by element
 
 
 @pytest.mark.parametrize("rows, cols, k, n", KERNEL_CASES)
@@ -157,7 +150,7 @@ def test_a_row_of_the_kernel_does_not_depend_on_how_the_work_is_split(dtype, rng
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("depth", [0, 1, 7, 300])
-def test_tile_product_equals_numpy(dtype, depth, rng):
+def test_tile_product_equals_its_loops(dtype, depth, rng):
     import numba
 
     from mpdref.kernels.intrinsics import TILE_ROWS, tile_columns, tile_product
@@ -171,18 +164,17 @@ def test_tile_product_equals_numpy(dtype, depth, rng):
     a = rng.standard_normal(TILE_ROWS * (depth + 5) + 3).astype(dtype)  # rows of depth + 5, from 3 on
     b = rng.standard_normal(depth * nr).astype(dtype)
     c = rng.standard_normal(TILE_ROWS * (nr + 4) + 2).astype(dtype)  # rows of nr + 4, from 2 on
-    before = c.copy()
-    a_rows = a[3:3 + TILE_ROWS * (depth + 5)].reshape(TILE_ROWS, depth + 5)[:, :depth]
-    product = a_rows.astype(np.float64) @ b.reshape(depth, nr).astype(np.float64)
+    in_tile = np.zeros(c.shape, bool)
+    in_tile[2:2 + TILE_ROWS * (nr + 4)].reshape(TILE_ROWS, nr + 4)[:, :nr] = True
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-    for accumulate, expected in [(False, product), (True, 2 * product)]:
+    for accumulate in (False, True):
+        expected = c.astype(np.float64)
+        naive.tile_product(a.astype(np.float64), 3, depth + 5, b.astype(np.float64), 0, expected, 2, nr + 4, depth,
+                           accumulate, TILE_ROWS, nr)
+        before = c.copy()
         tile(a, 3, depth + 5, b, c, 2, nr + 4, depth, accumulate)
-        c_rows = c[2:2 + TILE_ROWS * (nr + 4)].reshape(TILE_ROWS, nr + 4)
-        np.testing.assert_allclose(c_rows[:, :nr], expected, **tol)
-        # nothing outside the tile is written
-        assert np.array_equal(c_rows[:, nr:], before[2:2 + TILE_ROWS * (nr + 4)].reshape(TILE_ROWS, nr + 4)[:, nr:])
-        assert np.array_equal(c[:2], before[:2]) and np.array_equal(c[2 + TILE_ROWS * (nr + 4):],
-                                                                      before[2 + TILE_ROWS * (nr + 4):])
+        assert_close(c[in_tile], expected[in_tile], name="the tile", **tol)
+        np.testing.assert_array_equal(c[~in_tile], before[~in_tile])  # nothing outside the tile is written
 
 
 def test_work_split_covers_the_batch_and_shares_the_weights():
@@ -268,19 +260,10 @@ def test_storage_table_recomputed_independently_from_a_saved_model(tmp_path, rng
         net.set_mask(name, channel_mask(shape, mpd_mask(shape[0], shape[1], k, rng)))
     models.save(net, tmp_path / "m.h5")
     back = models.load(tmp_path / "m.h5")
-    stored = 0
-    for name, value in back.params.items():
-        if name in back.masks:
-            m = weight_structure(back.masks[name])  # the structure from the bare mask in the file
-            assert m.k == ks[name]
-            rows, cols = value.shape[:2]
-            stored += 32 * int(back.masks[name].sum())  # kept weights, counted from the mask itself
-            stored += rows * int(np.ceil(np.log2(rows))) + cols * int(np.ceil(np.log2(cols)))
-            stored += (m.k - 1) * (int(np.ceil(np.log2(rows + 1))) + int(np.ceil(np.log2(cols + 1))))
-        else:
-            stored += 32 * value.size
+    for name in back.masks:
+        assert weight_structure(back.masks[name]).k == ks[name]  # the structure from the bare mask in the file
     table = storage_table(back.parameter_shapes(), ks)
-    assert table["stored_bits"] == stored
+    assert table["stored_bits"] == naive.mpd_stored_bits(back.params, back.masks, ks)
     assert table["dense_bits"] == 32 * 431_080
 
 
@@ -353,7 +336,8 @@ def test_block_form_logits_equal_the_masked_network(name, rng):
     block = to_block_diagonal(net)
     expected = net.forward(x)
     got = block.forward(x)
-    assert np.max(np.abs(got - expected)) <= 1e-12 * np.max(np.abs(expected))
+    # A norm-wise relative error, max|got - expected| <= 1e-12·max|expected|: rtol = 0, atol = 1e-12·max|expected|.
+    assert_close(got, expected, rtol=0, atol=max_norm_atol(1e-12, expected), name="logits")
     assert block.stored_parameters() == sum(int(net.masks[k].sum()) if k in net.masks else v.size
                                             for k, v in net.params.items())
 
@@ -379,9 +363,8 @@ def test_block_form_training_equals_masked_dense_training(name, distilled, rng):
     trained = models.build(name, np.float64)
     trained.masks = dict(net.masks)
     block.to_masked(trained)
-    for k in net.params:
-        scale = np.max(np.abs(net.params[k]))
-        assert np.max(np.abs(trained.params[k] - net.params[k])) <= 1e-10 * scale, k
+    for k in net.params:  # norm-wise relative errors: rtol = 0, atol = 1e-10·max|masked-trained parameter|
+        assert_close(trained.params[k], net.params[k], rtol=0, atol=max_norm_atol(1e-10, net.params[k]), name=k)
     assert block.stored_parameters() == sum(int(net.masks[k].sum()) if k in net.masks else v.size
                                             for k, v in net.params.items())
 
@@ -399,8 +382,8 @@ def test_block_form_train_stage_equals_the_masked_one(tmp_path, mnist_dir):
             "stages": [{"type": "mpd", "k_all": 6}, {"type": "train", "epochs": 2, "form": form}]})
         run_experiment(config, tmp_path / form, progress=False)
         results[form] = models.load(tmp_path / form / "model.h5")
-    for k, v in results["masked"].params.items():
-        assert np.max(np.abs(results["block"].params[k] - v)) <= 1e-10 * np.max(np.abs(v)), k
+    for k, v in results["masked"].params.items():  # norm-wise relative errors: rtol = 0, atol = 1e-10·max|v|
+        assert_close(results["block"].params[k], v, rtol=0, atol=max_norm_atol(1e-10, v), name=k)
     np.testing.assert_array_equal(results["block"].masks["fc1.weight"], results["masked"].masks["fc1.weight"])
 
 
@@ -467,4 +450,4 @@ def test_block_layout_kernels_equal_the_reference_ops(dtype, rng):
     # the padding reads zeros and its gradient is dropped: the layer is the product of the blocks alone
     blocks = [w[b, :r, :c] for b, (r, c) in enumerate(zip(row_sizes, col_sizes))]
     expected = block.block_diagonal_matmul(blocks, x[:, layer.gather])
-    np.testing.assert_allclose(y_ref, expected + bias, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert_close(y_ref, expected + bias, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=0, name="y")

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import naive
+from compare import assert_close, max_norm_atol
 from conftest import needs_torch
 from mpdref import ops as reference_ops
 from mpdref.kernels import cpu, fast_ops
@@ -25,10 +26,6 @@ def ops(request):
     return reference_ops if request.param == "reference" else fast_ops
 
 
-def rel_err(a, b):
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
 # ----------------------------------------------------------------------------- against the oracles
 
 
@@ -42,7 +39,8 @@ def test_conv2d_forward_matches_loops(ops, shape, dtype, rng):
     y, _ = ops.conv2d_forward(x, wt, b, s, p)
     expected = naive.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), s, p)
     assert y.dtype == dtype and y.shape == expected.shape
-    assert rel_err(y, expected) < (1e-5 if dtype == np.float32 else 1e-13)
+    # A norm-wise relative error, max|y - expected| <= tol·max|expected|: rtol = 0, atol = tol·max|expected|.
+    assert_close(y, expected, rtol=0, atol=max_norm_atol(1e-5 if dtype == np.float32 else 1e-13, expected), name="y")
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES)
@@ -56,7 +54,8 @@ def test_im2col_and_col2im_kernels_equal_numpy_references(shape, rng):
     dx = cpu.col2im(dcols, h, w, s, p)
     np.testing.assert_array_equal(dx, conv.col2im(dcols, h, w, s, p))  # the same sums in the same order
     # col2im is the adjoint of im2col: <im2col(x), d> = <x, col2im(d)>
-    assert np.isclose(np.sum(cols * dcols), np.sum(x * dx), rtol=1e-12)
+    assert_close(np.sum(cols * dcols), np.sum(x * dx), rtol=1e-12, atol=1e-8,  # np.isclose's default atol
+                 name="<im2col(x), d> against <x, col2im(d)>")
 
 
 @pytest.mark.parametrize("shape", POOL_SHAPES)
@@ -71,7 +70,7 @@ def test_max_pool_matches_loops_including_ties(ops, shape, dtype, rng):
     dout = rng.standard_normal(y.shape).astype(dtype)
     dx = ops.max_pool2d_backward(dout, cache)
     assert dx.dtype == dtype
-    np.testing.assert_allclose(dx, naive.max_pool2d_backward(dout, winner, x.shape), rtol=1e-6)
+    assert_close(dx, naive.max_pool2d_backward(dout, winner, x.shape), rtol=1e-6, atol=0, name="dx")
     y_np, (argmax_np, _) = reference_ops.max_pool2d_forward(x, k, s)
     np.testing.assert_array_equal(y_np, y)
     np.testing.assert_array_equal(argmax_np, cache[0])
@@ -143,8 +142,7 @@ def test_softmax_cross_entropy_gradient_by_finite_differences(ops, rng):
 def test_softmax_cross_entropy_value_and_stability(ops):
     logits = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
     labels = np.array([2, 0])
-    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    expected = -np.mean(np.log(p[[0, 1], labels]))
+    expected = naive.cross_entropy(logits, labels)
     loss, _ = ops.softmax_cross_entropy_forward(logits, labels)
     assert abs(loss - expected) < 1e-15
     # Shifting every logit by 1e4 changes nothing (log-sum-exp), in float32 too.
@@ -171,19 +169,11 @@ def test_distillation_value_by_hand(ops):
     t = np.array([[3.0, 0.0, 1.0], [0.0, 0.0, 4.0]])
     y = np.array([1, 2])
     temperature, weight = 2.0, 0.75
-
-    def softmax(a):
-        e = np.exp(a - a.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-
-    q, p = softmax(t / temperature), softmax(z / temperature)
-    hard = -np.mean(np.log(softmax(z)[[0, 1], y]))
-    soft = np.mean(np.sum(q * np.log(q / p), axis=1)) * temperature**2
     loss, _ = ops.distillation_forward(z, y, t, temperature, weight)
-    assert abs(loss - (0.25 * hard + 0.75 * soft)) < 1e-14
+    assert abs(loss - naive.distillation_loss(z, y, t, temperature, weight)) < 1e-14
     # A student that copies its teacher pays only the hard term.
     same, _ = ops.distillation_forward(t, y, t, temperature, weight)
-    assert abs(same - 0.25 * -np.mean(np.log(softmax(t)[[0, 1], y]))) < 1e-14
+    assert abs(same - 0.25 * naive.cross_entropy(t, y)) < 1e-14
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -273,8 +263,10 @@ def test_conv_pool_dense_loss_agree_with_torch(ops, shape, rng):
     dout = rng.standard_normal(y.shape)
     ty.backward(torch.tensor(dout))
     dx, dw, db = ops.conv2d_backward(dout, cache)
-    for ours, theirs in [(y, ty), (dx, tx.grad), (dw, tw.grad), (db, tb.grad)]:
-        assert rel_err(ours, theirs.detach().numpy()) < 1e-10
+    # Norm-wise relative errors, max|ours - theirs| <= 1e-10·max|theirs|: rtol = 0, atol = 1e-10·max|theirs|.
+    for what, ours, theirs in [("y", y, ty), ("dx", dx, tx.grad), ("dw", dw, tw.grad), ("db", db, tb.grad)]:
+        theirs = theirs.detach().numpy()
+        assert_close(ours, theirs, rtol=0, atol=max_norm_atol(1e-10, theirs), name=what)
 
     if min(y.shape[2:]) >= 2:
         tyy = ty.detach().requires_grad_(True)
@@ -282,8 +274,10 @@ def test_conv_pool_dense_loss_agree_with_torch(ops, shape, rng):
         pooled, pc = ops.max_pool2d_forward(y, 2)
         dp = rng.standard_normal(pooled.shape)
         tp.backward(torch.tensor(dp))
-        assert rel_err(pooled, tp.detach().numpy()) < 1e-10
-        assert rel_err(ops.max_pool2d_backward(dp, pc), tyy.grad.numpy()) < 1e-10
+        assert_close(pooled, tp.detach().numpy(), rtol=0, atol=max_norm_atol(1e-10, tp.detach().numpy()),
+                     name="pooled")
+        assert_close(ops.max_pool2d_backward(dp, pc), tyy.grad.numpy(), rtol=0,
+                     atol=max_norm_atol(1e-10, tyy.grad.numpy()), name="pool dx")
 
     feats = y.reshape(n, -1)
     wd, bd = rng.standard_normal((10, feats.shape[1])), rng.standard_normal(10)
@@ -298,8 +292,8 @@ def test_conv_pool_dense_loss_agree_with_torch(ops, shape, rng):
     dz = ops.relu_backward(ops.softmax_cross_entropy_backward(1.0, lc), rc)
     dfeats, dwd, dbd = ops.dense_backward(dz, zc)
     assert abs(loss - tloss.item()) <= 1e-10 * abs(tloss.item())
-    for ours, theirs in [(dfeats, tf.grad), (dwd, twd.grad), (dbd, tbd.grad)]:
-        assert rel_err(ours, theirs.numpy()) < 1e-10
+    for what, ours, theirs in [("dense dx", dfeats, tf.grad), ("dense dw", dwd, twd.grad), ("dense db", dbd, tbd.grad)]:
+        assert_close(ours, theirs.numpy(), rtol=0, atol=max_norm_atol(1e-10, theirs.numpy()), name=what)
 
 
 @needs_torch
@@ -318,7 +312,9 @@ def test_distillation_agrees_with_torch(ops, rng):
     tloss.backward()
     loss, cache = ops.distillation_forward(z, labels, t, temperature, weight)
     assert abs(loss - tloss.item()) <= 1e-12 * abs(tloss.item())
-    assert rel_err(ops.distillation_backward(1.0, cache), tz.grad.numpy()) < 1e-12
+    # A norm-wise relative error: rtol = 0, atol = 1e-12·max|theirs|.
+    assert_close(ops.distillation_backward(1.0, cache), tz.grad.numpy(), rtol=0,
+                 atol=max_norm_atol(1e-12, tz.grad.numpy()), name="dz")
 
 
 @pytest.mark.parametrize("channels, filters", [((2, 2), (3, 3)), ((1, 1, 1), (1, 1, 1)), ((3, 1, 4), (2, 5, 1))])
@@ -326,10 +322,9 @@ def test_grouped_conv_matches_per_group_loops_and_gradients(ops, channels, filte
     x, b = rng.standard_normal((2, sum(channels), 7, 6)), rng.standard_normal(sum(filters))
     weights = [rng.standard_normal((f, c, 3, 3)) for c, f in zip(channels, filters)]  # unequal groups allowed
     y, cache = ops.grouped_conv2d_forward(x, weights, b, 1, 1)
-    c0, f0 = np.cumsum([0, *channels]), np.cumsum([0, *filters])
-    expected = np.concatenate([naive.conv2d(x[:, c0[g] : c0[g + 1]], w, b[f0[g] : f0[g + 1]], 1, 1)
-                               for g, w in enumerate(weights)], axis=1)
-    assert rel_err(y, expected) < 1e-13
+    expected = naive.grouped_conv2d(x, weights, b, 1, 1)
+    # A norm-wise relative error: rtol = 0, atol = 1e-13·max|expected|.
+    assert_close(y, expected, rtol=0, atol=max_norm_atol(1e-13, expected), name="y")
 
     def backward(d):
         dx, dws, db = ops.grouped_conv2d_backward(d, cache)
@@ -353,8 +348,11 @@ def test_grouped_conv_agrees_with_torch(ops, rng):
     dout = rng.standard_normal(y.shape)
     ty.backward(torch.tensor(dout))
     dx, dws, db = ops.grouped_conv2d_backward(dout, cache)
-    for ours, theirs in zip((y, dx, np.concatenate(dws), db), (ty, tx.grad, tw.grad, tb.grad)):
-        assert rel_err(ours, theirs.detach().numpy()) < 1e-10
+    # Norm-wise relative errors: rtol = 0, atol = 1e-10·max|theirs|.
+    for what, ours, theirs in zip(("y", "dx", "dw", "db"), (y, dx, np.concatenate(dws), db),
+                                  (ty, tx.grad, tw.grad, tb.grad)):
+        theirs = theirs.detach().numpy()
+        assert_close(ours, theirs, rtol=0, atol=max_norm_atol(1e-10, theirs), name=what)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 7, 9), (3, 2, 24, 24), (1, 4, 5, 2)])

@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 
+import naive
+from compare import assert_close
 from conftest import needs_torch
 from mpdref import data, models
 from mpdref.train import DEFAULT_RECIPES, SGD, Recipe, fit, learning_rate
@@ -30,11 +32,10 @@ def test_sgd_step_is_the_documented_rule(rng):
     grads = {k: rng.standard_normal(v.shape) for k, v in w0.items()}
     sgd.step(grads, lr=0.1)
     for k in w0:
-        g = grads[k] + (0.01 * w0[k] if k.endswith(".weight") else 0.0)
-        m = mask if k == "fc2.weight" else 1.0
-        v = (0.9 * v_prev[k] + g) * m
-        np.testing.assert_allclose(sgd.velocity[k], v, rtol=1e-14)
-        np.testing.assert_allclose(net.params[k], (w0[k] - 0.1 * v) * m, rtol=1e-14, atol=1e-300)
+        w, v = naive.sgd_step(w0[k], v_prev[k], grads[k], mask if k == "fc2.weight" else None, lr=0.1, momentum=0.9,
+                              weight_decay=0.01 if k.endswith(".weight") else 0.0)
+        assert_close(sgd.velocity[k], v, rtol=1e-14, atol=0, name=f"velocity {k}")
+        assert_close(net.params[k], w, rtol=1e-14, atol=1e-300, name=k)
 
 
 @needs_torch
@@ -55,7 +56,7 @@ def test_unmasked_sgd_matches_torch_sgd(rng):
         opt.step()
         sgd.step(grads, lr=0.05)
     for k, p in tparams.items():
-        np.testing.assert_allclose(net.params[k], p.detach().numpy(), rtol=1e-12, atol=1e-15)
+        assert_close(net.params[k], p.detach().numpy(), rtol=1e-12, atol=1e-15, name=k)
 
 
 @pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])

@@ -1,8 +1,8 @@
 """Numba CPU kernel for MPD's block-diagonal product, with the permutations fused.
 
-Equals ``block_diagonal_matmul(blocks, x[:, col_perm])[:, inverse(row_perm)]`` of
-`mpdref.ops` (the reference): the input gather and the output scatter happen inside the
-kernel, a strip of the batch at a time, never as separate permuted copies of the whole matrix.
+Equals `permuted_block_diagonal_matmul` of tests/naive.py (gather = col_perm, row_dest =
+row_perm), to rounding: the input gather and the output scatter happen inside the kernel, a
+strip of the batch at a time, never as separate permuted copies of the whole matrix.
 
 For each strip of up to STRIP_ROWS rows of x (the strips, or strips × groups of blocks
 for small batches, are the units of work the threads share; see work_split):

@@ -144,8 +144,7 @@ def max_pool2d_backward(dout, argmax, height, width):
 @numba.njit(**SERIAL)
 def sgd_momentum_update(w, v, g, mask, lr, momentum, weight_decay):
     """One pass of `mpdref.train.SGD.reference_step`'s rule, in place, for one parameter (flat views):
-
-        v ← (μ·v + g + λ·w) ⊙ m,   w ← (w − η·v) ⊙ m
+    `sgd_step` of tests/naive.py.
 
     lr, momentum and weight_decay arrive in w's dtype, so the arithmetic (and its
     rounding) is that of the NumPy rule; `mask` is None or bool.

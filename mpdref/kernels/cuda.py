@@ -12,12 +12,12 @@ The kernels, and the reference each one must equal:
 
       y[row_dest[r0_b + i], n] = act(bias[r0_b + i] + Σ_j B_b[i, j] · x[gather[c0_b + j], n])
 
-  which is `mpdref.ops.block_diagonal_matmul(blocks, x[:, gather])` plus the bias and
-  ReLU, its rows scattered by row_dest. Shared-memory tiles with register tiling
-  (sizes in `mpdref.kernels.config`); one grid dimension runs over the blocks, which
-  may differ in size.
+  which is `permuted_block_diagonal_matmul` of tests/naive.py. Shared-memory tiles with
+  register tiling (sizes in `mpdref.kernels.config`); one grid dimension runs over the
+  blocks, which may differ in size.
 * `DeviceBlockConv`: a grouped convolution with unequal groups (direct, one thread per
-  output), the channel gather, bias and ReLU fused; `mpdref.ops.conv2d_forward` per group.
+  output), the channel gather, bias and ReLU fused; `mpdref.ops.grouped_conv2d_forward` of the
+  gathered channels.
 * `max_pool`: `mpdref.ops.max_pool2d_forward`; `relu`: `mpdref.ops.relu_forward`.
 
 Accumulators are typed with the arrays' dtype (``zero = dtype(0)``): in float32 the

@@ -49,9 +49,9 @@ def tile_columns(dtype) -> int:
 def tile_product(typingctx, a, a_start, a_stride, b, b_start, c, c_start, c_stride, depth, accumulate):
     """The TILE_ROWS × NR product of a (TILE_ROWS × depth) and b (depth × NR), written into c.
 
-    a[a_start + m·a_stride + p], b[b_start + p·NR + j], c[c_start + m·c_stride + j];
-    a, b, c: 1-D C-contiguous arrays of one float dtype; NR = tile_columns(dtype).
-    With `accumulate`, the product is added to what c holds (a depth split into slices).
+    Equals `tile_product` of tests/naive.py with rows = TILE_ROWS, columns = NR = tile_columns(dtype),
+    which spells out where a, b and c hold their elements; a, b, c: 1-D C-contiguous arrays of one
+    float dtype. With `accumulate`, the product is added to what c holds (a depth split into slices).
     """
     arrays = (a, b, c)
     if not all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" for t in arrays):
