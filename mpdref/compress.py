@@ -9,7 +9,12 @@ and their positions in one of three ways:
   ceil(log2 n) bits per index and the block boundaries; the entries in block order;
 * sparse: relative indices (mpdref.sparse_index) in b bits, Huffman-coded, b chosen per
   weight (1-8) to make the weight smallest; filler entries get a codebook symbol of
-  their own (one past the codebook: value 0, not a kept weight).
+  their own (one past the codebook: value 0, not a kept weight);
+* darb: a block-max regular mask (mpdref.darb: every block of b_r columns of row r keeps
+  one weight): each row's block size, as a class in a table of the distinct sizes, and
+  per kept weight its offset in its block, in ⌈log2 b_r⌉ bits or Huffman-coded, whichever
+  is smaller. Chosen over sparse when the mask is regular and the index is smaller; a
+  file with a darb layer is container version 3 (mpdref.io.mpdz), others stay version 2.
 
 Biases are float32. The size table counts the bytes of the file's sections, so it is
 the file; the container (mpdref.io.mpdz) adds its prefix, JSON header and checksum,
@@ -20,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpdref import huffman, models
+from mpdref import darb
 from mpdref.bits import index_bits as bits_per_index
 from mpdref.io import FormatError
 from mpdref.io.mpdz import read_mpdz, write_mpdz
@@ -54,6 +60,51 @@ def _unpack_lengths(data: bytes, count: int, what: str) -> np.ndarray:
     if len(data) != (4 * count + 7) // 8:
         raise ValueError(f"{len(data)} bytes of code lengths, where {count} for {what} take {(4 * count + 7) // 8}")
     return _unpack(data, 4, count).astype(np.uint8)
+
+
+def _pack_widths(values, widths) -> bytes:
+    """Unsigned integers, value i in widths[i] bits (0 bits: nothing), most significant first, zero-padded."""
+    values, widths = np.asarray(values, np.int64), np.asarray(widths, np.int64)
+    top = int(widths.max(initial=0))
+    bit = np.arange(top - 1, -1, -1)  # (top,): the bit each column holds
+    bits = (values[:, None] >> bit) & 1  # (n, top), a value's bits right-aligned
+    return np.packbits(bits[bit[None, :] < widths[:, None]].astype(np.uint8)).tobytes()
+
+
+def _unpack_widths(data: bytes, widths) -> np.ndarray:
+    """The inverse of _pack_widths, for known widths."""
+    widths = np.asarray(widths, np.int64)
+    total = int(widths.sum())
+    if len(data) != (total + 7) // 8:
+        raise ValueError(f"{len(widths)} packed values of {total} bits need {(total + 7) // 8} bytes, found {len(data)}")
+    raw = np.unpackbits(np.frombuffer(data, np.uint8))[:total].astype(np.int64)
+    ends = np.cumsum(widths)
+    # value i = Σ its bits · 2^(position from its end)
+    owner = np.repeat(np.arange(len(widths)), widths)
+    weight = ends[owner] - 1 - np.arange(total)
+    return np.bincount(owner, weights=raw << weight, minlength=len(widths)).astype(np.int64)
+
+
+def _darb_index(name, shape, block_sizes, positions, max_length):
+    """(layer fields, sections, size in bytes) of a darb layer's index: its rows' block-size classes
+    and its kept weights' offsets (fixed width or Huffman, whichever is smaller)."""
+    cols = int(np.prod(shape[1:]))
+    table, classes = np.unique(block_sizes, return_inverse=True)
+    counts = darb.blocks_per_row(block_sizes, cols)
+    row_of = np.repeat(np.arange(len(block_sizes)), counts)  # the row of each kept weight
+    block = np.arange(len(positions)) - np.repeat(np.cumsum(counts) - counts, counts)  # its block in the row
+    offsets = positions - row_of * cols - block * block_sizes[row_of]
+    sections = [(f"{name}/block_sizes", _pack(table, bits_per_index(cols + 1))),
+                (f"{name}/size_classes", _pack(classes, bits_per_index(len(table))) if len(table) > 1 else b"")]
+    fixed = _pack_widths(offsets, darb.offset_bits(block_sizes)[row_of])
+    lengths, stream = _huffman(offsets, int(table.max()), max_length)
+    if len(stream) + len(lengths) / 2 < len(fixed):
+        code, offset_sections = "huffman", [(f"{name}/offset_lengths", _pack_lengths(lengths)), (f"{name}/offsets", stream)]
+    else:
+        code, offset_sections = "fixed", [(f"{name}/offsets", fixed)]
+    sections += offset_sections
+    size = sum(len(data) for _, data in sections)
+    return {"kind": "darb", "block_sizes": len(table), "offset_code": code}, sections, size
 
 
 def _mpd_structure(mask):
@@ -115,9 +166,17 @@ def _encode_weight(name, w, mask, max_length, index_bits):
             size = len(index_stream) + int(is_filler.sum()) * (4 if raw else 0.5) + len(index_lengths) / 2
             if best is None or size < best[0]:
                 best = (size, bits, is_filler, index_lengths, index_stream)
-        _, bits, fillers, index_lengths, index_stream = best
-        layer["index_bits"] = bits
-        sections += [(f"{name}/index_lengths", _pack_lengths(index_lengths)), (f"{name}/indices", index_stream)]
+        size, bits, fillers, index_lengths, index_stream = best
+        block_sizes = darb.row_block_sizes(mask) if index_bits is None else None
+        regular = None if block_sizes is None else _darb_index(name, w.shape, block_sizes, positions, max_length)
+        if regular is not None and regular[2] < size:
+            fields, darb_sections, _ = regular
+            layer.update(fields)
+            fillers = np.zeros(len(positions), bool)
+            sections += darb_sections
+        else:
+            layer["index_bits"] = bits
+            sections += [(f"{name}/index_lengths", _pack_lengths(index_lengths)), (f"{name}/indices", index_stream)]
     layer["stored"] = len(fillers)
     layer["kept"] = len(positions)
     stored_values = np.zeros(len(fillers), np.float32)
@@ -145,7 +204,8 @@ def compress(net, path, max_length: int = 11, index_bits: int | None = None) -> 
         parts.append((f"{name}/bias", net.params[bias].astype("<f4").tobytes()))
         layers.append(layer)
         sections += parts
-    write_mpdz(path, {"format": FORMAT, "network": net.name, "layers": layers}, sections)
+    version = 3 if any(layer["kind"] == "darb" for layer in layers) else 2  # 2: readable by older mpdref
+    write_mpdz(path, {"format": FORMAT, "network": net.name, "layers": layers}, sections, version)
     return size_table(path)
 
 
@@ -170,6 +230,8 @@ def _decode_weight(layer, sections):
         bits = int(layer["index_bits"])
         index_lengths = _unpack_lengths(sections[f"{name}/index_lengths"], 1 << bits, f"{bits}-bit indices")
         positions = positions_from_indices(huffman.decode(sections[f"{name}/indices"], index_lengths, stored), size)
+    elif layer["kind"] == "darb":
+        positions = _darb_positions(layer, sections, shape, stored)
     else:
         raise ValueError(f"unknown layer kind {layer['kind']!r}")
     if len(positions) != stored:
@@ -201,6 +263,50 @@ def _decode_weight(layer, sections):
         mask[positions[~fillers]] = True
         mask = mask.reshape(shape)
     return w.reshape(shape), mask
+
+
+def _darb_block_sizes(layer, sections, shape) -> np.ndarray:
+    """Every row's block size, from a darb layer's table of sizes and the rows' classes in it."""
+    name = layer["name"]
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    n_table = int(layer["block_sizes"])
+    if not 1 <= n_table <= cols:
+        raise ValueError(f"{n_table} block sizes for rows of {cols}")
+    table = _unpack(sections[f"{name}/block_sizes"], bits_per_index(cols + 1), n_table)
+    if np.any(table < 1) or np.any(table > cols) or np.any(np.diff(table) <= 0):
+        raise ValueError(f"block sizes {table.tolist()} are not distinct sizes in [1, {cols}]")
+    if n_table == 1:
+        if sections[f"{name}/size_classes"]:
+            raise ValueError("size classes stored for a single block size")
+        return np.full(rows, table[0], np.int64)
+    classes = _unpack(sections[f"{name}/size_classes"], bits_per_index(n_table), rows)
+    if np.any(classes >= n_table):
+        raise ValueError("the rows' size classes do not fit the table of block sizes")
+    return table[classes]
+
+
+def _darb_positions(layer, sections, shape, stored) -> np.ndarray:
+    """The flat positions of a darb layer's kept weights, row by row, block by block."""
+    name = layer["name"]
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    block_sizes = _darb_block_sizes(layer, sections, shape)
+    table = np.unique(block_sizes)
+    counts = darb.blocks_per_row(block_sizes, cols)
+    if int(counts.sum()) != stored:
+        raise ValueError(f"the block sizes give {int(counts.sum())} kept weights, where {stored} are stored")
+    row_of = np.repeat(np.arange(rows), counts)
+    block = np.arange(stored) - np.repeat(np.cumsum(counts) - counts, counts)
+    start = block * block_sizes[row_of]
+    if layer["offset_code"] == "huffman":
+        lengths = _unpack_lengths(sections[f"{name}/offset_lengths"], int(table.max()), "block offsets")
+        offsets = huffman.decode(sections[f"{name}/offsets"], lengths, stored)
+    elif layer["offset_code"] == "fixed":
+        offsets = _unpack_widths(sections[f"{name}/offsets"], darb.offset_bits(block_sizes)[row_of])
+    else:
+        raise ValueError(f"unknown offset code {layer['offset_code']!r}")
+    if np.any(start + offsets >= np.minimum(start + block_sizes[row_of], cols)):
+        raise ValueError("an offset runs past the end of its block")
+    return row_of * cols + start + offsets
 
 
 def decompress(path) -> models.Network:
@@ -237,6 +343,14 @@ def decompress(path) -> models.Network:
     return net
 
 
+def _mean_offset_bits(layer, sections) -> float:
+    """A darb layer's fixed-width offset bits per kept weight (before Huffman)."""
+    shape = tuple(layer["shape"])
+    block_sizes = _darb_block_sizes(layer, sections, shape)
+    counts = darb.blocks_per_row(block_sizes, int(np.prod(shape[1:])))
+    return round(float(np.sum(counts * darb.offset_bits(block_sizes)) / counts.sum()), 2)
+
+
 def size_table(path) -> dict:
     """The paper's table for an .mpdz file, from its section sizes: per layer and in total."""
     header, sections, layout = read_mpdz(path)
@@ -248,14 +362,15 @@ def size_table(path) -> dict:
         stored = max(int(layer["stored"]), 1)
         n_codebook = int(layer["codebook"])
         index_bits = sum(own.get(part, 0) for part in ("indices", "index_lengths", "fillers", "row_perm", "col_perm",
-                                                         "row_bounds", "col_bounds"))
+                                                         "row_bounds", "col_bounds", "block_sizes", "size_classes",
+                                                         "offsets", "offset_lengths"))
         rows.append({
             "layer": name, "kind": layer["kind"], "weights": size, "kept": int(layer["kept"]) / size,
             "stored": int(layer["stored"]),
             "weight_bits_fixed": 32 if n_codebook == 0 else bits_per_index(n_codebook + (layer["kind"] == "sparse")),
             "weight_bits": own.get("weights", own.get("values", 0)) / stored,
-            "index_bits_fixed": layer.get("index_bits", 0),
-            "index_bits": own.get("indices", 0) / stored,
+            "index_bits_fixed": layer.get("index_bits", 0) if layer["kind"] != "darb" else _mean_offset_bits(layer, sections),
+            "index_bits": (own.get("indices", 0) + own.get("offsets", 0)) / stored,
             "codebook_bits": own.get("codebook", 0) + own.get("weight_lengths", 0),
             "structure_bits": index_bits,
             "bias_bits": own.get("bias", 0),

@@ -45,6 +45,7 @@ import numpy as np
 import naive
 from mpdref import models
 from mpdref.compress import compress, decompress
+from mpdref.darb import regular_prune
 from mpdref.data import DataError, read_idx
 from mpdref.io import FormatError
 from mpdref.prune import prune
@@ -249,6 +250,12 @@ def sample_files(tmp_dir) -> dict[str, list[Sample]]:
         net.params["fc1.weight"] = quantize_weight(net.params["fc1.weight"], net.masks["fc1.weight"], 4)
         compress(net, tmp_dir / "m.mpdz")
         files["mpdz"].append((".mpdz", (tmp_dir / "m.mpdz").read_bytes()))
+    net = models.build("lenet-300-100", seed=2)  # darb layers: an .mpdz of version 3
+    regular_prune(net, {"fc1.weight": 0.05, "fc2.weight": 0.2}, "darb")
+    regular_prune(net, {"fc3.weight": 0.5}, "bmwm")
+    net.params["fc1.weight"] = quantize_weight(net.params["fc1.weight"], net.masks["fc1.weight"], 4)
+    compress(net, tmp_dir / "m.mpdz")
+    files["mpdz"].append((".mpdz", (tmp_dir / "m.mpdz").read_bytes()))
     samples: dict[str, list[Sample]] = {}
     for kind, entries in files.items():
         samples[kind] = []

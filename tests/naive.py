@@ -388,3 +388,35 @@ def idx_decode(data, gzipped=False):
         return np.array(bits, np.dtype(f"u{size}")).view(dtype).reshape(shape)
     return np.array([int.from_bytes(item, "big", signed=dtype.kind == "i") for item in items], dtype).reshape(shape)
 
+
+# ----------------------------------------------------------------------------- DARB (mpdref.darb)
+
+
+def block_max_mask(w, block_sizes):
+    """The oracle of mpdref.darb.block_max_mask, from the definition: a weight is kept iff, in its
+    block of its row, no weight before it is as large in magnitude and none after it is larger."""
+    rows = np.abs(w.reshape(w.shape[0], -1))
+    mask = np.zeros(rows.shape, np.uint8)
+    for r in range(rows.shape[0]):
+        b = int(block_sizes[r])
+        for j in range(rows.shape[1]):
+            start = j - j % b
+            block = rows[r, start : start + b]
+            k = j - start
+            if all(block[i] < block[k] for i in range(k)) and all(block[i] <= block[k] for i in range(k + 1, len(block))):
+                mask[r, j] = 1
+    return mask.reshape(w.shape)
+
+
+def smallest_regular_block_sizes(mask):
+    """The oracle of mpdref.darb.row_block_sizes: per row, the smallest b for which every block of b
+    columns holds exactly one kept weight, trying every b; None when some row has none."""
+    rows = mask.reshape(mask.shape[0], -1)
+    cols = rows.shape[1]
+    out = []
+    for row in rows:
+        fits = [b for b in range(1, cols + 1) if all(row[s : s + b].sum() == 1 for s in range(0, cols, b))]
+        if not fits:
+            return None
+        out.append(fits[0])
+    return np.array(out, np.int64)

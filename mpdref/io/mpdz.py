@@ -3,7 +3,8 @@
     b"MPDZ"  u16 version  u32 header length  header  sections...  SHA-256 (32 bytes)
 
 The header is UTF-8 JSON, zlib-compressed (RFC 1950; version 1 kept it plain and stored
-8-bit code lengths, and is not read): it names every section with its byte length, in file order, and
+8-bit code lengths, and is not read; version 3 is version 2 that may hold darb layers, written
+only then, so that files without them stay readable by a version-2 reader): it names every section with its byte length, in file order, and
 repeats the same few keys and layer names, which deflate cuts to about a third; in a
 28 KB model that is 2% of the file. The SHA-256 covers everything before it. Reading
 checks, in order: the magic, the version, the checksum, the header, and that the
@@ -22,17 +23,20 @@ from mpdref.io import FormatError
 from mpdref.io.atomic import write_bytes_atomic
 
 MAGIC = b"MPDZ"
-VERSION = 2
+VERSION = 3  # the newest this module writes
+READS = (2, 3)
 MAX_HEADER_BYTES = 1 << 24  # a header that inflates beyond this is refused, not inflated
 _PREFIX = struct.Struct("<4sHI")
 DIGEST_BYTES = 32
 
 
-def write_mpdz(path, header: dict, sections: list[tuple[str, bytes]]) -> int:
+def write_mpdz(path, header: dict, sections: list[tuple[str, bytes]], version: int = VERSION) -> int:
     """Write the file atomically; returns its size in bytes. header gains a "sections" list."""
+    if version not in READS:
+        raise ValueError(f".mpdz version {version} cannot be written; versions: {READS}")
     header = dict(header, sections=[[name, len(data)] for name, data in sections])
     head = zlib.compress(json.dumps(header, sort_keys=True, separators=(",", ":")).encode(), 9)
-    body = _PREFIX.pack(MAGIC, VERSION, len(head)) + head + b"".join(data for _, data in sections)
+    body = _PREFIX.pack(MAGIC, version, len(head)) + head + b"".join(data for _, data in sections)
     blob = body + hashlib.sha256(body).digest()
     write_bytes_atomic(path, blob)
     return len(blob)
@@ -50,8 +54,9 @@ def read_mpdz(path) -> tuple[dict, dict[str, bytes], dict]:
     magic, version, head_len = _PREFIX.unpack_from(blob)
     if magic != MAGIC:
         raise FormatError(f"{path}: not an .mpdz file (starts with {magic!r})")
-    if version != VERSION:
-        raise FormatError(f"{path}: .mpdz version {version}; this mpdref reads version {VERSION}")
+    if version not in READS:
+        raise FormatError(f"{path}: .mpdz version {version}; this mpdref reads versions "
+                          f"{', '.join(map(str, READS))} (a newer mpdref wrote it?)")
     body_end = len(blob) - DIGEST_BYTES
     if _PREFIX.size + head_len > body_end:
         raise FormatError(f"{path}: truncated (the header claims {head_len} bytes)")

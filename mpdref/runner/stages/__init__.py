@@ -3,6 +3,7 @@
     train.py      train, teacher, evaluate (the reference core; recipes and distillation settings)
     mpd.py        mpd: MPDCompress masks (mpdref.mpd)
     prune.py      prune, sensitivity (mpdref.prune)
+    darb.py       darb: regular masks (mpdref.darb)
     quantize.py   quantize: codebooks and their fine-tuning (mpdref.quantize)
     encode.py     encode: the .mpdz file (mpdref.compress)
 
@@ -14,5 +15,6 @@ above (the order `mpdref run --stages` lists them in).
 from mpdref.runner.stages import train  # noqa: F401  (each import registers its module's stages)
 from mpdref.runner.stages import mpd  # noqa: F401
 from mpdref.runner.stages import prune  # noqa: F401
+from mpdref.runner.stages import darb  # noqa: F401
 from mpdref.runner.stages import quantize  # noqa: F401
 from mpdref.runner.stages import encode  # noqa: F401

@@ -1,0 +1,189 @@
+"""DARB, block-max masking and block pruning (mpdref.darb), and the darb layers of .mpdz files."""
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import naive
+from mpdref import darb, models
+from mpdref.compress import _pack_widths, _unpack_widths, compress, decompress, size_table
+from mpdref.io import FormatError
+from mpdref.quantize import quantize_weight
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 6), cols=st.integers(1, 23), seed=st.integers(0, 2**32 - 1), levels=st.integers(2, 6))
+def test_block_max_mask_keeps_each_blocks_first_largest_magnitude(rows, cols, seed, levels):
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-levels, levels + 1, (rows, cols)).astype(np.float64)  # few values: ties everywhere
+    sizes = rng.integers(1, cols + 1, rows)
+    np.testing.assert_array_equal(darb.block_max_mask(w, sizes), naive.block_max_mask(w, sizes))
+    b = int(sizes[0])
+    np.testing.assert_array_equal(darb.block_max_mask(w, b), naive.block_max_mask(w, np.full(rows, b)))
+
+
+def test_conv_filters_are_rows(rng):
+    w = rng.standard_normal((6, 3, 5, 5))
+    mask = darb.block_max_mask(w, 7)
+    assert mask.shape == w.shape and mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask.reshape(6, -1), darb.block_max_mask(w.reshape(6, -1), 7))
+    assert np.all(mask.reshape(6, -1).sum(axis=1) == 11)  # ⌈75 / 7⌉ blocks a filter
+
+
+def test_bad_block_sizes_are_refused(rng):
+    w = rng.standard_normal((3, 10))
+    for sizes in (0, 11, [2, 3], 2.5):
+        with pytest.raises(ValueError, match="block sizes must be integers in \\[1, 10\\]"):
+            darb.block_max_mask(w, sizes)
+
+
+@pytest.mark.parametrize("shape, keep", [((300, 784), 0.075), ((100, 300), 0.09), ((10, 100), 0.26),
+                                         ((50, 20, 5, 5), 0.12), ((500, 800), 0.02)])
+@pytest.mark.parametrize("sizes", ["any", "pow2"])
+def test_darb_sizes_follow_density_and_keep_the_target_within_ten_percent(shape, keep, sizes, rng):
+    # rows of different scales: their densities differ, as after training
+    w = rng.standard_normal(shape) * rng.uniform(0.2, 3.0, (shape[0],) + (1,) * (len(shape) - 1))
+    mask, block_sizes = darb.darb_mask(w, keep, sizes)
+    target = round(keep * w.size)
+    assert abs(int(mask.sum()) - target) <= 0.1 * target
+    density = darb.row_densities(w, keep)
+    order = np.argsort(density, kind="stable")
+    assert np.all(np.diff(block_sizes[order]) <= 0), "a denser row got a larger block"
+    assert np.ptp(block_sizes) > 0, "rows of different densities all got one size"
+    np.testing.assert_array_equal(mask, darb.block_max_mask(w, block_sizes))
+    if sizes == "pow2":
+        cols = w[0].size
+        assert all(b == cols or (b & (b - 1)) == 0 for b in block_sizes.tolist())
+
+
+def test_darb_says_when_no_sizes_reach_the_target(rng):
+    with pytest.raises(ValueError, match="within 10% of 10 weights .* the nearest keeps 20"):
+        darb.darb_mask(rng.standard_normal((20, 25)), 0.02)  # at least one weight a row: 20
+
+
+def test_bmwm_takes_the_one_block_size_nearest_to_the_target(rng):
+    w = rng.standard_normal((30, 100))
+    mask, sizes = darb.bmwm_mask(w, 0.1)
+    assert np.all(sizes == 10) and int(mask.sum()) == 300
+    b = darb.uniform_block_size(w, 0.07)
+    best = min(range(1, 101), key=lambda c: abs(30 * -(-100 // c) - 210))
+    assert b == best
+
+
+def test_block_pruning_keeps_whole_tiles_with_the_largest_norms(rng):
+    w = rng.standard_normal((18, 22))
+    mask = darb.block_prune_mask(w, 0.3, tile=4)
+    target = round(0.3 * w.size)
+    assert target <= int(mask.sum()) < target + 16
+    tiles = [(r, c) for r in range(0, 18, 4) for c in range(0, 22, 4)]
+    kept = [t for t in tiles if mask[t[0], t[1]]]
+    for r, c in tiles:  # a tile is kept or dropped whole
+        assert len(np.unique(mask[r : r + 4, c : c + 4])) == 1
+    norm = {t: np.linalg.norm(w[t[0] : t[0] + 4, t[1] : t[1] + 4]) for t in tiles}
+    assert min(norm[t] for t in kept) >= max(norm[t] for t in tiles if t not in kept)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 5), cols=st.integers(1, 40), seed=st.integers(0, 2**32 - 1))
+def test_row_block_sizes_finds_the_smallest_size_that_fits(rows, cols, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, cols))
+    sizes = rng.integers(1, cols + 1, rows)
+    found = darb.row_block_sizes(darb.block_max_mask(w, sizes))
+    assert found is not None
+    np.testing.assert_array_equal(found, naive.smallest_regular_block_sizes(darb.block_max_mask(w, sizes)))
+    assert np.all(found <= sizes)
+
+
+def test_block_sizes_of_small_masks_by_hand():
+    np.testing.assert_array_equal(darb.row_block_sizes(np.array([[0, 1, 0, 0, 1, 0]])), [3])  # blocks [0, 3), [3, 6)
+    np.testing.assert_array_equal(darb.row_block_sizes(np.array([[0, 0, 0, 0, 0, 1]])), [6])  # one block
+    assert darb.row_block_sizes(np.array([[1, 1, 0, 0, 0, 0]])) is None  # two blocks of 3 to 5: both in the first
+    assert darb.row_block_sizes(np.array([[1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]])) is None  # an empty row
+
+
+@settings(max_examples=100, deadline=None)
+@given(widths=st.lists(st.integers(0, 17), max_size=40), seed=st.integers(0, 2**32 - 1))
+def test_values_of_varying_widths_pack_and_unpack(widths, seed):
+    rng = np.random.default_rng(seed)
+    widths = np.array(widths, np.int64)
+    values = np.array([int(rng.integers(0, 1 << int(b))) if b else 0 for b in widths], np.int64)
+    data = _pack_widths(values, widths)
+    assert len(data) == (int(widths.sum()) + 7) // 8
+    np.testing.assert_array_equal(_unpack_widths(data, widths), values)
+
+
+def _darb_network(seed=0):
+    net = models.build("lenet-5", seed=seed)
+    darb.regular_prune(net, {"conv2.weight": 0.1, "fc1.weight": 0.07, "fc2.weight": 0.2}, "darb")
+    darb.regular_prune(net, {"conv1.weight": 0.5}, "bmwm")
+    for name in net.weight_names():
+        net.params[name] = quantize_weight(net.params[name], net.masks.get(name), 5)
+    return net
+
+
+def test_a_darb_network_round_trips_through_mpdz_as_version_3(tmp_path):
+    net = _darb_network()
+    table = compress(net, tmp_path / "m.mpdz")
+    assert struct.unpack_from("<4sH", (tmp_path / "m.mpdz").read_bytes()) == (b"MPDZ", 3)
+    assert {r["kind"] for r in table["layers"]} == {"darb"}
+    back = decompress(tmp_path / "m.mpdz")
+    for k in net.params:
+        np.testing.assert_array_equal(back.params[k], net.params[k])
+    for k in net.masks:
+        np.testing.assert_array_equal(back.masks[k], net.masks[k])
+    fc1 = next(r for r in table["layers"] if r["layer"] == "fc1.weight")
+    sizes = darb.row_block_sizes(net.masks["fc1.weight"])
+    counts = darb.blocks_per_row(sizes, 800)
+    assert fc1["index_bits_fixed"] == round(float(np.sum(counts * darb.offset_bits(sizes)) / counts.sum()), 2)
+
+
+def test_a_network_without_darb_layers_stays_version_2(tmp_path):
+    net = models.build("lenet-300-100", seed=0)
+    compress(net, tmp_path / "m.mpdz")
+    assert struct.unpack_from("<4sH", (tmp_path / "m.mpdz").read_bytes()) == (b"MPDZ", 2)
+
+
+def test_a_darb_index_is_smaller_than_relative_indices_on_the_same_mask(tmp_path):
+    net = _darb_network()
+    darb_bits = {r["layer"]: r["structure_bits"] for r in compress(net, tmp_path / "d.mpdz")["layers"]}
+    sparse = {r["layer"]: r["structure_bits"] for r in compress(net, tmp_path / "s.mpdz", index_bits=4)["layers"]}
+    assert all(darb_bits[k] < sparse[k] for k in ("conv2.weight", "fc1.weight", "fc2.weight")), (darb_bits, sparse)
+
+
+def test_the_stage_checks_its_settings():
+    from mpdref.runner.config import ConfigError, resolve_config
+
+    def config(**stage):
+        return {"experiment": {"model": "lenet-300-100"}, "stages": [{"type": "darb", **stage}]}
+
+    with pytest.raises(ConfigError, match="give exactly one of keep and keep_all"):
+        resolve_config(config(keep={"fc1.weight": 0.1}, keep_all=0.1))
+    with pytest.raises(ConfigError, match="'fc9.weight' is not a weight of lenet-300-100"):
+        resolve_config(config(keep={"fc9.weight": 0.1}))
+    with pytest.raises(ConfigError, match="stages\\[0\\].method: expected one of 'darb', 'bmwm', 'block'"):
+        resolve_config(config(keep_all=0.1, method="rows"))
+
+
+@pytest.mark.mnist
+def test_darb_rounds_retrain_under_regular_masks_and_encode_as_darb(mnist_dir, tmp_path):
+    from mpdref.runner import run_experiment
+    from mpdref.runner.config import resolve_config
+
+    config = resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 2},
+        "data": {"root": str(mnist_dir), "train_limit": 1000, "validation_size": 200},
+        "stages": [{"type": "train", "epochs": 1}, {"type": "darb", "keep_all": 0.2},
+                   {"type": "train", "epochs": 1}, {"type": "darb", "keep_all": 0.1, "sizes": "pow2"},
+                   {"type": "train", "epochs": 1}, {"type": "encode"}]})
+    metrics = run_experiment(config, tmp_path / "run", progress=False)
+    second = metrics["stages"][3]
+    assert abs(second["weights_kept"] - 0.1) <= 0.01
+    net = models.load(tmp_path / "run" / "model.h5")
+    for name in net.weight_names():
+        sizes = darb.row_block_sizes(net.masks[name])  # still regular after retraining under the mask
+        assert sizes is not None
+        assert np.all(net.params[name][~net.masks[name]] == 0)
+    assert {r["kind"] for r in size_table(tmp_path / "run" / "model.mpdz")["layers"]} == {"darb"}
