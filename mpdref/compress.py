@@ -90,13 +90,11 @@ def _darb_index(name, shape, block_sizes, positions, max_length):
     and its kept weights' offsets (fixed width or Huffman, whichever is smaller)."""
     cols = int(np.prod(shape[1:]))
     table, classes = np.unique(block_sizes, return_inverse=True)
-    counts = darb.blocks_per_row(block_sizes, cols)
-    row_of = np.repeat(np.arange(len(block_sizes)), counts)  # the row of each kept weight
-    block = np.arange(len(positions)) - np.repeat(np.cumsum(counts) - counts, counts)  # its block in the row
-    offsets = positions - row_of * cols - block * block_sizes[row_of]
+    offsets = darb.darb_offsets(block_sizes, positions, cols)
+    widths = np.repeat(darb.offset_bits(block_sizes), darb.blocks_per_row(block_sizes, cols))
     sections = [(f"{name}/block_sizes", _pack(table, bits_per_index(cols + 1))),
                 (f"{name}/size_classes", _pack(classes, bits_per_index(len(table))) if len(table) > 1 else b"")]
-    fixed = _pack_widths(offsets, darb.offset_bits(block_sizes)[row_of])
+    fixed = _pack_widths(offsets, widths)
     lengths, stream = _huffman(offsets, int(table.max()), max_length)
     if len(stream) + len(lengths) / 2 < len(fixed):
         code, offset_sections = "huffman", [(f"{name}/offset_lengths", _pack_lengths(lengths)), (f"{name}/offsets", stream)]
@@ -288,25 +286,25 @@ def _darb_block_sizes(layer, sections, shape) -> np.ndarray:
 def _darb_positions(layer, sections, shape, stored) -> np.ndarray:
     """The flat positions of a darb layer's kept weights, row by row, block by block."""
     name = layer["name"]
-    rows, cols = shape[0], int(np.prod(shape[1:]))
+    cols = int(np.prod(shape[1:]))
     block_sizes = _darb_block_sizes(layer, sections, shape)
     table = np.unique(block_sizes)
     counts = darb.blocks_per_row(block_sizes, cols)
     if int(counts.sum()) != stored:
         raise ValueError(f"the block sizes give {int(counts.sum())} kept weights, where {stored} are stored")
-    row_of = np.repeat(np.arange(rows), counts)
-    block = np.arange(stored) - np.repeat(np.cumsum(counts) - counts, counts)
-    start = block * block_sizes[row_of]
+    sizes_of = np.repeat(block_sizes, counts)  # each kept weight's block size
     if layer["offset_code"] == "huffman":
         lengths = _unpack_lengths(sections[f"{name}/offset_lengths"], int(table.max()), "block offsets")
         offsets = huffman.decode(sections[f"{name}/offsets"], lengths, stored)
     elif layer["offset_code"] == "fixed":
-        offsets = _unpack_widths(sections[f"{name}/offsets"], darb.offset_bits(block_sizes)[row_of])
+        offsets = _unpack_widths(sections[f"{name}/offsets"], darb.offset_bits(sizes_of))
     else:
         raise ValueError(f"unknown offset code {layer['offset_code']!r}")
-    if np.any(start + offsets >= np.minimum(start + block_sizes[row_of], cols)):
+    positions = darb.darb_positions(block_sizes, offsets, cols)
+    row_end = ((positions - offsets) // cols + 1) * cols  # the flat position after its block's row
+    if np.any(offsets >= sizes_of) or np.any(positions >= row_end):
         raise ValueError("an offset runs past the end of its block")
-    return row_of * cols + start + offsets
+    return positions
 
 
 def decompress(path) -> models.Network:

@@ -243,3 +243,31 @@ def row_block_sizes(mask: np.ndarray) -> np.ndarray | None:
             return None
         out[r] = lower
     return out
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def darb_positions(block_sizes: np.ndarray, offsets: np.ndarray, cols: int) -> np.ndarray:
+    """The flat positions (row·C + column) of a regular mask's kept weights, row by row, block by
+    block: the k-th kept weight, in block i of row r, is at column i·b_r + offsets[k]."""
+    block_sizes = np.asarray(block_sizes, np.int64)
+    counts = blocks_per_row(block_sizes, cols)
+    row_of = np.repeat(np.arange(len(block_sizes)), counts)  # the row of each kept weight
+    block = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)  # its block in the row
+    return row_of * cols + block * block_sizes[row_of] + np.asarray(offsets, np.int64)
+
+
+def darb_offsets(block_sizes: np.ndarray, positions: np.ndarray, cols: int) -> np.ndarray:
+    """The inverse of `darb_positions`: each kept weight's offset in its block."""
+    return np.asarray(positions, np.int64) - darb_positions(block_sizes, 0, cols)
+
+
+def darb_matmul(block_sizes: np.ndarray, offsets: np.ndarray, values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """y = W x straight from the stored form: y[r] = Σ_k values[k] · x[column of k] over row r's kept
+    weights. x (C, N) -> y (rows, N)."""
+    cols = x.shape[0]
+    positions = darb_positions(block_sizes, offsets, cols)
+    y = np.zeros((len(block_sizes), x.shape[1]), np.result_type(values, x))
+    np.add.at(y, positions // cols, values[:, None] * x[positions % cols])
+    return y

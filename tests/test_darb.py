@@ -187,3 +187,69 @@ def test_darb_rounds_retrain_under_regular_masks_and_encode_as_darb(mnist_dir, t
         assert sizes is not None
         assert np.all(net.params[name][~net.masks[name]] == 0)
     assert {r["kind"] for r in size_table(tmp_path / "run" / "model.mpdz")["layers"]} == {"darb"}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_decoding_kernels_equal_their_references_and_the_dense_product(dtype, rng):
+    from mpdref.kernels import sparse
+    from mpdref.sparse_index import positions_from_indices, relative_indices
+    from compare import assert_close
+
+    w = rng.standard_normal((37, 53)).astype(dtype)
+    mask, block_sizes = darb.darb_mask(w, 0.1)
+    positions = np.flatnonzero(mask)
+    offsets = darb.darb_offsets(block_sizes, positions, 53)
+    values = w.ravel()[positions]
+    x = rng.standard_normal((53, 5)).astype(dtype)
+    dense = (w * mask) @ x
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+
+    out = np.empty(len(positions), np.int64)
+    sparse.darb_positions(block_sizes, offsets, 53, out)
+    np.testing.assert_array_equal(out, darb.darb_positions(block_sizes, offsets, 53))
+    np.testing.assert_array_equal(out, positions)
+    y = np.zeros((37, 5), dtype)
+    sparse.darb_matmul(block_sizes, offsets, values, 53, x, y)
+    assert_close(y, darb.darb_matmul(block_sizes, offsets, values, x), rtol=tol, atol=tol, name="darb kernel")
+    assert_close(y, dense, rtol=tol, atol=tol, name="darb against dense")
+
+    symbols, fillers = relative_indices(positions, 3)
+    stored = np.zeros(len(symbols), dtype)
+    stored[~fillers] = values
+    out = np.empty(len(symbols), np.int64)
+    sparse.relative_positions(symbols, out)
+    np.testing.assert_array_equal(out, positions_from_indices(symbols, w.size))
+    y = np.zeros((37, 5), dtype)
+    sparse.relative_matmul(symbols, stored, 53, x, y)
+    assert_close(y, dense, rtol=tol, atol=tol, name="relative indices against dense")
+
+    tiled = darb.block_prune_mask(w, 0.3, tile=4)
+    starts = [(r, c) for r in range(0, 37, 4) for c in range(0, 53, 4) if tiled[r, c]]
+    tiles = np.zeros((len(starts), 4, 4), dtype)
+    for t, (r, c) in enumerate(starts):
+        block = w[r : r + 4, c : c + 4]
+        tiles[t, : block.shape[0], : block.shape[1]] = block
+    y = np.zeros((37, 5), dtype)
+    sparse.tile_matmul(np.array([r // 4 for r, _ in starts]), np.array([c // 4 for _, c in starts]), tiles, x, y)
+    assert_close(y, (w * tiled) @ x, rtol=tol, atol=tol, name="tiles against dense")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda layer, sections: layer.update(block_sizes=0), "0 block sizes for rows of 800"),
+    (lambda layer, sections: layer.update(offset_code="gamma"), "unknown offset code 'gamma'"),
+    (lambda layer, sections: layer.update(stored=layer["stored"] + 1), "the block sizes give 27976 kept weights, where 27977"),
+    (lambda layer, sections: sections.update({"fc1.weight/offsets": b"\xff" * len(sections["fc1.weight/offsets"])}),
+     "offset|Huffman|code"),
+])
+def test_a_darb_layer_that_does_not_add_up_is_refused_naming_it(damage, message, tmp_path):
+    """Damage past the checksum (a well-formed file that says impossible things) is a FormatError."""
+    from mpdref.io.mpdz import read_mpdz, write_mpdz
+
+    compress(_darb_network(), tmp_path / "m.mpdz")
+    header, sections, _ = read_mpdz(tmp_path / "m.mpdz")
+    layer = next(layer for layer in header["layers"] if layer["name"] == "fc1.weight")
+    damage(layer, sections)
+    header.pop("sections")
+    write_mpdz(tmp_path / "bad.mpdz", header, list(sections.items()), version=3)
+    with pytest.raises(FormatError, match=f"bad.mpdz: layer fc1.weight: .*({message})"):
+        decompress(tmp_path / "bad.mpdz")
