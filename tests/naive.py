@@ -420,3 +420,36 @@ def smallest_regular_block_sizes(mask):
             return None
         out.append(fits[0])
     return np.array(out, np.int64)
+
+
+# ----------------------------------------------------------------------------- ADMM (mpdref.admm)
+
+
+def sparse_projection(w, count, allowed):
+    """The oracle of mpdref.admm.project_sparse: among the allowed positions, repeatedly keep the
+    largest magnitude not yet kept (the first position on ties), `count` times."""
+    flat, ok = w.ravel(), allowed.ravel()
+    kept = np.zeros(w.size, bool)
+    for _ in range(count):
+        best = None
+        for i in range(w.size):
+            if ok[i] and not kept[i] and (best is None or abs(flat[i]) > abs(flat[best])):
+                best = i
+        kept[best] = True
+    return np.where(kept, flat, 0).reshape(w.shape)
+
+
+def quantization_error(values, magnitudes):
+    """The oracle of mpdref.admm.best_scale's optimum: the least Σ (v − s·q)² over every assignment of a
+    signed level q ∈ ±magnitudes to every value (each with its best s > 0 in closed form,
+    s = Σ q·v / Σ q²), trying all of them."""
+    values = np.asarray(values, np.float64).ravel()
+    signed = sorted({float(m) for m in magnitudes} | {-float(m) for m in magnitudes})
+    best = float(np.sum(values**2))  # every level 0 (or s → 0)
+    for q in itertools.product(signed, repeat=len(values)):
+        q = np.array(q)
+        if np.sum(q**2) == 0:
+            continue
+        s = max(float(q @ values) / float(q @ q), 0.0)
+        best = min(best, float(np.sum((values - s * q) ** 2)))
+    return best
