@@ -5,8 +5,9 @@ indices and block pruning's tiles, in one run.
 
 For the fc1 weight of LeNet-300-100 (kept 7.4%, configs/darb-lenet-300-100.toml) and of
 LeNet-5 (kept 7%, configs/darb-lenet-5.toml): the weight of a trained model file when one
-is given (its own mask is ignored), else a freshly initialized network's, masked four ways
-at the same kept fraction: DARB (its own mask), magnitude pruning (CSR with int32 column
+is given, else a freshly initialized network's, masked four ways at the same kept fraction
+(a model file's own mask is not used, but its pruned weights are zero: from a DARB model,
+DARB finds its own mask again, and the other masks are drawn from its kept weights): DARB (its own mask), magnitude pruning (CSR with int32 column
 indices, and relative indices with fillers at the bits that make them smallest, as
 `mpdref compress` chooses), and block pruning (4 × 4 tiles). For each: the positions decoded
 per second, and the time of y = W x at batch 1 and 64 (x of shape (cols, N); the best of

@@ -32,7 +32,10 @@ import math
 
 import numpy as np
 
-LEVELS = ("binary", "ternary")  # or an integer b >= 2: {±1, ..., ±2^(b-1)}
+LEVELS = ("binary", "ternary")  # or an integer b in [2, MAX_BITS]: {±1, ..., ±2^(b-1)}
+# best_scale's exact sweep holds n · 2^(b-1) crossings (about 88 bytes each): b = 8 on a 400,000-weight
+# layer takes 4.5 GB. Beyond 8 bits a codebook (mpdref.quantize) is the tool.
+MAX_BITS = 8
 
 
 # ----------------------------------------------------------------------------- projections
@@ -63,9 +66,9 @@ def level_magnitudes(levels) -> np.ndarray:
         return np.array([1.0])
     if levels == "ternary":
         return np.array([0.0, 1.0])
-    if isinstance(levels, (int, np.integer)) and not isinstance(levels, bool) and 2 <= levels <= 16:
+    if isinstance(levels, (int, np.integer)) and not isinstance(levels, bool) and 2 <= levels <= MAX_BITS:
         return np.arange(1, 2 ** (int(levels) - 1) + 1, dtype=np.float64)
-    raise ValueError(f"levels must be 'binary', 'ternary' or an integer b in [2, 16], not {levels!r}")
+    raise ValueError(f"levels must be 'binary', 'ternary' or an integer b in [2, {MAX_BITS}], not {levels!r}")
 
 
 def round_to_levels(values: np.ndarray, magnitudes: np.ndarray) -> np.ndarray:
@@ -81,6 +84,8 @@ def best_scale(values: np.ndarray, magnitudes: np.ndarray) -> float:
     """The s > 0 that minimizes E(s) = Σ min_q (v − s·q)² over q ∈ ±magnitudes (see the module
     docstring): every interval between crossings, its quadratic's minimum clamped to it."""
     a = np.abs(np.asarray(values, np.float64)).ravel()
+    if not np.all(np.isfinite(a)):
+        raise ValueError("cannot quantize NaN or infinite weights")
     if a.size == 0 or not np.any(a > 0):
         return 1.0  # every weight is 0 (or there are none): any scale projects to the same point
     top = magnitudes[-1]

@@ -307,32 +307,49 @@ def _darb_positions(layer, sections, shape, stored) -> np.ndarray:
     return positions
 
 
-def decompress(path) -> models.Network:
-    """The network stored in an .mpdz file (float32), its masks included; FormatError names the file and layer."""
-    header, sections, _ = read_mpdz(path)
+def _read_checked(path) -> tuple[dict, dict, dict, dict]:
+    """(header, sections, layout, the network's parameter shapes) of an .mpdz file whose header names a
+    known network and exactly its weights, each with the weight's shape: checked before any section is
+    decoded, so that no size read from a header reaches an allocation. FormatError otherwise."""
+    header, sections, layout = read_mpdz(path)
     if header.get("format") != FORMAT:
         raise FormatError(f"{path}: not a compressed mpdref model (format {header.get('format')!r})")
     try:
-        net = models.build(str(header["network"]), np.float32)
+        shapes = models.parameter_shapes(str(header["network"]))
     except (KeyError, ValueError) as e:
         raise FormatError(f"{path}: unknown network ({e})") from None
-    expected = set(net.weight_names())
-    names = [layer.get("name") for layer in header.get("layers", [])]
-    if set(names) != expected or len(names) != len(expected):
-        raise FormatError(f"{path}: its layers {names} are not those of {net.name}")
+    expected = [n for n in shapes if n.endswith(".weight")]
+    layers = header.get("layers")
+    names = [layer.get("name") if isinstance(layer, dict) else None for layer in layers or []]
+    if not isinstance(layers, list) or sorted(map(str, names)) != sorted(expected) or len(names) != len(expected):
+        raise FormatError(f"{path}: its layers {names} are not those of {header['network']}")
+    for layer in layers:
+        if layer.get("shape") != list(shapes[layer["name"]]):
+            raise FormatError(f"{path}: layer {layer['name']}: shape {layer.get('shape')}, the network needs "
+                              f"{list(shapes[layer['name']])}")
+    return header, sections, layout, shapes
+
+
+# A well-formed file (its checksum right) whose header or sections do not add up: what decoding a
+# layer may raise, each turned into a FormatError naming the file and the layer.
+_DECODING_ERRORS = (KeyError, ValueError, TypeError, OverflowError, huffman.CodecError)
+
+
+def decompress(path) -> models.Network:
+    """The network stored in an .mpdz file (float32), its masks included; FormatError names the file and layer."""
+    header, sections, _, _ = _read_checked(path)
+    net = models.build(str(header["network"]), np.float32)
     for layer in header["layers"]:
         name = layer["name"]
         try:
-            w, mask = _decode_weight(layer, sections)
-            if w.shape != net.params[name].shape:
-                raise ValueError(f"shape {w.shape}, the network needs {net.params[name].shape}")
+            w, mask = _decode_weight(layer, sections)  # of the network's shape (_read_checked)
             bias = np.frombuffer(sections[f"{name}/bias"], "<f4").astype(np.float32)
             bias_name = name[: -len(".weight")] + ".bias"
             if bias.shape != net.params[bias_name].shape:
                 raise ValueError(f"bias of {bias.size} values, the network needs {net.params[bias_name].size}")
         except KeyError as e:
             raise FormatError(f"{path}: layer {name}: section {e} is missing") from None
-        except (ValueError, TypeError, huffman.CodecError) as e:
+        except _DECODING_ERRORS as e:
             raise FormatError(f"{path}: layer {name}: {e}") from None
         net.params[name] = w
         net.params[bias_name] = bias
@@ -349,32 +366,40 @@ def _mean_offset_bits(layer, sections) -> float:
     return round(float(np.sum(counts * darb.offset_bits(block_sizes)) / counts.sum()), 2)
 
 
+def _size_row(layer, sections) -> dict:
+    """One layer's row of the size table, from the sizes of its sections."""
+    name = layer["name"]
+    own = {k.split("/", 1)[1]: len(v) * 8 for k, v in sections.items() if k.startswith(name + "/")}
+    size = int(np.prod(layer["shape"]))
+    stored = max(int(layer["stored"]), 1)
+    n_codebook = int(layer["codebook"])
+    index_bits = sum(own.get(part, 0) for part in ("indices", "index_lengths", "fillers", "row_perm", "col_perm",
+                                                     "row_bounds", "col_bounds", "block_sizes", "size_classes",
+                                                     "offsets", "offset_lengths"))
+    return {
+        "layer": name, "kind": layer["kind"], "weights": size, "kept": int(layer["kept"]) / size,
+        "stored": int(layer["stored"]),
+        "weight_bits_fixed": 32 if n_codebook == 0 else bits_per_index(n_codebook + (layer["kind"] == "sparse")),
+        "weight_bits": own.get("weights", own.get("values", 0)) / stored,
+        "index_bits_fixed": layer.get("index_bits", 0) if layer["kind"] != "darb" else _mean_offset_bits(layer, sections),
+        "index_bits": (own.get("indices", 0) + own.get("offsets", 0)) / stored,
+        "codebook_bits": own.get("codebook", 0) + own.get("weight_lengths", 0),
+        "structure_bits": index_bits,
+        "bias_bits": own.get("bias", 0),
+        "total_bits": sum(own.values()),
+        "dense_bits": 32 * (size + own.get("bias", 0) // 32),
+    }
+
+
 def size_table(path) -> dict:
     """The paper's table for an .mpdz file, from its section sizes: per layer and in total."""
-    header, sections, layout = read_mpdz(path)
+    header, sections, layout, _ = _read_checked(path)
     rows = []
     for layer in header["layers"]:
-        name = layer["name"]
-        own = {k.split("/", 1)[1]: len(v) * 8 for k, v in sections.items() if k.startswith(name + "/")}
-        size = int(np.prod(layer["shape"]))
-        stored = max(int(layer["stored"]), 1)
-        n_codebook = int(layer["codebook"])
-        index_bits = sum(own.get(part, 0) for part in ("indices", "index_lengths", "fillers", "row_perm", "col_perm",
-                                                         "row_bounds", "col_bounds", "block_sizes", "size_classes",
-                                                         "offsets", "offset_lengths"))
-        rows.append({
-            "layer": name, "kind": layer["kind"], "weights": size, "kept": int(layer["kept"]) / size,
-            "stored": int(layer["stored"]),
-            "weight_bits_fixed": 32 if n_codebook == 0 else bits_per_index(n_codebook + (layer["kind"] == "sparse")),
-            "weight_bits": own.get("weights", own.get("values", 0)) / stored,
-            "index_bits_fixed": layer.get("index_bits", 0) if layer["kind"] != "darb" else _mean_offset_bits(layer, sections),
-            "index_bits": (own.get("indices", 0) + own.get("offsets", 0)) / stored,
-            "codebook_bits": own.get("codebook", 0) + own.get("weight_lengths", 0),
-            "structure_bits": index_bits,
-            "bias_bits": own.get("bias", 0),
-            "total_bits": sum(own.values()),
-            "dense_bits": 32 * (size + own.get("bias", 0) // 32),
-        })
+        try:
+            rows.append(_size_row(layer, sections))
+        except _DECODING_ERRORS as e:
+            raise FormatError(f"{path}: layer {layer['name']}: {e}") from None
     total = sum(r["total_bits"] for r in rows)
     dense = sum(r["dense_bits"] for r in rows)
     overhead = 8 * (layout["prefix"] + layout["header"] + layout["digest"])

@@ -33,8 +33,8 @@ has it can check each choice against it):
 - Block pruning: the row view cut into tile × tile squares (smaller at the edges), squares
   kept whole by their L2 norm, largest first (ties: row-major order), until the kept weights
   reach round(keep · size).
-- Storage: a row's block size (⌈log2 C⌉ bits, or its class among the allowed sizes) and per
-  kept weight its offset, ⌈log2 b_r⌉ bits (0 bits when b_r = 1).
+- Storage (`mpdref.compress`): the table of the layer's distinct block sizes, each row's class
+  in it, and per kept weight its offset, ⌈log2 b_r⌉ bits (0 bits when b_r = 1) or Huffman-coded.
 """
 from __future__ import annotations
 
@@ -180,17 +180,6 @@ def block_prune_mask(w: np.ndarray, keep: float, tile: int = 4) -> np.ndarray:
 def offset_bits(block_sizes: np.ndarray) -> np.ndarray:
     """⌈log2 b_r⌉: the bits of one offset in a block of row r (0 when the block is one column)."""
     return np.ceil(np.log2(np.asarray(block_sizes, np.float64))).astype(np.int64)
-
-
-def index_storage_bits(block_sizes: np.ndarray, cols: int, sizes: str = "any") -> dict:
-    """The fixed-length index of a DARB (or BMWM) layer: every row's block size, and every kept
-    weight's offset in its block. {"block_sizes": bits, "offsets": bits, "kept": weights}."""
-    block_sizes = np.asarray(block_sizes, np.int64)
-    counts = blocks_per_row(block_sizes, cols)
-    classes = len(np.unique(block_sizes)) if sizes == "pow2" else cols
-    size_bits = math.ceil(math.log2(classes)) if classes > 1 else 0
-    return {"block_sizes": len(block_sizes) * size_bits, "offsets": int(np.sum(counts * offset_bits(block_sizes))),
-            "kept": int(counts.sum())}
 
 
 METHODS = ("darb", "bmwm", "block")

@@ -33,31 +33,36 @@ def op_set(backend: str) -> ModuleType:
     if backend == "reference":
         return ops
     if backend == "fast":
-        from mpdref.kernels import fast_ops
+        from mpdref.kernels import fast_ops  # numba compiles its kernels on first use, not here
 
         return fast_ops
     raise ValueError(f"unknown op backend {backend!r}; choose one of {', '.join(OP_BACKENDS)}")
 
 
 # ----------------------------------------------------------------------------- layers
-# A layer holds its hyper-parameters, its parameter names and its op set; the math is in
-# `ops`. The interface: forward(params, x, train, rng) -> (y, cache) and
+# A layer holds its hyper-parameters, its parameter names and the name of its op set; the
+# math is in `ops`. The interface: forward(params, x, train, rng) -> (y, cache) and
 # backward(dout, cache, need_dx) -> (dx, {parameter name: gradient}); a layer with
 # parameters also has parameter_shapes().
 
 
+@dataclass(frozen=True)
+class Layer:
+    """What every layer shares: `backend`, the name of the op set it computes with (the reference
+    until a network gives its own; a name, so that layers and networks copy and compare as data)."""
 
-def op_set_field():
-    """A layer's `ops` field: the reference set until a network gives its own (not compared, not shown)."""
-    return field(default=ops, compare=False, repr=False)
+    backend: str = field(default="reference", kw_only=True, compare=False, repr=False)
+
+    @property
+    def ops(self) -> ModuleType:
+        return op_set(self.backend)
 
 
 @dataclass(frozen=True)
-class Dense:
+class Dense(Layer):
     name: str
     in_features: int
     out_features: int
-    ops: ModuleType = op_set_field()
 
     def parameter_shapes(self):
         return {f"{self.name}.weight": (self.out_features, self.in_features),
@@ -75,14 +80,13 @@ class Dense:
 
 
 @dataclass(frozen=True)
-class Conv2d:
+class Conv2d(Layer):
     name: str
     in_channels: int
     out_channels: int
     kernel: int
     stride: int = 1
     padding: int = 0
-    ops: ModuleType = op_set_field()
 
     def parameter_shapes(self):
         return {f"{self.name}.weight": (self.out_channels, self.in_channels, self.kernel, self.kernel),
@@ -101,9 +105,8 @@ class Conv2d:
 
 
 @dataclass(frozen=True)
-class MaxPool2d:
+class MaxPool2d(Layer):
     kernel: int = 2
-    ops: ModuleType = op_set_field()
 
     def forward(self, params, x, train, rng):
         return self.ops.max_pool2d_forward(x, self.kernel, self.kernel)
@@ -113,8 +116,7 @@ class MaxPool2d:
 
 
 @dataclass(frozen=True)
-class ReLU:
-    ops: ModuleType = op_set_field()
+class ReLU(Layer):
 
     def forward(self, params, x, train, rng):
         return self.ops.relu_forward(x)
@@ -124,9 +126,8 @@ class ReLU:
 
 
 @dataclass(frozen=True)
-class Dropout:
+class Dropout(Layer):
     p: float = 0.5
-    ops: ModuleType = op_set_field()
 
     def forward(self, params, x, train, rng):
         if not train or self.p == 0.0:
@@ -138,8 +139,7 @@ class Dropout:
 
 
 @dataclass(frozen=True)
-class Flatten:
-    ops: ModuleType = op_set_field()
+class Flatten(Layer):
 
     def forward(self, params, x, train, rng):
         return self.ops.flatten_forward(x)
@@ -176,8 +176,8 @@ INPUT_SHAPE = (1, 28, 28)
 def _layers(name: str, backend: str = "reference"):
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown network {name!r}; choose one of {', '.join(ARCHITECTURES)}")
-    chosen = op_set(backend)
-    return [dataclasses.replace(layer, ops=chosen) for layer in ARCHITECTURES[name]()]
+    op_set(backend)  # an unknown name fails here
+    return [dataclasses.replace(layer, backend=backend) for layer in ARCHITECTURES[name]()]
 
 
 def parameter_shapes(name: str) -> dict[str, tuple[int, ...]]:

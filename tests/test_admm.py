@@ -59,9 +59,11 @@ def test_the_exact_scale_beats_admm_nn_s_scan(rng):
 
 
 def test_bad_levels_are_refused():
-    for levels in ("quaternary", 1, 17, True, 2.0):
-        with pytest.raises(ValueError, match="levels must be 'binary', 'ternary' or an integer b in \\[2, 16\\]"):
+    for levels in ("quaternary", 1, 9, True, 2.0):
+        with pytest.raises(ValueError, match="levels must be 'binary', 'ternary' or an integer b in \\[2, 8\\]"):
             admm.level_magnitudes(levels)
+    with pytest.raises(ValueError, match="cannot quantize NaN or infinite weights"):
+        admm.project_quantized(np.array([1.0, np.nan]), "binary")
 
 
 def test_the_penalty_gradient_by_finite_differences(rng):

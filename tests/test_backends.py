@@ -73,3 +73,17 @@ def test_use_backend_switches_a_loaded_network(tmp_path, rng):
     _same(loaded.forward(x), fast_logits, "logits")
     with pytest.raises(ValueError, match="unknown op backend 'numpy'"):
         loaded.use_backend("numpy")
+
+
+def test_networks_and_block_forms_copy_as_data(rng):
+    """Layers name their op set instead of holding it: a network deep-copies (benchmarks copy one
+    base network per contender) and the copy computes the same bits."""
+    import copy
+
+    net = models.build("lenet-5", seed=3)
+    apply_mpd_masks(net, {"conv2.weight": 4, "fc1.weight": 5}, np.random.default_rng(0), rescale=False)
+    x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
+    for original in (net, to_block_diagonal(net)):
+        twin = copy.deepcopy(original)
+        assert [layer.backend for layer in twin.layers] == [layer.backend for layer in original.layers]
+        _same(twin.forward(x), original.forward(x), "logits of the copy")

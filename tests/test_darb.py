@@ -253,3 +253,23 @@ def test_a_darb_layer_that_does_not_add_up_is_refused_naming_it(damage, message,
     write_mpdz(tmp_path / "bad.mpdz", header, list(sections.items()), version=3)
     with pytest.raises(FormatError, match=f"bad.mpdz: layer fc1.weight: .*({message})"):
         decompress(tmp_path / "bad.mpdz")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("shape", [], "layer fc1.weight: shape \\[\\], the network needs \\[500, 800\\]"),
+    ("shape", [2**50, 1], "layer fc1.weight: shape \\[1125899906842624, 1\\], the network needs"),
+    ("block_sizes", float("inf"), "layer fc1.weight: cannot convert float infinity"),
+])
+def test_header_sizes_are_checked_before_anything_is_decoded(field, value, message, tmp_path):
+    """A re-signed file whose header claims impossible sizes: decompress and size_table both refuse it
+    with a FormatError (never an IndexError, OverflowError or an allocation of the claimed size)."""
+    from mpdref.io.mpdz import read_mpdz, write_mpdz
+
+    compress(_darb_network(), tmp_path / "m.mpdz")
+    header, sections, _ = read_mpdz(tmp_path / "m.mpdz")
+    next(layer for layer in header["layers"] if layer["name"] == "fc1.weight")[field] = value
+    header.pop("sections")
+    write_mpdz(tmp_path / "bad.mpdz", header, list(sections.items()), version=3)
+    for reader in (decompress, size_table):
+        with pytest.raises(FormatError, match=message):
+            reader(tmp_path / "bad.mpdz")

@@ -12,9 +12,7 @@ with `mpdref.train.fit`, through the same loop as a Network.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from types import ModuleType
-
+from dataclasses import dataclass, field
 import numpy as np
 
 from mpdref import models
@@ -22,7 +20,7 @@ from mpdref.mpd.masks import MPDMask, weight_structure
 
 
 @dataclass(frozen=True, eq=False)
-class BlockLayer:
+class BlockLayer(models.Layer):
     """A dense or conv layer as k dense blocks, whose arrays live in BlockNetwork.params.
 
     Bias: ``{name}.bias`` (rows,) in block order. gather[j]: the position in the previous
@@ -33,10 +31,9 @@ class BlockLayer:
 
     name: str
     k: int
-    gather: np.ndarray  # int64 (cols,), a permutation of the previous activation's positions
+    gather: np.ndarray = field(repr=False)  # int64 (cols,), a permutation of the previous activation's positions
     row_sizes: tuple
     col_sizes: tuple
-    ops: ModuleType = models.op_set_field()
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,7 +230,7 @@ def to_block_diagonal(net) -> BlockNetwork:
             position[origin] = np.arange(len(origin))
             common = dict(name=layer.name, k=s.k, gather=position[s.col_perm],
                           row_sizes=tuple(np.diff(s.row_bounds).tolist()),
-                          col_sizes=tuple(np.diff(s.col_bounds).tolist()), ops=layer.ops)
+                          col_sizes=tuple(np.diff(s.col_bounds).tolist()), backend=layer.backend)
             if isinstance(layer, models.Dense):
                 layers.append(BlockDense(**common))
             else:

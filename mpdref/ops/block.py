@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mpdref.ops._checks import common_float_dtype
+
 
 def block_diagonal_matmul(blocks: list[np.ndarray], x: np.ndarray) -> np.ndarray:
     """y = x · blockdiag(B_1, ..., B_k)ᵀ.
@@ -74,6 +76,7 @@ def block_dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, padded_gath
         xs[b] = gathered columns of block b (N, C);   ys[b] = xs[b] · w[b]ᵀ (N, R);   y = ys's valid rows + b
 
     `gather_blocks`, `rows_from_blocks`: the data movement (this module's, or compiled equals)."""
+    common_float_dtype("block_dense_forward", x=x, w=w, b=b)
     k, r_max, c_max = w.shape
     if x.ndim != 2 or padded_gather.shape != (k * c_max,) or b.shape != valid_rows.shape:
         raise ValueError(f"block_dense_forward: shapes do not fit: x {x.shape}, w {w.shape}, b {b.shape}, "

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from mpdref.darb import METHODS, SIZES, offset_bits, regular_prune
+from mpdref.darb import METHODS, SIZES, blocks_per_row, offset_bits, regular_prune
 from mpdref.prune import weights_kept
 from mpdref.runner.options import Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
@@ -50,7 +50,7 @@ class DARBStage(Stage):
             report[name] = {"kept": layer["kept"]}
             if layer["block_sizes"] is not None:
                 sizes = layer["block_sizes"]
-                per_row = -(-net.params[name][0].size // sizes)  # kept weights per row
+                per_row = blocks_per_row(sizes, net.params[name][0].size)  # kept weights per row
                 report[name].update(block_sizes={"min": int(sizes.min()), "max": int(sizes.max())},
                                     offset_bits=float(np.sum(per_row * offset_bits(sizes)) / per_row.sum()))
         print(f"darb ({settings['method']}): " + ", ".join(f"{n} {r['kept']:.1%}" for n, r in report.items())
