@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-code-length", type=int, default=11, metavar="BITS",
                    help="longest Huffman codeword (default 11: one 2048-entry decoding table)")
     p.add_argument("--index-bits", type=int, default=None, metavar="B",
-                   help="bits per relative index (1-8; default: the smallest file per weight)")
+                   help="bits per relative index (1-8; forces relative indices over DARB offsets; "
+                        "default: the smallest file per weight)")
 
     p = _add_command(sub, "decompress", cmd_decompress)
     p.add_argument("mpdz_file", metavar="MODEL.mpdz")
@@ -344,7 +345,8 @@ def cmd_compress(args) -> int:
     Deep Compression's storage: per weight, its distinct values as a float32 codebook with
     Huffman-coded indices (raw float32 when that is smaller), and the positions of the kept
     weights as Huffman-coded relative indices, or, for MPD masks, the permutations and block
-    boundaries. The table's bits are the bytes of the file.
+    boundaries, or, for block-max regular (DARB) masks, block sizes and offsets where that is
+    smaller. The table's bits are the bytes of the file.
     """
     from mpdref import models
     from mpdref.compress import compress, format_size_table

@@ -288,13 +288,12 @@ def _darb_positions(layer, sections, shape, stored) -> np.ndarray:
     name = layer["name"]
     cols = int(np.prod(shape[1:]))
     block_sizes = _darb_block_sizes(layer, sections, shape)
-    table = np.unique(block_sizes)
     counts = darb.blocks_per_row(block_sizes, cols)
     if int(counts.sum()) != stored:
         raise ValueError(f"the block sizes give {int(counts.sum())} kept weights, where {stored} are stored")
     sizes_of = np.repeat(block_sizes, counts)  # each kept weight's block size
     if layer["offset_code"] == "huffman":
-        lengths = _unpack_lengths(sections[f"{name}/offset_lengths"], int(table.max()), "block offsets")
+        lengths = _unpack_lengths(sections[f"{name}/offset_lengths"], int(block_sizes.max()), "block offsets")
         offsets = huffman.decode(sections[f"{name}/offsets"], lengths, stored)
     elif layer["offset_code"] == "fixed":
         offsets = _unpack_widths(sections[f"{name}/offsets"], darb.offset_bits(sizes_of))
@@ -361,9 +360,7 @@ def decompress(path) -> models.Network:
 def _mean_offset_bits(layer, sections) -> float:
     """A darb layer's fixed-width offset bits per kept weight (before Huffman)."""
     shape = tuple(layer["shape"])
-    block_sizes = _darb_block_sizes(layer, sections, shape)
-    counts = darb.blocks_per_row(block_sizes, int(np.prod(shape[1:])))
-    return round(float(np.sum(counts * darb.offset_bits(block_sizes)) / counts.sum()), 2)
+    return round(darb.mean_offset_bits(_darb_block_sizes(layer, sections, shape), int(np.prod(shape[1:]))), 2)
 
 
 def _size_row(layer, sections) -> dict:

@@ -182,6 +182,13 @@ def offset_bits(block_sizes: np.ndarray) -> np.ndarray:
     return np.ceil(np.log2(np.asarray(block_sizes, np.float64))).astype(np.int64)
 
 
+def mean_offset_bits(block_sizes: np.ndarray, cols: int) -> float:
+    """The fixed-width offset bits per kept weight of a layer with these block sizes (before Huffman):
+    Σ_r ⌈C / b_r⌉ · ⌈log2 b_r⌉ / Σ_r ⌈C / b_r⌉."""
+    counts = blocks_per_row(block_sizes, cols)
+    return float(np.sum(counts * offset_bits(block_sizes)) / counts.sum())
+
+
 METHODS = ("darb", "bmwm", "block")
 
 

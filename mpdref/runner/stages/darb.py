@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
-from mpdref.darb import METHODS, SIZES, blocks_per_row, offset_bits, regular_prune
+from mpdref.darb import METHODS, SIZES, mean_offset_bits, regular_prune
 from mpdref.prune import weights_kept
 from mpdref.runner.options import Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
@@ -50,9 +48,8 @@ class DARBStage(Stage):
             report[name] = {"kept": layer["kept"]}
             if layer["block_sizes"] is not None:
                 sizes = layer["block_sizes"]
-                per_row = blocks_per_row(sizes, net.params[name][0].size)  # kept weights per row
                 report[name].update(block_sizes={"min": int(sizes.min()), "max": int(sizes.max())},
-                                    offset_bits=float(np.sum(per_row * offset_bits(sizes)) / per_row.sum()))
+                                    offset_bits=mean_offset_bits(sizes, net.params[name][0].size))
         print(f"darb ({settings['method']}): " + ", ".join(f"{n} {r['kept']:.1%}" for n, r in report.items())
               + f"; all weights {fraction:.2%} kept ({1 / fraction:.1f}x fewer)", file=sys.stderr)
         return {"method": settings["method"], "layers": report, "weights_kept": fraction, **ctx.errors()}
