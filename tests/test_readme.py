@@ -25,7 +25,7 @@ README = ROOT / "README.md"
 BENCHMARKS_README = ROOT / "benchmarks" / "README.md"
 AUDIT_HEADING = "Auditing another framework"
 LAYOUT_HEADING = "Layout"
-TEST_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -e '.[test,cuda]' && .venv/bin/python -m pytest -q"
+TEST_COMMAND = "python3 -m venv .venv && .venv/bin/pip install -e '.[test,cuda,interop,sweep]' && .venv/bin/python -m pytest -q"
 
 
 def _code_blocks(text: str) -> list[tuple[int, str, str]]:
