@@ -208,10 +208,19 @@ def test_decoding_kernels_equal_their_references_and_the_dense_product(dtype, rn
     sparse.darb_positions(block_sizes, offsets, 53, out)
     np.testing.assert_array_equal(out, darb.darb_positions(block_sizes, offsets, 53))
     np.testing.assert_array_equal(out, positions)
-    y = np.zeros((37, 5), dtype)
-    sparse.darb_matmul(block_sizes, offsets, values, 53, x, y)
-    assert_close(y, darb.darb_matmul(block_sizes, offsets, values, x), rtol=tol, atol=tol, name="darb kernel")
-    assert_close(y, dense, rtol=tol, atol=tol, name="darb against dense")
+    for n in (5, 1):  # a batch, and the matrix-vector product's own loop
+        y = np.zeros((37, n), dtype)
+        sparse.darb_matmul(block_sizes, offsets, values, 53, x[:, :n].copy(), y)
+        assert_close(y, darb.darb_matmul(block_sizes, offsets, values, x[:, :n]), rtol=tol, atol=tol,
+                     name=f"darb kernel, batch {n}")
+        assert_close(y, dense[:, :n], rtol=tol, atol=tol, name=f"darb against dense, batch {n}")
+    # denser rows: every row with several groups of four blocks and a remainder
+    mask2, sizes2 = darb.darb_mask(w, 0.6)
+    positions2 = np.flatnonzero(mask2)
+    offsets2, values2 = darb.darb_offsets(sizes2, positions2, 53), w.ravel()[positions2]
+    y = np.zeros((37, 1), dtype)
+    sparse.darb_matmul(sizes2, offsets2, values2, 53, x[:, :1].copy(), y)
+    assert_close(y, (w * mask2) @ x[:, :1], rtol=tol, atol=tol, name="darb kernel, batch 1, keep 0.6")
 
     symbols, fillers = relative_indices(positions, 3)
     stored = np.zeros(len(symbols), dtype)
@@ -219,9 +228,10 @@ def test_decoding_kernels_equal_their_references_and_the_dense_product(dtype, rn
     out = np.empty(len(symbols), np.int64)
     sparse.relative_positions(symbols, out)
     np.testing.assert_array_equal(out, positions_from_indices(symbols, w.size))
-    y = np.zeros((37, 5), dtype)
-    sparse.relative_matmul(symbols, stored, 53, x, y)
-    assert_close(y, dense, rtol=tol, atol=tol, name="relative indices against dense")
+    for n in (5, 1):
+        y = np.zeros((37, n), dtype)
+        sparse.relative_matmul(symbols, stored, 53, x[:, :n].copy(), y)
+        assert_close(y, dense[:, :n], rtol=tol, atol=tol, name=f"relative indices against dense, batch {n}")
 
     tiled = darb.block_prune_mask(w, 0.3, tile=4)
     starts = [(r, c) for r in range(0, 37, 4) for c in range(0, 53, 4) if tiled[r, c]]

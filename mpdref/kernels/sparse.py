@@ -16,6 +16,7 @@ running sum of gaps, split into row and column by a division per weight.
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 from mpdref.kernels.config import SERIAL
 
@@ -33,24 +34,38 @@ def darb_positions(block_sizes, offsets, cols, out):
 
 @numba.njit(**SERIAL)
 def darb_matmul(block_sizes, offsets, values, cols, x, y):
-    """y (rows, N) = W x, W stored as DARB block sizes, offsets and values; y starts at 0."""
+    """y (rows, N) = W x, W stored as DARB block sizes, offsets and values; y starts at 0.
+
+    The indices are unsigned (np.uint64): Numba skips the negative-index wraparound test on
+    them, which at batch 1 costs as much as the multiply-add itself. At batch 1, two sums
+    (even and odd blocks) halve the chain of dependent additions; they are added at the end,
+    so the result differs from a single running sum's by rounding only."""
     n = x.shape[1]
-    k = 0
+    end = np.uint64(cols)
+    one = np.uint64(1)
+    k = np.uint64(0)
     for r in range(len(block_sizes)):
-        b = block_sizes[r]
-        if n == 1:  # a matrix-vector product: one running sum per row
-            acc = y[r, 0]
-            for start in range(0, cols, b):
-                acc += values[k] * x[start + offsets[k], 0]
-                k += 1
-            y[r, 0] = acc
+        b = np.uint64(block_sizes[r])
+        start = np.uint64(0)
+        if n == 1:  # a matrix-vector product: two running sums per row, even and odd blocks
+            even = odd = values[0] * 0
+            while start + b < end:
+                even += values[k] * x[start + offsets[k], 0]
+                odd += values[k + one] * x[start + b + offsets[k + one], 0]
+                k += one + one
+                start += b + b
+            if start < end:
+                even += values[k] * x[start + offsets[k], 0]
+                k += one
+            y[r, 0] += even + odd
             continue
-        for start in range(0, cols, b):
+        while start < end:
             v = values[k]
             src = start + offsets[k]
             for j in range(n):
                 y[r, j] += v * x[src, j]
-            k += 1
+            k += one
+            start += b
 
 
 @numba.njit(**SERIAL)
@@ -64,21 +79,31 @@ def relative_positions(symbols, out):
 
 @numba.njit(**SERIAL)
 def relative_matmul(symbols, values, cols, x, y):
-    """y (rows, N) = W x, W stored as relative indices and values (fillers carry 0); y starts at 0."""
+    """y (rows, N) = W x, W stored as relative indices and values (fillers carry 0); y starts at 0.
+
+    The column is carried from entry to entry (a gap moves it right, wrapping into the next
+    rows), so no entry pays a division; indices unsigned as in darb_matmul."""
     n = x.shape[1]
-    p = -1
+    zero = np.zeros(1, values.dtype)[0]
+    r, c, acc = 0, -1, zero  # acc: the running sum of row r, at batch 1
     for k in range(len(symbols)):
-        p += symbols[k] + 1
-        v = values[k]
+        c += symbols[k] + 1
+        while c >= cols:
+            if n == 1:
+                y[np.uint64(r), 0] += acc
+                acc = zero
+            c -= cols
+            r += 1
+        v = values[np.uint64(k)]
         if v == 0:
             continue  # a filler
-        r = p // cols
-        c = p - r * cols
         if n == 1:
-            y[r, 0] += v * x[c, 0]
+            acc += v * x[np.uint64(c), 0]
             continue
         for j in range(n):
-            y[r, j] += v * x[c, j]
+            y[np.uint64(r), j] += v * x[np.uint64(c), j]
+    if n == 1 and r < y.shape[0]:
+        y[np.uint64(r), 0] += acc
 
 
 @numba.njit(**SERIAL)
