@@ -8,6 +8,7 @@ in mpdref imports matplotlib; the methods compute, the runner calls these.
     plot_sensitivity       error against fraction kept, per layer        figures/sensitivity.png
     plot_codebooks         weights and their k-means / fine-tuned centroids   figures/quantize.png
     plot_masks             MPD masks as trained and permuted             figures/mpd-masks.png
+    plot_admm              ADMM's residual per layer and validation error per update   figures/admm-*.png
 """
 from __future__ import annotations
 
@@ -117,3 +118,34 @@ def plot_masks(structures: dict, target) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
     save_figure(fig, target)
+
+
+def plot_admm(updates: list[dict], title: str, target) -> Path | None:
+    """ADMM's progress against the Z/U update: each constrained layer's primal residual ‖W − Z‖ / ‖W‖
+    (log scale) and the validation error, from the stage's epoch records that carry an "admm" entry
+    (mpdref.runner.stages.admm). None: no update yet."""
+    updates = [r for r in updates if "admm" in r]
+    if not updates:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    plt = pyplot()
+    x = [r["admm"]["update"] for r in updates]
+    fig, (ax_res, ax_err) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for layer in updates[0]["admm"]["layers"]:
+        ax_res.plot(x, [max(r["admm"]["layers"][layer]["residual"], 1e-12) for r in updates], marker=".",
+                    label=layer)
+    ax_res.set_yscale("log")
+    ax_res.set_xlabel("Z/U update")
+    ax_res.set_ylabel("primal residual ‖W − Z‖ / ‖W‖")
+    ax_res.legend(fontsize="small")
+    if all("val_error" in r for r in updates):
+        ax_err.plot(x, [100 * r["val_error"] for r in updates], marker=".", label="validation")
+        ax_err.legend(fontsize="small")
+    ax_err.set_xlabel("Z/U update")
+    ax_err.set_ylabel("error (%)")
+    for ax in (ax_res, ax_err):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return save_figure(fig, target)

@@ -108,3 +108,97 @@ def test_the_w_step_adds_the_penalty_gradient_before_masked_sgd(rng):
 @pytest.mark.parametrize("levels, bits", [("binary", 1), ("ternary", 2), (2, 2), (4, 4)])
 def test_weight_bits(levels, bits):
     assert admm.weight_bits(levels) == bits
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+def _admm_config(mnist_dir, **prune):
+    from mpdref.runner.config import resolve_config
+
+    return resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 5},
+        "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
+        "stages": [{"type": "train", "epochs": 1, "batch_size": 32},
+                   {"type": "admm_prune", "keep": {"fc1.weight": 0.1, "fc2.weight": 0.2}, "updates": 3,
+                    "epochs_per_update": 1, "rho": 0.01, "rho_growth": 2.0, "batch_size": 32, **prune},
+                   {"type": "train", "name": "retrain", "epochs": 1, "batch_size": 32, "lr": 0.01},
+                   {"type": "admm_quantize", "levels_all": "ternary", "updates": 2, "batch_size": 32,
+                    "teacher": "train"},
+                   {"type": "train", "name": "biases", "epochs": 1, "batch_size": 32,
+                    "freeze": ["fc1.weight", "fc2.weight", "fc3.weight"]},
+                   {"type": "encode"}]})
+
+
+@pytest.mark.mnist
+def test_admm_stages_prune_exactly_quantize_onto_levels_and_log_each_update(tmp_path, mnist_dir):
+    import json
+
+    from mpdref.compress import size_table
+    from mpdref.runner import run_experiment
+
+    metrics = run_experiment(_admm_config(mnist_dir), tmp_path / "run", progress=False)
+    stages = {s["stage"]: s for s in metrics["stages"]}
+    net = models.load(tmp_path / "run" / "model.h5")
+    # pruning: exactly round(keep · size) nonzeros, and the masks hold them through the retraining
+    for name, keep in (("fc1.weight", 0.1), ("fc2.weight", 0.2)):
+        assert int(net.masks[name].sum()) == round(keep * net.params[name].size)
+        assert np.all(net.params[name][~net.masks[name]] == 0)
+    assert "fc3.weight" not in net.masks or net.masks["fc3.weight"].all()
+    assert stages["admm_prune"]["updates"] == 3
+    # quantization: each weight is scale · {-1, 0, +1} on its kept positions, the frozen stage kept it
+    after_admm = models.load(tmp_path / "run" / "stages" / "04-admm_quantize.h5")
+    for name in net.weight_names():
+        scale = stages["admm_quantize"]["layers"][name]["scale"]
+        w = net.params[name]
+        levels = np.unique(np.round(w[w != 0] / scale, 4))
+        assert set(levels) <= {-1.0, 1.0}, name
+        assert np.array_equal(w, after_admm.params[name]), f"{name} moved in the frozen retraining"
+    assert not np.array_equal(net.params["fc1.bias"], after_admm.params["fc1.bias"])  # biases did train
+    # the log: one record per Z/U update with residual, violation, rho and validation error
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    updates = [r for r in log if r.get("stage") == "admm_prune" and "admm" in r]
+    assert [r["admm"]["update"] for r in updates] == [1, 2, 3]
+    assert [r["admm"]["rho"] for r in updates] == [0.01, 0.02, 0.04]
+    for r in updates:
+        assert set(r["admm"]["layers"]) == {"fc1.weight", "fc2.weight"} and "val_error" in r
+        assert all(0 <= v["residual"] and 0 <= v["violation"] for v in r["admm"]["layers"].values())
+    assert (tmp_path / "run" / "figures" / "admm-admm_prune.png").stat().st_size > 1000
+    # the file: three-symbol codebooks (ternary levels without the zero, which the mask stores)
+    table = size_table(tmp_path / "run" / "model.mpdz")
+    assert all(layer["weight_bits_fixed"] <= 2 for layer in table["layers"])
+    # the weight-data-only count, recomputed from the network: kept weights x ceil(log2 distinct values)
+    data_bits = 0
+    for name in net.weight_names():
+        kept = net.params[name][net.masks[name]] if name in net.masks else net.params[name].ravel()
+        data_bits += kept.size * max(1, int(np.ceil(np.log2(len(np.unique(kept))))))
+    assert table["weight_data_bits"] == data_bits
+    assert table["weight_data_ratio"] == 32 * sum(net.params[n].size for n in net.weight_names()) / data_bits
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("stop_after", [4, 9])
+def test_an_admm_run_interrupted_in_the_middle_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch,
+                                                                        stop_after):
+    from conftest import assert_resume_is_bit_identical
+
+    # checkpoints: 1, 2 the train stage's epoch and end; 3-5 admm_prune's epochs (Z, U and rho in them),
+    # 6 its end; 7, 8 the retraining; 9 admm_quantize's first epoch
+    assert_resume_is_bit_identical(_admm_config(mnist_dir), tmp_path, monkeypatch, stop_after)
+
+
+def test_admm_settings_are_checked(tmp_path):
+    from mpdref.runner.config import ConfigError, resolve_config
+
+    def problems(stage):
+        with pytest.raises(ConfigError) as e:
+            resolve_config({"experiment": {"model": "lenet-5"}, "stages": [stage]})
+        return str(e.value)
+
+    assert "exactly one of keep and keep_all" in problems({"type": "admm_prune"})
+    assert "'fc9.weight' is not a weight of lenet-5" in problems({"type": "admm_prune", "keep": {"fc9.weight": 0.1}})
+    assert "expected a number in (0, 1]" in problems({"type": "admm_prune", "keep_all": 1.5})
+    assert "rho" in problems({"type": "admm_prune", "keep_all": 0.1, "rho": 0})
+    assert "levels_all" in problems({"type": "admm_quantize", "levels_all": "quaternary"})
+    assert "levels.fc1.weight" in problems({"type": "admm_quantize", "levels": {"fc1.weight": 9}})
+    assert "freeze: only with form" in problems({"type": "train", "freeze": ["fc1.weight"], "form": "block"})

@@ -54,13 +54,15 @@ def write_network_file(path, fmt: str, architecture: str, dtype, params: dict, m
             group.create_dataset(name, data=np.asarray(value, dtype=np.uint8))
 
 
-def read_network_file(path, fmt: str, parameter_shapes, per_parameter: tuple[str, ...] = ()) -> dict:
+def read_network_file(path, fmt: str, parameter_shapes, per_parameter: tuple[str, ...] = (),
+                      optional: tuple[str, ...] = ()) -> dict:
     """Read and validate a model file or checkpoint.
 
     `parameter_shapes(architecture)` returns the dict name -> shape of a known
     architecture (and raises ValueError for an unknown one). Returns a dict with
     architecture, dtype, params, masks, metadata and one entry per name in
-    `per_parameter`. Any problem raises :class:`FormatError` naming the file.
+    `per_parameter`, and per name in `optional` whose group the file holds (validated
+    the same way). Any problem raises :class:`FormatError` naming the file.
     """
     with open_verified_hdf5(path) as f:
         check_format(f, path, fmt, FORMAT_VERSION)
@@ -81,6 +83,7 @@ def read_network_file(path, fmt: str, parameter_shapes, per_parameter: tuple[str
             raise FormatError(f"{path}: metadata must be a JSON object")
 
         content = {"architecture": architecture, "dtype": dtype, "metadata": metadata}
+        per_parameter = (*per_parameter, *(name for name in optional if name in f))
         for group_name in ("parameters", *per_parameter):
             content[group_name] = _read_parameter_group(f, path, group_name, expected, dtype)
         params = content.pop("parameters")

@@ -96,13 +96,19 @@ class RunContext:
             f.flush()
         self.log_lines += 1
 
-    def checkpoint(self, epochs_done: int, finished: bool, velocity=None, shuffle=None) -> None:
+    def checkpoint(self, epochs_done: int, finished: bool, velocity=None, shuffle=None,
+                   stage_state: dict | None = None) -> None:
+        """stage_state: a stage's own state inside it, {"groups": arrays keyed like the parameters
+        (mpdref.runner.checkpoint.STAGE_GROUPS), "progress": JSON values}; resume hands both back."""
         velocity = velocity if velocity is not None else {k: np.zeros_like(v) for k, v in self.net.params.items()}
         progress = {"config_digest": self._digest, "stage_index": self.stage_index, "epochs_done": epochs_done,
                     "finished": finished, "log_lines": self.log_lines, "results": self.results,
                     "rng": {"dropout": self.net.rng.bit_generator.state,
                             "shuffle": None if shuffle is None else shuffle.bit_generator.state}}
-        write_checkpoint(self.out / "checkpoint.h5", self.net, velocity, progress)
+        if stage_state is not None:
+            progress["stage_state"] = stage_state.get("progress", {})
+        write_checkpoint(self.out / "checkpoint.h5", self.net, velocity, progress,
+                         None if stage_state is None else stage_state.get("groups"))
 
 
 def prepare_run_directory(out, force: bool) -> Path:

@@ -5,7 +5,8 @@ network (parameters and masks), the SGD velocity, and in its metadata the
 progress: which stage, how many of its epochs are done, whether the stage is
 finished, how many log lines belong to the run so far, the results of finished
 stages, the states of the random generators, and the fingerprint of the config
-it belongs to. It is written to a temporary name and renamed, so a crash leaves
+it belongs to. A stage with state of its own (ADMM's Z, U and ρ) adds arrays keyed
+like the parameters (STAGE_GROUPS) and an entry of the progress named after it. It is written to a temporary name and renamed, so a crash leaves
 the previous checkpoint or the new one, never a broken one.
 """
 from __future__ import annotations
@@ -16,13 +17,19 @@ from mpdref import __version__, models
 from mpdref.io import FormatError
 from mpdref.io.model_file import CHECKPOINT_FORMAT, read_network_file, write_network_file
 
+STAGE_GROUPS = ("admm_z", "admm_u")  # optional groups keyed like the parameters: ADMM's Z and U
 _PROGRESS_FIELDS = {"config_digest": str, "stage_index": int, "epochs_done": int, "finished": bool,
                     "log_lines": int, "results": list, "rng": dict}
 
 
-def write_checkpoint(path, net, velocity: dict, progress: dict) -> None:
+def write_checkpoint(path, net, velocity: dict, progress: dict, groups: dict | None = None) -> None:
+    """groups: a stage's own arrays, {name in STAGE_GROUPS: {parameter name: array}}."""
+    unknown = set(groups or {}) - set(STAGE_GROUPS)
+    if unknown:
+        raise ValueError(f"checkpoint groups {sorted(unknown)} are not among {STAGE_GROUPS}")
     write_network_file(path, CHECKPOINT_FORMAT, net.name, net.dtype, net.params, net.masks,
-                       metadata=progress, mpdref_version=__version__, per_parameter={"velocity": velocity})
+                       metadata=progress, mpdref_version=__version__,
+                       per_parameter={"velocity": velocity, **(groups or {})})
 
 
 def _valid_rng_state(state) -> bool:
@@ -34,8 +41,10 @@ def _valid_rng_state(state) -> bool:
 
 
 def read_checkpoint(path, config_digest: str) -> dict:
-    """Read and validate a checkpoint; returns net, velocity and the progress fields."""
-    content = read_network_file(path, CHECKPOINT_FORMAT, models.parameter_shapes, per_parameter=("velocity",))
+    """Read and validate a checkpoint; returns net, velocity, the progress fields and the stage groups
+    it holds (STAGE_GROUPS)."""
+    content = read_network_file(path, CHECKPOINT_FORMAT, models.parameter_shapes, per_parameter=("velocity",),
+                                optional=STAGE_GROUPS)
     progress = content["metadata"]
     for key, kind in _PROGRESS_FIELDS.items():
         value = progress.get(key)
@@ -52,4 +61,5 @@ def read_checkpoint(path, config_digest: str) -> dict:
     net = models.network_from_content(content)
     net.metadata = {}
     net.rng.bit_generator.state = rng["dropout"]
-    return {"net": net, "velocity": content["velocity"], **progress}
+    groups = {name: content[name] for name in STAGE_GROUPS if name in content}
+    return {"net": net, "velocity": content["velocity"], **groups, **progress}

@@ -12,7 +12,7 @@ REQUIRED = object()  # the default of a setting that a config must give
 class Option:
     """One setting: its type, default (or REQUIRED), accepted values and a description."""
 
-    kind: type  # int, float, str, bool, list or dict (a TOML table)
+    kind: type  # int, float, str, bool, list, dict (a TOML table), or object (any value; `check` decides)
     default: Any = REQUIRED
     choices: tuple = ()
     check: Callable[[Any], bool] | None = None
@@ -32,6 +32,7 @@ class Option:
             bool: isinstance(value, bool),
             list: isinstance(value, list),
             dict: isinstance(value, dict),
+            object: True,
         }[self.kind]
         if not kind_ok:
             problems.append(f"{path}: expected {self.describe()}, got {value!r} ({type(value).__name__})")

@@ -47,6 +47,8 @@ def weight_setting_problems(model: str, setting: str, names, value_ok=None, acce
     a string, or a function of the name)."""
     from mpdref.models import parameter_shapes
 
+    if not names:
+        return []  # nothing named: nothing to check (and the network may be the config's problem)
     weights = [n for n in parameter_shapes(model) if n.endswith(".weight")]
     items = names.items() if isinstance(names, dict) else ((n, None) for n in names or ())
     problems = []

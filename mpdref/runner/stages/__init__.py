@@ -4,6 +4,7 @@
     mpd.py        mpd: MPDCompress masks (mpdref.mpd)
     prune.py      prune, sensitivity (mpdref.prune)
     darb.py       darb: regular masks (mpdref.darb)
+    admm.py       admm_prune, admm_quantize: ADMM's constrained training (mpdref.admm)
     quantize.py   quantize: codebooks and their fine-tuning (mpdref.quantize)
     encode.py     encode: the .mpdz file (mpdref.compress)
 
@@ -16,5 +17,6 @@ from mpdref.runner.stages import train  # noqa: F401  (each import registers its
 from mpdref.runner.stages import mpd  # noqa: F401
 from mpdref.runner.stages import prune  # noqa: F401
 from mpdref.runner.stages import darb  # noqa: F401
+from mpdref.runner.stages import admm  # noqa: F401
 from mpdref.runner.stages import quantize  # noqa: F401
 from mpdref.runner.stages import encode  # noqa: F401

@@ -10,7 +10,7 @@ from mpdref.io import FormatError
 from mpdref.models import ARCHITECTURES
 from mpdref.mpd import block_arrays, to_block_diagonal
 from mpdref.runner.options import REQUIRED, Option
-from mpdref.runner.registry import Stage, register
+from mpdref.runner.registry import Stage, register, weight_setting_problems
 from mpdref.streams import random_stream
 from mpdref.train import DEFAULT_RECIPES, SCHEDULES, SGD, Distillation, Recipe, fit
 
@@ -76,23 +76,30 @@ def distillation_from(ctx, settings: dict) -> tuple[Distillation | None, dict]:
     return distill, report
 
 
-def fit_in_stage(ctx, net, recipe, optimizer, resume, velocity, checkpoint_at_start=False, distill=None) -> None:
+def fit_in_stage(ctx, net, recipe, optimizer, resume, velocity, checkpoint_at_start=False, distill=None,
+                 epoch_hook=None, stage_state=None) -> None:
     """`fit` inside a stage: the stage's own shuffling stream, a checkpoint after every epoch (and, with
     checkpoint_at_start, one before the first), and the rest of an interrupted stage on `resume`.
     velocity(): the optimizer's state in the network's parameter layout, as checkpoints hold it; the
-    caller restores the optimizer from resume["velocity"] itself. distill: soft targets, or None."""
+    caller restores the optimizer from resume["velocity"] itself. distill: soft targets, or None.
+    epoch_hook(epoch, record): runs at each epoch's end before the record is logged (it may add to
+    it); stage_state(): the stage's own state for the checkpoint (RunContext.checkpoint), or None."""
     train_set, val_set, test_set = ctx.datasets()
     shuffle = ctx.rng("shuffle")
+    state = stage_state or (lambda: None)
     start_epoch = 0
     if resume is not None:
         shuffle.bit_generator.state = resume["rng"]["shuffle"]
         start_epoch = resume["epochs_done"]
     elif checkpoint_at_start:
-        ctx.checkpoint(epochs_done=0, finished=False, velocity=velocity(), shuffle=shuffle)
+        ctx.checkpoint(epochs_done=0, finished=False, velocity=velocity(), shuffle=shuffle, stage_state=state())
 
     def on_epoch_end(epoch, record):
+        if epoch_hook is not None:
+            epoch_hook(epoch, record)
         ctx.log(record)
-        ctx.checkpoint(epochs_done=epoch + 1, finished=False, velocity=velocity(), shuffle=shuffle)
+        ctx.checkpoint(epochs_done=epoch + 1, finished=False, velocity=velocity(), shuffle=shuffle,
+                       stage_state=state())
 
     fit(net, train_set, recipe, val=val_set, test=test_set, progress=ctx.progress, start_epoch=start_epoch,
         optimizer=optimizer, shuffle_rng=shuffle, on_epoch_end=on_epoch_end, distill=distill)
@@ -108,6 +115,9 @@ class TrainStage(Stage):
                "form": Option(str, "masked", choices=("masked", "block"),
                               help="masked: dense products under the masks; block: MPD block-diagonal form, "
                                    "multiplying only the blocks (the same result to float rounding)"),
+               "freeze": Option(list, [], accepted="a list of weight names",
+                                help="weights left exactly as they are (e.g. on the levels admm_quantize put "
+                                     "them on) while biases and the other weights train"),
                **DISTILL_OPTIONS}
 
     @classmethod
@@ -118,11 +128,14 @@ class TrainStage(Stage):
 
     @classmethod
     def check(cls, settings, model):
+        problems = weight_setting_problems(model, "freeze", settings["freeze"])
+        if settings["freeze"] and settings["form"] == "block":
+            problems.append("freeze: only with form = \"masked\" (the block form renames the weights)")
         try:
             recipe_from(settings)
         except (ValueError, TypeError) as e:
-            return [str(e)]
-        return []
+            problems.append(str(e))
+        return problems
 
     def run(self, ctx, settings, resume):
         recipe = recipe_from(settings)
@@ -130,7 +143,7 @@ class TrainStage(Stage):
         trained = net
         if settings["form"] == "block":
             trained = to_block_diagonal(net)
-        sgd = SGD(trained, recipe.momentum, recipe.weight_decay)
+        sgd = SGD(trained, recipe.momentum, recipe.weight_decay, frozen=settings["freeze"])
         if resume is not None:
             sgd.velocity = resume["velocity"] if trained is net else block_arrays(net, resume["velocity"])
 
