@@ -1,6 +1,6 @@
 """MPD's block-diagonal product on the CPU: the Numba kernel against its alternatives, in one run.
 
-    python benchmarks/block_diagonal.py [--repeats 20] [--tile | --phases]
+    python benchmarks/block_diagonal.py [--repeats 20] [--tile | --phases] [--keep-blas-env]
 
 y = x Wᵀ for a 4096 x 4096 float32 W under a permuted block-diagonal mask with k in
 {4, 16, 64} blocks, batch in {1, 64, 1024}, and the LeNet-300-100 layer shapes at k = 11:
@@ -24,13 +24,19 @@ otherwise still be spinning on the same cores. The kernel calls no BLAS.
 at batch 1024, beside the whole kernel, stacked np.matmul, and a plain copy of x into a
 new array on all threads (the memory traffic of each permuting phase, without the
 permutation): where the kernel's time goes.
---tile times its register tile alone against BLAS on one core.
+--tile times the register tiles alone (AVX2's and AVX-512's; the kernel uses the host's)
+against BLAS on one core.
+
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset in this process, as on a user's machine
+(benchmarks/blas_env.py; --keep-blas-env keeps them), and the CPU's vector extensions and
+the BLAS kernel in use are printed first.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import blas_env  # first: it settles the environment NumPy's OpenBLAS loads with
 import numpy as np
 import scipy.sparse
 
@@ -129,54 +135,63 @@ def phase_times(repeats, batch=1024):
 
 
 def tile_speed(repeats):
-    """GFLOP/s of the kernel's register tile from L1 against BLAS, on one core, float32.
+    """GFLOP/s of each register tile of mpdref.kernels.config.CPU_TILES against BLAS, one core, float32.
 
-    The tile: 4 panels of 16 outputs × depth 256 against one 6-row strip of inputs, 2,000
-    times in a compiled loop (~33 KB: in L1). BLAS: a (1020, 256) × (256, 64) product, the
-    same panels against 170 strips, with its threads held to one (threadpoolctl, when it is
-    installed; it comes with scikit-learn).
+    A tile: the panels of 64 outputs × depth 256 (64 KB) against one strip of tile-rows inputs,
+    2,000 times in a compiled loop; the host's tile (intrinsics.CPU_TILE, which the kernel uses)
+    is marked. BLAS: a (1020, 256) × (256, 64) product, the same 64 outputs against 170 strips
+    of 6 rows, with its threads held to one (threadpoolctl, when it is installed; it comes with
+    scikit-learn).
     """
     import numba
 
-    from mpdref.kernels.intrinsics import TILE_ROWS, tile_columns, tile_product
+    from mpdref.kernels.config import CPU_TILES
+    from mpdref.kernels.intrinsics import CPU_TILE, make_tile_product, tile_columns
 
-    nr = tile_columns(np.float32)
-
-    @numba.njit(nogil=True)
-    def tiles(a, panels, c, depth, reps):
-        for _ in range(reps):
-            for q in range(len(panels) // (depth * nr)):
-                tile_product(a, 0, depth, panels, q * depth * nr, c, q * nr, 4 * nr, depth, False)
-
-    depth, reps = 256, 2000
+    depth, reps, outputs = 256, 2000, 64
     rng = np.random.default_rng(0)
-    a = rng.standard_normal(TILE_ROWS * depth).astype(np.float32)
-    panels = rng.standard_normal(4 * depth * nr).astype(np.float32)
-    c = np.empty(TILE_ROWS * 4 * nr, np.float32)
-    flops = 2.0 * reps * TILE_ROWS * depth * 4 * nr
-    tile_s = best_of(lambda: tiles(a, panels, c, depth, reps), repeats)[0]
+    for name, shape in CPU_TILES.items():
+        nr = tile_columns(np.float32, shape)
+        tile_product = make_tile_product(shape)
+
+        @numba.njit(nogil=True)
+        def tiles(a, panels, c, depth, reps):
+            for _ in range(reps):
+                for q in range(len(panels) // (depth * nr)):
+                    tile_product(a, 0, depth, panels, q * depth * nr, c, q * nr, outputs, depth, False)
+
+        a = rng.standard_normal(shape.rows * depth).astype(np.float32)
+        panels = rng.standard_normal(outputs * depth).astype(np.float32)
+        c = np.empty(shape.rows * outputs, np.float32)
+        flops = 2.0 * reps * shape.rows * depth * outputs
+        tile_s = best_of(lambda: tiles(a, panels, c, depth, reps), repeats)[0]
+        print(f"tile {name} ({shape.rows} x {nr} float32{', this host' if shape == CPU_TILE else ''}): "
+              f"{flops / tile_s / 1e9:.1f} GFLOP/s")
     lhs = rng.standard_normal((1020, depth)).astype(np.float32)
-    rhs = rng.standard_normal((depth, 64)).astype(np.float32)
-    out = np.empty((1020, 64), np.float32)
+    rhs = rng.standard_normal((depth, outputs)).astype(np.float32)
+    out = np.empty((1020, outputs), np.float32)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        print(f"tile: {flops / tile_s / 1e9:.1f} GFLOP/s (BLAS on one core not measured: no threadpoolctl)")
+        print("BLAS on one core not measured: no threadpoolctl")
         return
     with threadpool_limits(limits=1, user_api="blas"):
         blas_s = best_of(lambda: np.dot(lhs, rhs, out), repeats * 20)[0]
-    blas_flops = 2.0 * 1020 * depth * 64
-    print(f"tile: {flops / tile_s / 1e9:.1f} GFLOP/s; BLAS on one core: {blas_flops / blas_s / 1e9:.1f} GFLOP/s")
+    blas_flops = 2.0 * 1020 * depth * outputs
+    print(f"BLAS on one core: {blas_flops / blas_s / 1e9:.1f} GFLOP/s")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=20, help="calls per contender; the fastest is kept (default 20)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--tile", action="store_true", help="measure only the register tile against BLAS on one core")
+    mode.add_argument("--tile", action="store_true",
+                      help="measure only the register tiles (AVX2's, AVX-512's) against BLAS on one core")
     mode.add_argument("--phases", action="store_true",
                       help="time the kernel's gather, multiply and un-permute one at a time (batch 1024)")
+    blas_env.add_argument(p)
     args = p.parse_args()
+    print(blas_env.describe())
     if args.tile:
         tile_speed(args.repeats)
         return

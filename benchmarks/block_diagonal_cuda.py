@@ -1,6 +1,6 @@
 """MPD's block-diagonal product on the GPU: the numba.cuda kernel against cuBLAS, in one run.
 
-    python benchmarks/block_diagonal_cuda.py [--repeats 50] [--out results.json]
+    python benchmarks/block_diagonal_cuda.py [--repeats 50] [--out results.json] [--keep-blas-env]
 
 Needs a GPU, numba-cuda and torch with CUDA. float32 with TF32 off throughout. For a
 4096 × 4096 weight under a permuted block-diagonal mask with k in {4, 16, 64}, and batch
@@ -17,6 +17,11 @@ each loop, Python launch cost included, three input sets in rotation), after a w
 Printed: µs, TFLOP/s (useful flops, 2·N·Σ r_b c_b; dense: the flops it does) and the
 ratios bmm/kernel (target >= 0.5 at batch 1024) and dense/kernel (target >= 0.8·k).
 Before timing, the kernel's output is checked against a float64 product.
+
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset in this process, as in every benchmark here
+(benchmarks/blas_env.py; --keep-blas-env keeps them): nothing timed here runs on
+the CPU's BLAS, the flag is taken for uniformity, and the CPU's vector extensions
+and the BLAS kernel in use are printed first.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import argparse
 import json
 import statistics
 
+import blas_env  # first: it settles the environment NumPy's OpenBLAS loads with
 import numpy as np
 
 LAUNCHES = 10
@@ -129,7 +135,9 @@ def main():
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("--try-tiles", action="append", default=[], metavar="BM,BN,BK,TM,TN[,PREFETCH[,MAXREG]]",
                         help="also time the kernel with this tile set (batch >= 64; repeatable)")
+    blas_env.add_argument(parser)
     args = parser.parse_args()
+    print(blas_env.describe())
 
     import torch
 

@@ -1,6 +1,6 @@
 """Huffman coding of codebook indices: mpdref.huffman against dahuffman, in one run.
 
-    python benchmarks/huffman.py [--n 1000000] [--bits 5] [--repeats 5]
+    python benchmarks/huffman.py [--n 1000000] [--bits 5] [--repeats 5] [--keep-blas-env]
 
 Needs `pip install dahuffman` (benchmark-only). The symbols are what Deep Compression
 codes: the 5-bit codebook indices of n bell-shaped (normal) weights, quantized with the
@@ -8,11 +8,16 @@ quantize stage's default (k-means, linear init). Printed: bits per symbol agains
 entropy, and encode and decode speed in Msym/s (best of `repeats`, after a warm-up) for
 mpdref (11-bit length limit, table decoding) and dahuffman. Required: decode >= 100 and
 encode >= 50 Msym/s; target decode >= 250.
+
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset in this process, as on a user's machine
+(benchmarks/blas_env.py; --keep-blas-env keeps them), and the CPU's vector extensions and
+the BLAS kernel in use are printed first.
 """
 from __future__ import annotations
 
 import argparse
 
+import blas_env  # first: it settles the environment NumPy's OpenBLAS loads with
 import numpy as np
 from timing import best_of
 
@@ -29,7 +34,9 @@ def main():
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--bits", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
+    blas_env.add_argument(parser)
     args = parser.parse_args()
+    print(blas_env.describe())
 
     from dahuffman import HuffmanCodec
 

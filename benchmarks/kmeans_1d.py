@@ -1,6 +1,6 @@
 """1-D k-means for weight sharing: mpdref against scikit-learn and the kmeans1d package, in one run.
 
-    python benchmarks/kmeans_1d.py [--n 1000000] [--k 32] [--iterations 30] [--repeats 3]
+    python benchmarks/kmeans_1d.py [--n 1000000] [--k 32] [--iterations 30] [--repeats 3] [--keep-blas-env]
 
 Needs `pip install scikit-learn kmeans1d` (benchmark-only; mpdref does not depend on them).
 Input: n float32 values drawn like trained weights (a narrow Laplace distribution).
@@ -14,11 +14,16 @@ Input: n float32 values drawn like trained weights (a narrow Laplace distributio
 
 Times are the best of `repeats` runs, each from the unsorted input (mpdref's sort included),
 after one warm-up run (Numba compilation).
+
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset in this process, as on a user's machine
+(benchmarks/blas_env.py; --keep-blas-env keeps them), and the CPU's vector extensions and
+the BLAS kernel in use are printed first.
 """
 from __future__ import annotations
 
 import argparse
 
+import blas_env  # first: it settles the environment NumPy's OpenBLAS loads with
 import numpy as np
 from timing import best_of
 
@@ -30,7 +35,9 @@ def main():
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
+    blas_env.add_argument(parser)
     args = parser.parse_args()
+    print(blas_env.describe())
 
     import kmeans1d
     from sklearn.cluster import KMeans

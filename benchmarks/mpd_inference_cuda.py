@@ -1,6 +1,6 @@
 """Whole-network MPD inference on the GPU against the CPU, over the MNIST test set.
 
-    python benchmarks/mpd_inference_cuda.py MODEL.h5 [MODEL.h5 ...] [--data DIR] [--repeats 5]
+    python benchmarks/mpd_inference_cuda.py MODEL.h5 [MODEL.h5 ...] [--data DIR] [--repeats 5] [--keep-blas-env]
 
 For each saved MPD model (e.g. runs/NAME/model.h5 of `mpdref run configs/mpd-*.toml`):
 its block-diagonal form (mpdref.mpd.to_block_diagonal) predicts the 10,000 test images
@@ -8,11 +8,17 @@ on the CPU (BlockNetwork: k small products per layer) and on the GPU
 (CudaBlockNetwork: one upload, activations kept on the device, one copy back). Printed:
 test error of each, how many predictions differ, and images/s (best of `repeats`
 passes over the whole test set, host array in, predictions out, after a warm-up).
+
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset in this process, as in every benchmark here
+(benchmarks/blas_env.py; --keep-blas-env keeps them): the CPU
+side's convolutions and products call NumPy's BLAS, and the CPU's vector extensions
+and the BLAS kernel in use are printed first.
 """
 from __future__ import annotations
 
 import argparse
 
+import blas_env  # first: it settles the environment NumPy's OpenBLAS loads with
 import numpy as np
 from timing import best_of
 
@@ -27,7 +33,9 @@ def main():
     parser.add_argument("models", nargs="+", metavar="MODEL.h5")
     parser.add_argument("--data", help="MNIST folder (default: the usual lookup)")
     parser.add_argument("--repeats", type=int, default=5)
+    blas_env.add_argument(parser)
     args = parser.parse_args()
+    print(blas_env.describe())
 
     from mpdref import data, models
     from mpdref.mpd import CudaBlockNetwork, to_block_diagonal, weight_structure

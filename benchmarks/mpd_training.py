@@ -1,6 +1,6 @@
 """Block-form training against masked dense training, LeNet-300-100 under MPD masks at 10x.
 
-    python benchmarks/mpd_training.py [--repeats 2] [--data DIR]
+    python benchmarks/mpd_training.py [--repeats 2] [--data DIR] [--keep-blas-env]
 
 Both train one epoch of the 55,000 MNIST training images at batch 64 from the same
 masked network with the same shuffles (mpdref.train.fit); the masked dense network
@@ -8,12 +8,17 @@ multiplies full matrices whose (k-1)/k masked entries are zero, the block networ
 (mpdref.mpd.to_block_diagonal) multiplies only the k blocks. Printed: seconds per epoch,
 their ratio (target <= 0.5) and the test error after the epoch (they must agree: the
 two are the same computation up to float rounding).
+
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset in this process, as on a user's machine
+(benchmarks/blas_env.py; --keep-blas-env keeps them), and the CPU's vector extensions and
+the BLAS kernel in use are printed first.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 
+import blas_env  # first: it settles the environment NumPy's OpenBLAS loads with
 import numpy as np
 
 from mpdref import data, models
@@ -36,7 +41,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--data")
+    blas_env.add_argument(p)
     args = p.parse_args()
+    print(blas_env.describe())
     train, _, test = load_datasets(np.float32, args.data, data.VALIDATION_SIZE, fetch=False)
     recipe = DEFAULT_RECIPES["lenet-300-100"].replace(epochs=1)
     base, ks, ratio = masked_network()

@@ -19,20 +19,17 @@ Target: DARB's decode-and-multiply at batch 1 at least 2x faster than relative i
 and no slower than CSR's.
 
 This benchmark unsets OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in its own process (as a user's
-machine has neither); --keep-blas-env keeps them.
+machine has neither; benchmarks/blas_env.py) and prints the CPU's vector extensions and the
+BLAS kernel in use; --keep-blas-env keeps them.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-KEEP = "--keep-blas-env" in sys.argv
-REMOVED = {} if KEEP else {k: os.environ.pop(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
-
-import numpy as np  # noqa: E402  (after the environment is settled: OpenBLAS reads it when it loads)
-import scipy.sparse  # noqa: E402
-from timing import best_of  # noqa: E402
+import blas_env  # first: it settles the environment NumPy's OpenBLAS loads with
+import numpy as np
+import scipy.sparse
+from timing import best_of
 
 KEPT = {"lenet-300-100": 0.074, "lenet-5": 0.07}
 
@@ -51,73 +48,102 @@ def _smallest_uint(n: int):
     return np.uint8 if n <= 1 << 8 else np.uint16 if n <= 1 << 16 else np.uint32
 
 
-def formats(w, keep):
-    """Each format's (kept weights, decode(), matmul(x) -> y, its dense W) for the weight w (rows, cols)
-    at the kept fraction `keep`."""
+def darb_form(w, mask):
+    """(kept weights, decode(), matmul(x) -> y) for w under a block-max regular mask (DARB, BMWM): the
+    stored form is each row's block size and one offset per block."""
     from mpdref import darb
     from mpdref.kernels import sparse
-    from mpdref.prune import magnitude_mask
-    from mpdref.sparse_index import relative_indices
 
     rows, cols = w.shape
-    out = {}
-
-    mask, block_sizes = darb.darb_mask(w, keep)
+    block_sizes = darb.row_block_sizes(mask)
+    if block_sizes is None:
+        raise ValueError("the mask is not block-max regular: DARB's form cannot store it")
     positions = np.flatnonzero(mask)
     offsets = darb.darb_offsets(block_sizes, positions, cols).astype(_smallest_uint(int(block_sizes.max())))
     values = w.ravel()[positions]
     buf = np.empty(len(positions), np.int64)
 
-    def darb_mm(x):
+    def matmul(x):
         y = np.zeros((rows, x.shape[1]), w.dtype)
         sparse.darb_matmul(block_sizes, offsets, values, cols, x, y)
         return y
 
-    out["DARB offsets"] = (len(positions), lambda: sparse.darb_positions(block_sizes, offsets, cols, buf),
-                           darb_mm, w * mask)
+    return len(positions), lambda: sparse.darb_positions(block_sizes, offsets, cols, buf), matmul
 
-    pruned = magnitude_mask(w, keep=keep)
-    csr = scipy.sparse.csr_matrix(w * pruned)
+
+def csr_form(w, mask):
+    """The same for scipy's CSR with int32 column indices (scipy's product)."""
+    from mpdref.kernels import sparse
+
+    csr = scipy.sparse.csr_matrix(w * mask)
     csr.indices = csr.indices.astype(np.int32)
     csr.indptr = csr.indptr.astype(np.int32)
-    buf_csr = np.empty(csr.nnz, np.int64)
-    out["CSR (int32)"] = (csr.nnz, lambda: sparse.csr_positions(csr.indptr, csr.indices, cols, buf_csr),
-                          lambda x: csr @ x, w * pruned)
+    buf = np.empty(csr.nnz, np.int64)
+    return csr.nnz, lambda: sparse.csr_positions(csr.indptr, csr.indices, w.shape[1], buf), lambda x: csr @ x
 
-    kept = np.flatnonzero(pruned)
-    bits = min(range(1, 9), key=lambda b: len(relative_indices(kept, b)[0]) * b)  # the smallest index
+
+def relative_form(w, mask):
+    """The same for relative indices with fillers, at the index bits that make them smallest (as
+    `mpdref compress` chooses); the indices in the smallest unsigned type, as DARB's offsets."""
+    from mpdref.kernels import sparse
+    from mpdref.sparse_index import relative_indices
+
+    rows, cols = w.shape
+    kept = np.flatnonzero(mask)
+    bits = min(range(1, 9), key=lambda b: len(relative_indices(kept, b)[0]) * b)
     symbols, fillers = relative_indices(kept, bits)
-    symbols = symbols.astype(_smallest_uint(1 << bits))  # as small in memory as DARB's offsets
+    symbols = symbols.astype(_smallest_uint(1 << bits))
     stored = np.zeros(len(symbols), w.dtype)
     stored[~fillers] = w.ravel()[kept]
-    buf_rel = np.empty(len(symbols), np.int64)
+    buf = np.empty(len(symbols), np.int64)
 
-    def relative_mm(x):
+    def matmul(x):
         y = np.zeros((rows, x.shape[1]), w.dtype)
         sparse.relative_matmul(symbols, stored, cols, x, y)
         return y
 
-    out[f"relative ({bits}-bit, {int(fillers.sum())} fillers)"] = (
-        len(kept), lambda: sparse.relative_positions(symbols, buf_rel), relative_mm, w * pruned)
+    matmul.label = f"relative ({bits}-bit, {int(fillers.sum())} fillers)"
+    return len(kept), lambda: sparse.relative_positions(symbols, buf), matmul
 
-    tiled = darb.block_prune_mask(w, keep, tile=4)
-    starts = [(r, c) for r in range(0, rows, 4) for c in range(0, cols, 4) if tiled[r, c]]
-    tile_rows = np.array([r // 4 for r, _ in starts], np.int64)
-    tile_cols = np.array([c // 4 for _, c in starts], np.int64)
-    tiles = np.zeros((len(starts), 4, 4), w.dtype)
+
+def tile_form(w, mask, tile: int = 4):
+    """The same for block pruning's whole tile x tile squares (a tile is kept when its corner is)."""
+    from mpdref.kernels import sparse
+
+    rows, cols = w.shape
+    starts = [(r, c) for r in range(0, rows, tile) for c in range(0, cols, tile) if mask[r, c]]
+    tile_rows = np.array([r // tile for r, _ in starts], np.int64)
+    tile_cols = np.array([c // tile for _, c in starts], np.int64)
+    tiles = np.zeros((len(starts), tile, tile), w.dtype)
     for t, (r, c) in enumerate(starts):
-        block = w[r : r + 4, c : c + 4]
+        block = w[r : r + tile, c : c + tile] * mask[r : r + tile, c : c + tile]
         tiles[t, : block.shape[0], : block.shape[1]] = block
-    buf_tile = np.empty(int(tiled.sum()), np.int64)
+    buf = np.empty(int(mask.sum()), np.int64)
 
-    def tile_mm(x):
+    def matmul(x):
         y = np.zeros((rows, x.shape[1]), w.dtype)
         sparse.tile_matmul(tile_rows, tile_cols, tiles, x, y)
         return y
 
-    out["block pruning (4 x 4 tiles)"] = (
-        int(tiled.sum()), lambda: sparse.tile_positions(tile_rows, tile_cols, 4, rows, cols, buf_tile), tile_mm,
-        w * tiled)
+    return int(mask.sum()), lambda: sparse.tile_positions(tile_rows, tile_cols, tile, rows, cols, buf), matmul
+
+
+def formats(w, keep):
+    """Each format's (kept weights, decode(), matmul(x) -> y, its dense W) for the weight w (rows, cols)
+    at the kept fraction `keep`: DARB's own mask, magnitude pruning's (CSR and relative indices), and
+    block pruning's tiles."""
+    from mpdref import darb
+    from mpdref.prune import magnitude_mask
+
+    out = {}
+    regular, _ = darb.darb_mask(w, keep)
+    out["DARB offsets"] = (*darb_form(w, regular), w * regular)
+    pruned = magnitude_mask(w, keep=keep).astype(bool)
+    out["CSR (int32)"] = (*csr_form(w, pruned), w * pruned)
+    kept, decode, matmul = relative_form(w, pruned)
+    out[matmul.label] = (kept, decode, matmul, w * pruned)
+    tiled = darb.block_prune_mask(w, keep, tile=4).astype(bool)
+    out["block pruning (4 x 4 tiles)"] = (*tile_form(w, tiled), w * tiled)
     return out
 
 
@@ -127,13 +153,12 @@ def main():
     p.add_argument("--lenet-300-100", dest="lenet_300_100", help="a trained LeNet-300-100 model file")
     p.add_argument("--lenet-5", dest="lenet_5", help="a trained LeNet-5 model file")
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--keep-blas-env", action="store_true", help="keep OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE as set")
+    blas_env.add_argument(p)
     args = p.parse_args()
 
     from mpdref import models
 
-    print("OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE: " + ("kept as set" if KEEP else
-          (f"unset in this process (were {REMOVED})" if REMOVED else "not set")))
+    print(blas_env.describe())
     rng = np.random.default_rng(0)
     for name, path in (("lenet-300-100", args.lenet_300_100), ("lenet-5", args.lenet_5)):
         net = models.load(path) if path else models.build(name, seed=0)

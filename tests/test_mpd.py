@@ -73,8 +73,11 @@ def test_block_diagonal_matmul_equals_the_masked_dense_product(dtype, rng):
 
 
 # Shapes that cross the kernel's boundaries: blocks narrower than a panel and wider than
-# several, depths beyond one slice (256 in both dtypes), batches of several strips (48 rows)
-# and past a tile (6 rows), a single block.
+# several, depths beyond one slice (256 in both dtypes with AVX2's tile, 128 with AVX-512's),
+# batches of several strips (48 rows) and past a tile (6 rows), a single block. Each runs on
+# both register tiles: the one this machine chooses and the other, forced (LLVM splits vectors
+# wider than the CPU's, so both run anywhere).
+TILES = ["avx2", "avx512"]
 KERNEL_CASES = [(37, 53, 5, 4), (8, 8, 8, 1), (64, 33, 3, 17), (5, 40, 1, 2), (70, 600, 2, 100), (40, 1100, 2, 53)]
 
 
@@ -91,14 +94,17 @@ def assert_within_rounding(y, m, w, x):
 
 @pytest.mark.parametrize("rows, cols, k, n", KERNEL_CASES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_numba_kernel_equals_the_numpy_reference(rows, cols, k, n, dtype, rng):
+@pytest.mark.parametrize("tile", TILES)
+def test_numba_kernel_equals_the_numpy_reference(rows, cols, k, n, dtype, tile, rng):
     from mpdref.kernels.blockdiag import block_diagonal_matmul_permuted, pack_blocks
+    from mpdref.kernels.config import CPU_TILES
 
     m = mpd_mask(rows, cols, k, rng)
     w = (rng.standard_normal((rows, cols)) * m.mask).astype(dtype)
     x = rng.standard_normal((n, cols)).astype(dtype)
-    flat, offsets = pack_blocks(m.blocks(w), dtype)
-    y = block_diagonal_matmul_permuted(flat, offsets, m.row_bounds, m.col_bounds, m.row_perm, m.col_perm, x)
+    flat, offsets = pack_blocks(m.blocks(w), dtype, CPU_TILES[tile])
+    y = block_diagonal_matmul_permuted(flat, offsets, m.row_bounds, m.col_bounds, m.row_perm, m.col_perm, x,
+                                       tile=CPU_TILES[tile])
     assert y.dtype == dtype and y.shape == (n, rows)
     assert_within_rounding(y, m, w, x)
     assert not np.array_equal(y, np.zeros_like(y))
@@ -106,9 +112,10 @@ def test_numba_kernel_equals_the_numpy_reference(rows, cols, k, n, dtype, rng):
 
 @settings(max_examples=60, deadline=None)
 @given(rows=st.integers(1, 70), cols=st.integers(1, 300), k=st.integers(1, 40), n=st.integers(0, 60),
-       seed=st.integers(0, 2**32 - 1), double=st.booleans())
-def test_numba_kernel_on_random_shapes(rows, cols, k, n, seed, double):
+       seed=st.integers(0, 2**32 - 1), double=st.booleans(), tile=st.sampled_from(TILES))
+def test_numba_kernel_on_random_shapes(rows, cols, k, n, seed, double, tile):
     from mpdref.kernels.blockdiag import block_diagonal_matmul_permuted, pack_blocks
+    from mpdref.kernels.config import CPU_TILES
 
     k = min(k, rows, cols)
     dtype = np.float64 if double else np.float32
@@ -116,8 +123,9 @@ def test_numba_kernel_on_random_shapes(rows, cols, k, n, seed, double):
     m = mpd_mask(rows, cols, k, rng)
     w = (rng.standard_normal((rows, cols)) * m.mask).astype(dtype)
     x = rng.standard_normal((n, cols)).astype(dtype)
-    flat, offsets = pack_blocks(m.blocks(w), dtype)
-    y = block_diagonal_matmul_permuted(flat, offsets, m.row_bounds, m.col_bounds, m.row_perm, m.col_perm, x)
+    flat, offsets = pack_blocks(m.blocks(w), dtype, CPU_TILES[tile])
+    y = block_diagonal_matmul_permuted(flat, offsets, m.row_bounds, m.col_bounds, m.row_perm, m.col_perm, x,
+                                       tile=CPU_TILES[tile])
     assert y.shape == (n, rows) and y.dtype == dtype
     assert_within_rounding(y, m, w, x)
 
@@ -127,6 +135,7 @@ def test_a_row_of_the_kernel_does_not_depend_on_how_the_work_is_split(dtype, rng
     # Each output is one running sum in a fixed order, whatever the strips, groups of blocks
     # and depth slices: the results must be the same bits.
     from mpdref.kernels import blockdiag
+    from mpdref.kernels.config import CPU_TILES
     from mpdref.kernels.intrinsics import tile_columns
 
     m = mpd_mask(90, 700, 3, rng)
@@ -146,35 +155,65 @@ def test_a_row_of_the_kernel_does_not_depend_on_how_the_work_is_split(dtype, rng
     # What a benchmark calls (kernel_arguments, all phases named) is the product itself.
     timed = blockdiag._block_diagonal_matmul(*blockdiag.kernel_arguments(*args, x), blockdiag.ALL_PHASES)
     assert np.array_equal(timed, results[0])
+    # The register tile changes the speed, not the sums: either tile gives the same bits.
+    for tile in CPU_TILES.values():
+        packed = blockdiag.pack_blocks(m.blocks(w), dtype, tile)
+        y = blockdiag.block_diagonal_matmul_permuted(*packed, *args[2:], x, tile=tile)
+        assert np.array_equal(y, results[0]), tile
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("depth", [0, 1, 7, 300])
-def test_tile_product_equals_its_loops(dtype, depth, rng):
+@pytest.mark.parametrize("shape", TILES)
+def test_tile_product_equals_its_loops(dtype, depth, shape, rng):
     import numba
 
-    from mpdref.kernels.intrinsics import TILE_ROWS, tile_columns, tile_product
+    from mpdref.kernels.config import CPU_TILES
+    from mpdref.kernels.intrinsics import make_tile_product, tile_columns
+
+    tile_product = make_tile_product(CPU_TILES[shape])
+    rows = CPU_TILES[shape].rows
 
     @numba.njit
     def tile(a, a_start, a_stride, b, c, c_start, c_stride, depth, accumulate):
         tile_product(a, a_start, a_stride, b, 0, c, c_start, c_stride, depth, accumulate)
 
-    nr = tile_columns(dtype)
-    assert nr * np.dtype(dtype).itemsize == 64
-    a = rng.standard_normal(TILE_ROWS * (depth + 5) + 3).astype(dtype)  # rows of depth + 5, from 3 on
+    nr = tile_columns(dtype, CPU_TILES[shape])
+    assert nr * np.dtype(dtype).itemsize == {"avx2": 64, "avx512": 128}[shape]  # two vectors
+    a = rng.standard_normal(rows * (depth + 5) + 3).astype(dtype)  # rows of depth + 5, from 3 on
     b = rng.standard_normal(depth * nr).astype(dtype)
-    c = rng.standard_normal(TILE_ROWS * (nr + 4) + 2).astype(dtype)  # rows of nr + 4, from 2 on
+    c = rng.standard_normal(rows * (nr + 4) + 2).astype(dtype)  # rows of nr + 4, from 2 on
     in_tile = np.zeros(c.shape, bool)
-    in_tile[2:2 + TILE_ROWS * (nr + 4)].reshape(TILE_ROWS, nr + 4)[:, :nr] = True
+    in_tile[2:2 + rows * (nr + 4)].reshape(rows, nr + 4)[:, :nr] = True
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     for accumulate in (False, True):
         expected = c.astype(np.float64)
         naive.tile_product(a.astype(np.float64), 3, depth + 5, b.astype(np.float64), 0, expected, 2, nr + 4, depth,
-                           accumulate, TILE_ROWS, nr)
+                           accumulate, rows, nr)
         before = c.copy()
         tile(a, 3, depth + 5, b, c, 2, nr + 4, depth, accumulate)
         assert_close(c[in_tile], expected[in_tile], name="the tile", **tol)
         np.testing.assert_array_equal(c[~in_tile], before[~in_tile])  # nothing outside the tile is written
+
+
+def test_the_register_tile_is_chosen_from_the_features_numba_compiles_for(monkeypatch):
+    import numba.core.config
+
+    from mpdref.kernels import blockdiag, intrinsics
+    from mpdref.kernels.config import CPU_TILES, choose_cpu_tile
+
+    assert choose_cpu_tile({"sse4_2", "avx", "avx2", "fma"}) is CPU_TILES["avx2"]
+    assert choose_cpu_tile({"avx2", "fma", "avx512f", "avx512bw"}) is CPU_TILES["avx512"]
+    assert choose_cpu_tile(set()) is CPU_TILES["avx2"]
+    # This process's tile: the one its features ask for, and the one the kernel is compiled with.
+    assert intrinsics.CPU_TILE is choose_cpu_tile(intrinsics.compiled_cpu_features())
+    assert intrinsics.tile_product is intrinsics.make_tile_product(intrinsics.CPU_TILE)
+    assert blockdiag._block_diagonal_matmul is blockdiag.kernel_for(intrinsics.CPU_TILE)
+    # NUMBA_CPU_FEATURES, where set, is what Numba compiles for, not the host's features.
+    monkeypatch.setattr(numba.core.config, "CPU_FEATURES", "+avx,+avx2,+fma,-avx512f,-avx512bw")
+    assert {"avx2", "fma"} <= intrinsics.compiled_cpu_features() and "avx512f" not in intrinsics.compiled_cpu_features()
+    monkeypatch.setattr(numba.core.config, "CPU_FEATURES", "+avx2,+avx512f")
+    assert choose_cpu_tile(intrinsics.compiled_cpu_features()) is CPU_TILES["avx512"]
 
 
 def test_work_split_covers_the_batch_and_shares_the_weights():
@@ -202,7 +241,10 @@ def test_work_split_covers_the_batch_and_shares_the_weights():
 
 def test_the_kernel_rejects_inputs_it_would_read_outside_of(rng):
     from mpdref.kernels.blockdiag import block_diagonal_matmul_permuted, pack_blocks
+    from mpdref.kernels.config import CPU_TILES
+    from mpdref.kernels.intrinsics import CPU_TILE
 
+    other_tile = next(tile for tile in CPU_TILES.values() if tile != CPU_TILE)
     m = mpd_mask(20, 30, 3, rng)
     flat, offsets = pack_blocks(m.blocks(rng.standard_normal((20, 30)) * m.mask), np.float64)
     x = rng.standard_normal((4, 30))
@@ -219,6 +261,7 @@ def test_the_kernel_rejects_inputs_it_would_read_outside_of(rng):
         (dict(offsets=offsets + 1), ValueError, "pack_blocks"),
         (dict(flat=flat[:-1]), ValueError, "pack_blocks"),
         (dict(row_bounds=m.row_bounds[::-1].copy()), ValueError, "increasing"),
+        (dict(tile=other_tile), ValueError, "pack_blocks"),  # packed for the host's panels, not these
     ]:
         with pytest.raises(error, match=match):
             block_diagonal_matmul_permuted(**{**good, **change})

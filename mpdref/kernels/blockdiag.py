@@ -21,18 +21,25 @@ No BLAS is called, so no BLAS thread pool competes with Numba's. Each output is 
 running sum over its block's inputs in a fixed order, so a row's result does not depend
 on the batch it comes in, the strip it falls in or the number of threads.
 
+The tile's shape (TILE_ROWS, NR) is the host's (`mpdref.kernels.intrinsics.CPU_TILE`: AVX-512's
+where the CPU has it, else AVX2's); `kernel_for(tile)` compiles the kernel for another shape,
+and pack_blocks and block_diagonal_matmul_permuted take that shape as `tile` (the tests run
+both). The shape changes the speed, never the result.
+
 `phases` (GATHER | MULTIPLY | UNPERMUTE by default) lets `benchmarks/block_diagonal.py
 --phases` time each phase alone; a product with any phase left out is meaningless.
 """
 from __future__ import annotations
+
+import functools
 
 import numba
 import numpy as np
 from numba import prange
 
 from mpdref.kernels.allocator import reuse_freed_memory
-from mpdref.kernels.config import PARALLEL, SERIAL
-from mpdref.kernels.intrinsics import TILE_ROWS, prefetch, prefetch_ahead, tile_columns, tile_product
+from mpdref.kernels.config import PARALLEL, SERIAL, CpuTile
+from mpdref.kernels.intrinsics import CPU_TILE, make_tile_product, prefetch, prefetch_ahead, tile_columns
 
 
 #: the kernel's phases, as bits of its `phases` argument
@@ -47,104 +54,116 @@ def _strip_block_start(padded, col_bounds, b0, b, line):
     return padded * (col_bounds[b] - col_bounds[b0] + line * (b - b0))
 
 
-@numba.njit(**PARALLEL)
-def _block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, col_perm, x, nr, strip_rows, groups,
-                           depth_slice, phases=ALL_PHASES):
-    n, cols = x.shape
-    k = len(row_bounds) - 1
-    rows = row_bounds[k]
-    line = 64 // x.itemsize  # elements per cache line
-    # Results are computed in block order, each block's outputs rounded up to whole panels of NR
-    # (a panel's spare outputs land in the rounding): block b starts at column padded_start[b]
-    # of a result row, and output o of the layer is its column out_pos[o].
-    padded_start = np.empty(k + 1, dtype=np.int64)
-    padded_start[0] = 0
-    out_pos = np.empty(rows, dtype=np.uint32)  # unsigned: no test for Python's negative indexing
-    for b in range(k):
-        r0, r1 = row_bounds[b], row_bounds[b + 1]
-        padded_start[b + 1] = padded_start[b] + (r1 - r0 + nr - 1) // nr * nr
-        for j in range(r1 - r0):
-            out_pos[row_perm[r0 + j]] = padded_start[b] + j
-    gather_pos = col_perm.astype(np.uint32)
-    # Buffer rows a multiple of 4 KiB apart would fall into the same L1 sets: pad by a line.
-    yg_stride = padded_start[k] + line
-    y = np.empty((n, rows), dtype=x.dtype)
-    x_flat = x.ravel()
-    n_strips = (n + strip_rows - 1) // strip_rows
-    # A unit of work: one strip of the batch × one group of consecutive blocks.
-    for unit in prange(n_strips * groups):
-        strip, group = unit // groups, unit % groups
-        i0 = strip * strip_rows
-        m = min(strip_rows, n - i0)
-        padded = (m + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS
-        b0, b1 = group * k // groups, (group + 1) * k // groups
+@functools.cache
+def kernel_for(tile: CpuTile):
+    """The compiled kernel for register tiles of this shape (its arguments: see kernel_arguments)."""
+    tile_rows = tile.rows
+    tile_product = make_tile_product(tile)
 
-        # 1. Gather: block b's inputs for the strip, a (padded, c_b) matrix with row stride
-        # c_b + line at xg[_strip_block_start(b):]; rows past the batch are zero.
-        xg = np.empty(_strip_block_start(padded, col_bounds, b0, b1, line), dtype=x.dtype)
-        for r in range(padded if phases & GATHER else 0):
-            i = i0 + r
-            row = x[min(i, n - 1)]
-            for b in range(b0, b1):
+    @numba.njit(**PARALLEL)
+    def block_diagonal_matmul(panels, offsets, row_bounds, col_bounds, row_perm, col_perm, x, nr, strip_rows,
+                              groups, depth_slice, phases=ALL_PHASES):
+        n, cols = x.shape
+        k = len(row_bounds) - 1
+        rows = row_bounds[k]
+        line = 64 // x.itemsize  # elements per cache line
+        # Results are computed in block order, each block's outputs rounded up to whole panels of NR
+        # (a panel's spare outputs land in the rounding): block b starts at column padded_start[b]
+        # of a result row, and output o of the layer is its column out_pos[o].
+        padded_start = np.empty(k + 1, dtype=np.int64)
+        padded_start[0] = 0
+        out_pos = np.empty(rows, dtype=np.uint32)  # unsigned: no test for Python's negative indexing
+        for b in range(k):
+            r0, r1 = row_bounds[b], row_bounds[b + 1]
+            padded_start[b + 1] = padded_start[b] + (r1 - r0 + nr - 1) // nr * nr
+            for j in range(r1 - r0):
+                out_pos[row_perm[r0 + j]] = padded_start[b] + j
+        gather_pos = col_perm.astype(np.uint32)
+        # Buffer rows a multiple of 4 KiB apart would fall into the same L1 sets: pad by a line.
+        yg_stride = padded_start[k] + line
+        y = np.empty((n, rows), dtype=x.dtype)
+        x_flat = x.ravel()
+        n_strips = (n + strip_rows - 1) // strip_rows
+        # A unit of work: one strip of the batch × one group of consecutive blocks.
+        for unit in prange(n_strips * groups):
+            strip, group = unit // groups, unit % groups
+            i0 = strip * strip_rows
+            m = min(strip_rows, n - i0)
+            padded = (m + tile_rows - 1) // tile_rows * tile_rows
+            b0, b1 = group * k // groups, (group + 1) * k // groups
+
+            # 1. Gather: block b's inputs for the strip, a (padded, c_b) matrix with row stride
+            # c_b + line at xg[_strip_block_start(b):]; rows past the batch are zero.
+            xg = np.empty(_strip_block_start(padded, col_bounds, b0, b1, line), dtype=x.dtype)
+            for r in range(padded if phases & GATHER else 0):
+                i = i0 + r
+                row = x[min(i, n - 1)]
+                for b in range(b0, b1):
+                    c0, c1 = col_bounds[b], col_bounds[b + 1]
+                    dst = xg[_strip_block_start(padded, col_bounds, b0, b, line) + r * (c1 - c0 + line):]
+                    if i + 1 < n:  # random reads would fetch each line of the next row as a miss of its own
+                        for j in range(c0, c1, line):
+                            prefetch(x_flat, (i + 1) * cols + j)
+                    if i < n:
+                        for j in range(c1 - c0):
+                            dst[j] = row[gather_pos[c0 + j]]
+                    else:
+                        dst[: c1 - c0] = 0
+
+            # 2. Multiply into yg (padded, yg_stride), block by block, panel by panel, slice by slice.
+            yg = np.empty(padded * yg_stride, dtype=x.dtype)
+            tiles = padded // tile_rows
+            for b in range(b0, b1 if phases & MULTIPLY else b0):
                 c0, c1 = col_bounds[b], col_bounds[b + 1]
-                dst = xg[_strip_block_start(padded, col_bounds, b0, b, line) + r * (c1 - c0 + line):]
-                if i + 1 < n:  # random reads would fetch each line of the next row as a miss of its own
-                    for j in range(c0, c1, line):
-                        prefetch(x_flat, (i + 1) * cols + j)
-                if i < n:
-                    for j in range(c1 - c0):
-                        dst[j] = row[gather_pos[c0 + j]]
-                else:
-                    dst[: c1 - c0] = 0
+                a_start = _strip_block_start(padded, col_bounds, b0, b, line)
+                for q in range((padded_start[b + 1] - padded_start[b]) // nr):
+                    panel = offsets[b] + q * nr * (c1 - c0)
+                    for d0 in range(0, c1 - c0, depth_slice):
+                        d1 = min(d0 + depth_slice, c1 - c0)
+                        # A panel deeper than a slice: the weights that come next (the next slice,
+                        # or panel: they are consecutive in `panels`), a few lines after each tile.
+                        # (For shallower panels the hardware prefetcher does better alone: measured.)
+                        ahead, ahead_end = panel + d1 * nr, min(panel + (d1 + depth_slice) * nr, offsets[k])
+                        per_tile = (ahead_end - ahead) // (line * tiles) + 1 if c1 - c0 > depth_slice else 0
+                        for t in range(tiles):
+                            for _ in range(per_tile):
+                                if ahead < ahead_end:
+                                    prefetch_ahead(panels, ahead)
+                                    ahead += line
+                            tile_product(xg, a_start + t * tile_rows * (c1 - c0 + line) + d0, c1 - c0 + line,
+                                         panels, panel + d0 * nr,
+                                         yg, t * tile_rows * yg_stride + padded_start[b] + q * nr, yg_stride,
+                                         d1 - d0, d0 > 0)
 
-        # 2. Multiply into yg (padded, yg_stride), block by block, panel by panel, slice by slice.
-        yg = np.empty(padded * yg_stride, dtype=x.dtype)
-        tiles = padded // TILE_ROWS
-        for b in range(b0, b1 if phases & MULTIPLY else b0):
-            c0, c1 = col_bounds[b], col_bounds[b + 1]
-            a_start = _strip_block_start(padded, col_bounds, b0, b, line)
-            for q in range((padded_start[b + 1] - padded_start[b]) // nr):
-                panel = offsets[b] + q * nr * (c1 - c0)
-                for d0 in range(0, c1 - c0, depth_slice):
-                    d1 = min(d0 + depth_slice, c1 - c0)
-                    # A panel deeper than a slice: the weights that come next (the next slice,
-                    # or panel: they are consecutive in `panels`), a few lines after each tile.
-                    # (For shallower panels the hardware prefetcher does better alone: measured.)
-                    ahead, ahead_end = panel + d1 * nr, min(panel + (d1 + depth_slice) * nr, offsets[k])
-                    per_tile = (ahead_end - ahead) // (line * tiles) + 1 if c1 - c0 > depth_slice else 0
-                    for t in range(tiles):
-                        for _ in range(per_tile):
-                            if ahead < ahead_end:
-                                prefetch_ahead(panels, ahead)
-                                ahead += line
-                        tile_product(xg, a_start + t * TILE_ROWS * (c1 - c0 + line) + d0, c1 - c0 + line,
-                                     panels, panel + d0 * nr,
-                                     yg, t * TILE_ROWS * yg_stride + padded_start[b] + q * nr, yg_stride,
-                                     d1 - d0, d0 > 0)
+            # 3. Un-permute: y's rows written in order, each output read from where its block put it.
+            lo, hi = padded_start[b0], padded_start[b1]
+            for r in range(m if phases & UNPERMUTE else 0):
+                dst, src = y[i0 + r], yg[r * yg_stride:]
+                if groups == 1:
+                    for o in range(rows):
+                        dst[o] = src[out_pos[o]]
+                else:  # this unit holds only the outputs of blocks b0..b1-1
+                    for o in range(rows):
+                        p = out_pos[o]
+                        if lo <= p < hi:
+                            dst[o] = src[p]
+        return y
 
-        # 3. Un-permute: y's rows written in order, each output read from where its block put it.
-        lo, hi = padded_start[b0], padded_start[b1]
-        for r in range(m if phases & UNPERMUTE else 0):
-            dst, src = y[i0 + r], yg[r * yg_stride:]
-            if groups == 1:
-                for o in range(rows):
-                    dst[o] = src[out_pos[o]]
-            else:  # this unit holds only the outputs of blocks b0..b1-1
-                for o in range(rows):
-                    p = out_pos[o]
-                    if lo <= p < hi:
-                        dst[o] = src[p]
-    return y
+    return block_diagonal_matmul
 
 
-def pack_blocks(blocks, dtype):
-    """The blocks in the kernel's storage: (flat, offsets).
+#: the kernel for the host's tile
+_block_diagonal_matmul = kernel_for(CPU_TILE)
 
-    Block b (r_b, c_b) is stored as ceil(r_b / NR) panels of NR = tile_columns(dtype)
+
+def pack_blocks(blocks, dtype, tile: CpuTile = CPU_TILE):
+    """The blocks in the kernel's storage for tiles of shape `tile`: (flat, offsets).
+
+    Block b (r_b, c_b) is stored as ceil(r_b / NR) panels of NR = tile_columns(dtype, tile)
     outputs, each (c_b, NR) depth-major (panel[p, j] = B_b[q·NR + j, p], zero past r_b),
     starting at flat[offsets[b]]. Packed once, when a layer's weights are fixed.
     """
-    nr = tile_columns(dtype)
+    nr = tile_columns(dtype, tile)
     panels = []
     for block in blocks:
         r, c = block.shape
@@ -164,8 +183,10 @@ DEPTH_SLICE_BYTES = 16 << 10
 STRIP_ROWS = 48
 
 
-def work_split(n: int, k: int, threads: int, weight_bytes: int, activation_bytes: int) -> tuple[int, int]:
-    """(rows per strip, groups of blocks) for a batch of n rows, k blocks and `threads` threads.
+def work_split(n: int, k: int, threads: int, weight_bytes: int, activation_bytes: int,
+               tile_rows: int = CPU_TILE.rows) -> tuple[int, int]:
+    """(rows per strip, groups of blocks) for a batch of n rows, k blocks and `threads` threads, in
+    whole tiles of `tile_rows` rows.
 
     Each strip reads all the weights of its group of blocks. Where the weights outweigh the
     activations (x and y) more than 4 times, the whole batch is one strip and the blocks are
@@ -174,7 +195,7 @@ def work_split(n: int, k: int, threads: int, weight_bytes: int, activation_bytes
     block, and into groups of blocks too only where there are fewer strips than threads.
     """
     n = max(n, 1)
-    whole_tiles = lambda rows: -(-rows // TILE_ROWS) * TILE_ROWS  # noqa: E731
+    whole_tiles = lambda rows: -(-rows // tile_rows) * tile_rows  # noqa: E731
     if weight_bytes > 4 * activation_bytes:
         return whole_tiles(n), min(k, threads)
     rows = whole_tiles(min(STRIP_ROWS, -(-n // threads)))
@@ -222,16 +243,16 @@ def _check_layout(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, nr)
     return 0
 
 
-def kernel_arguments(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x):
+def kernel_arguments(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x, tile: CpuTile = CPU_TILE):
     """The checked arguments of the compiled kernel for this product (work split and depth slice
     included): block_diagonal_matmul_permuted's first half, for benchmarks that call the kernel
-    themselves."""
+    (kernel_for(tile)) themselves."""
     if x.dtype != flat.dtype:
         raise TypeError(f"x is {x.dtype}, the blocks are {flat.dtype}")
     if flat.ndim != 1 or not flat.flags.c_contiguous:
         raise ValueError("flat must be the 1-D contiguous array pack_blocks returns")
     # The kernel reads through these indices unchecked: check that none points outside.
-    nr = tile_columns(flat.dtype)
+    nr = tile_columns(flat.dtype, tile)
     problem = _LAYOUT_PROBLEMS[_check_layout(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, nr)]
     if problem:
         raise ValueError(problem)
@@ -240,17 +261,19 @@ def kernel_arguments(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, 
     if x.ndim != 2 or x.shape[1] != cols:
         raise ValueError(f"x must be (N, {cols}); got {x.shape}")
     strip_rows, groups = work_split(len(x), k, numba.get_num_threads(), flat.nbytes,
-                                    len(x) * (rows + cols) * x.itemsize)
+                                    len(x) * (rows + cols) * x.itemsize, tile.rows)
     return (flat, offsets, row_bounds, col_bounds, row_perm, col_perm, np.ascontiguousarray(x), nr, strip_rows,
             groups, DEPTH_SLICE_BYTES // (nr * flat.itemsize))
 
 
-def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x):
+def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x,
+                                   tile: CpuTile = CPU_TILE):
     """y = x Wᵀ for W = P_r blockdiag(B_b) P_cᵀ, computed block by block (see the module docstring).
 
-    flat, offsets: the blocks as pack_blocks stores them. x (N, cols) float32 or float64 in the
-    original column order -> y (N, rows) in the original row order.
+    flat, offsets: the blocks as pack_blocks stores them for tiles of shape `tile` (the host's by
+    default). x (N, cols) float32 or float64 in the original column order -> y (N, rows) in the
+    original row order.
     """
-    arguments = kernel_arguments(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x)
+    arguments = kernel_arguments(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x, tile)
     reuse_freed_memory()  # the strips' buffers and y: kept in the heap for the next product
-    return _block_diagonal_matmul(*arguments)
+    return kernel_for(tile)(*arguments)

@@ -1,5 +1,5 @@
-"""Every Numba option mpdref uses, in one place: CPU flags, CUDA threads and tile sizes; and the
-backends (devices) a block network can run on.
+"""Every Numba option mpdref uses, in one place: CPU flags, the CPU register tile, CUDA threads and
+tile sizes; and the backends (devices) a block network can run on.
 
 fastmath stays off: the fast paths are compared with the NumPy reference and
 runs must be reproducible bit for bit. ``cache=True`` is never combined with
@@ -22,6 +22,49 @@ FASTMATH = False
 SERIAL = dict(nogil=True, fastmath=FASTMATH, cache=True)
 #: options for kernels parallel over the batch (`prange`); never cached
 PARALLEL = dict(nogil=True, fastmath=FASTMATH, parallel=True, cache=False)
+
+
+# ----------------------------------------------------------------------------- CPU register tile
+
+
+@dataclass(frozen=True)
+class CpuTile:
+    """The register tile of the CPU block-diagonal product (mpdref.kernels.intrinsics.tile_product).
+
+    `rows` rows of the left matrix against `vectors_per_row` vectors of `vector_bytes` bytes of a
+    packed panel: rows × vectors_per_row accumulators stay in vector registers, plus
+    vectors_per_row operands and a broadcast. A panel is vectors_per_row · vector_bytes bytes
+    wide (16 float32 on AVX2's tile, 32 on AVX-512's). The shape changes the speed only: each
+    output is one running sum over its inputs in order, whatever the tile.
+    """
+
+    rows: int
+    vector_bytes: int
+    vectors_per_row: int
+
+    def __post_init__(self):
+        if self.rows < 1 or self.vectors_per_row < 1 or self.vector_bytes not in (16, 32, 64):
+            raise ValueError(f"a tile needs rows, vectors per row >= 1 and vectors of 16, 32 or 64 bytes: {self}")
+
+    def columns(self, itemsize: int) -> int:
+        """Columns of one tile (and of one packed panel) for elements of `itemsize` bytes."""
+        return self.vectors_per_row * self.vector_bytes // itemsize
+
+
+#: the tiles, by the widest vector extension the code is compiled for: 16 vector registers on AVX2
+#: (12 accumulators), 32 of twice the width on AVX-512 (measured on two cores of an AMD EPYC (Zen 5):
+#: see benchmarks/block_diagonal.py --tile)
+CPU_TILES = {
+    "avx2": CpuTile(rows=6, vector_bytes=32, vectors_per_row=2),
+    "avx512": CpuTile(rows=6, vector_bytes=64, vectors_per_row=2),
+}
+
+
+def choose_cpu_tile(features: set[str]) -> CpuTile:
+    """AVX-512's tile where the code is compiled with AVX-512 (avx512f among `features`), else AVX2's
+    (which LLVM splits into narrower vectors where there is no AVX2). mpdref.kernels.intrinsics
+    chooses once, at import, from the features Numba compiles for."""
+    return CPU_TILES["avx512" if "avx512f" in features else "avx2"]
 
 
 # ----------------------------------------------------------------------------- CUDA

@@ -9,17 +9,23 @@ high-performance matrix multiplication", 2008): `a` is TILE_ROWS rows of the lef
 (row-major, any row stride), `b` a packed panel of tile_columns columns of the right one
 (p-major: one contiguous row of the panel per step), and the whole TILE_ROWS ×
 tile_columns result stays in vector registers across the loop over p. Each step
-broadcasts TILE_ROWS values of `a`, loads two vectors of `b` and issues 2·TILE_ROWS
-vector multiply-adds: 12 accumulators plus 3 operands fit the 16 vector registers of
-AVX2. `python benchmarks/block_diagonal.py --tile` measures it against single-threaded
-BLAS on the same product.
+broadcasts TILE_ROWS values of `a`, loads VECTORS_PER_ROW vectors of `b` and issues
+TILE_ROWS·VECTORS_PER_ROW vector multiply-adds.
+
+The tile's shape is generated for the host (`mpdref.kernels.config.CPU_TILES`), chosen once,
+at import, from the CPU features Numba compiles for (CPU_TILE): where there is AVX-512, 6
+rows × 2 vectors of 16 float32 (12 of the 32 zmm registers hold results); else AVX2's 6
+rows × 2 vectors of 8 float32 (12 of 16 ymm registers, plus 3 operands). `make_tile_product`
+generates any other shape (the tests run the tile the host does not choose as well: LLVM
+splits vectors wider than the CPU's). `python benchmarks/block_diagonal.py --tile`
+measures the tiles against single-threaded BLAS on the same product.
 
 Why IR: Numba has no vector types, and LLVM's loop and SLP vectorizers do not turn
 scalar code into a register tile (written with 96 scalar accumulators, it compiled to
 scalar multiply-adds with spills, 25 times slower). `llvm.fmuladd` fuses the multiply
 and the add where the CPU has FMA and keeps them apart where not; on one machine the
-result is the same bit for bit on every call (the order of the sum over p is fixed:
-p = 0, 1, ..., depth - 1, one running sum per output).
+result is the same bit for bit on every call, and with every tile shape (the order of the
+sum over p is fixed: p = 0, 1, ..., depth - 1, one running sum per output).
 
 The tile does no bounds checks: its callers (mpdref.kernels.blockdiag) size and pad
 the packed arrays, check the indices they are given, and are tested against the NumPy
@@ -27,113 +33,147 @@ reference.
 """
 from __future__ import annotations
 
+import functools
+
+import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import config as numba_config
 from numba.core.extending import intrinsic
 
+from mpdref.kernels.config import CpuTile, choose_cpu_tile
+
+
+def compiled_cpu_features() -> set[str]:
+    """The CPU features Numba compiles for: NUMBA_CPU_FEATURES where set, else the host's (as Numba's
+    code generator takes them)."""
+    features = numba_config.CPU_FEATURES
+    if features is None:
+        features = ll.get_host_cpu_features().flatten()
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
+#: the register tile of this process, chosen once, here, from the features Numba compiles for
+CPU_TILE = choose_cpu_tile(compiled_cpu_features())
 #: rows of the left matrix per tile (broadcast operands)
-TILE_ROWS = 6
-#: bytes of one vector register the tile is written for (AVX2; LLVM splits it where narrower)
-VECTOR_BYTES = 32
+TILE_ROWS = CPU_TILE.rows
+#: bytes of one vector register the tile is written for (32: AVX2, 64: AVX-512)
+VECTOR_BYTES = CPU_TILE.vector_bytes
 #: vectors per tile row
-VECTORS_PER_ROW = 2
+VECTORS_PER_ROW = CPU_TILE.vectors_per_row
 
 
-def tile_columns(dtype) -> int:
-    """Columns of one tile (and of one packed panel of the right matrix): 16 float32, 8 float64."""
-    return VECTORS_PER_ROW * VECTOR_BYTES // np.dtype(dtype).itemsize
+def tile_columns(dtype, tile: CpuTile = CPU_TILE) -> int:
+    """Columns of one tile (and of one packed panel of the right matrix): on CPU_TILE, 32 float32 and
+    16 float64 with AVX-512, 16 and 8 without."""
+    return tile.columns(np.dtype(dtype).itemsize)
 
 
-@intrinsic
-def tile_product(typingctx, a, a_start, a_stride, b, b_start, c, c_start, c_stride, depth, accumulate):
-    """The TILE_ROWS × NR product of a (TILE_ROWS × depth) and b (depth × NR), written into c.
+@functools.cache
+def make_tile_product(tile: CpuTile):
+    """The intrinsic tile_product(a, a_start, a_stride, b, b_start, c, c_start, c_stride, depth, accumulate)
+    for a tile of this shape: the tile.rows × NR product of a (tile.rows × depth) and b (depth × NR),
+    written into c.
 
-    Equals `tile_product` of tests/naive.py with rows = TILE_ROWS, columns = NR = tile_columns(dtype),
-    which spells out where a, b and c hold their elements; a, b, c: 1-D C-contiguous arrays of one
-    float dtype. With `accumulate`, the product is added to what c holds (a depth split into slices).
+    Equals `tile_product` of tests/naive.py with rows = tile.rows, columns = NR = tile_columns(dtype,
+    tile), which spells out where a, b and c hold their elements; a, b, c: 1-D C-contiguous arrays of
+    one float dtype. With `accumulate`, the product is added to what c holds (a depth split into slices).
     """
-    arrays = (a, b, c)
-    if not all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" for t in arrays):
-        return None
-    if a.dtype != b.dtype or a.dtype != c.dtype or a.dtype not in (types.float32, types.float64):
-        return None
-    if not all(isinstance(t, types.Integer) for t in (a_start, a_stride, b_start, c_start, c_stride, depth)):
-        return None
-    if not isinstance(accumulate, types.Boolean):
-        return None
-    sig = types.void(a, types.intp, types.intp, b, types.intp, c, types.intp, types.intp, types.intp, types.boolean)
-    itemsize = np.dtype(str(a.dtype)).itemsize
-    lanes = VECTOR_BYTES // itemsize
-    cols = VECTORS_PER_ROW * lanes
+    tile_rows, vectors_per_row = tile.rows, tile.vectors_per_row
 
-    def codegen(context, builder, signature, args):
-        a_arr, a_start, a_stride, b_arr, b_start, c_arr, c_start, c_stride, depth, accumulate = args
-        scalar = context.get_value_type(signature.args[0].dtype)
-        vec = ir.VectorType(scalar, lanes)
-        intp = depth.type
-        const = lambda value: ir.Constant(intp, value)  # noqa: E731
-        data = [context.make_array(signature.args[i])(context, builder, v).data
-                for i, v in ((0, a_arr), (3, b_arr), (5, c_arr))]
-        a_rows = [builder.gep(data[0], [builder.add(a_start, builder.mul(a_stride, const(m)))]) for m in range(TILE_ROWS)]
-        b_ptr = builder.gep(data[1], [b_start])
-        c_ptr = builder.gep(data[2], [c_start])
-        name = f"llvm.fmuladd.v{lanes}f{8 * itemsize}"
-        module = builder.module
-        fmuladd = module.globals.get(name) or ir.Function(module, ir.FunctionType(vec, [vec] * 3), name)
-        n_acc = TILE_ROWS * VECTORS_PER_ROW
-        zero = ir.Constant(vec, [0.0] * lanes)
-        splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+    @intrinsic
+    def tile_product(typingctx, a, a_start, a_stride, b, b_start, c, c_start, c_stride, depth, accumulate):
+        arrays = (a, b, c)
+        if not all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" for t in arrays):
+            return None
+        if a.dtype != b.dtype or a.dtype != c.dtype or a.dtype not in (types.float32, types.float64):
+            return None
+        if not all(isinstance(t, types.Integer) for t in (a_start, a_stride, b_start, c_start, c_stride, depth)):
+            return None
+        if not isinstance(accumulate, types.Boolean):
+            return None
+        sig = types.void(a, types.intp, types.intp, b, types.intp, c, types.intp, types.intp, types.intp,
+                         types.boolean)
+        itemsize = np.dtype(str(a.dtype)).itemsize
+        lanes = tile.vector_bytes // itemsize
+        cols = vectors_per_row * lanes
 
-        slots = [builder.bitcast(builder.gep(c_ptr, [builder.add(builder.mul(c_stride, const(m)), const(v * lanes))]),
-                                 vec.as_pointer())
-                 for m in range(TILE_ROWS) for v in range(VECTORS_PER_ROW)]
-        with builder.if_else(accumulate) as (add_to_c, start_at_zero):
-            with add_to_c:
-                loaded = [builder.load(slot, align=itemsize) for slot in slots]
-                add_block = builder.block
-            with start_at_zero:
-                zero_block = builder.block
-        start = [builder.phi(vec) for _ in range(n_acc)]
-        for phi, value in zip(start, loaded):
-            phi.add_incoming(value, add_block)
-            phi.add_incoming(zero, zero_block)
-        entry = builder.block
-        loop = builder.append_basic_block("tile.loop")
-        done = builder.append_basic_block("tile.done")
-        builder.cbranch(builder.icmp_signed(">", depth, const(0)), loop, done)
+        def codegen(context, builder, signature, args):
+            a_arr, a_start, a_stride, b_arr, b_start, c_arr, c_start, c_stride, depth, accumulate = args
+            scalar = context.get_value_type(signature.args[0].dtype)
+            vec = ir.VectorType(scalar, lanes)
+            intp = depth.type
+            const = lambda value: ir.Constant(intp, value)  # noqa: E731
+            data = [context.make_array(signature.args[i])(context, builder, v).data
+                    for i, v in ((0, a_arr), (3, b_arr), (5, c_arr))]
+            a_rows = [builder.gep(data[0], [builder.add(a_start, builder.mul(a_stride, const(m)))])
+                      for m in range(tile_rows)]
+            b_ptr = builder.gep(data[1], [b_start])
+            c_ptr = builder.gep(data[2], [c_start])
+            name = f"llvm.fmuladd.v{lanes}f{8 * itemsize}"
+            module = builder.module
+            fmuladd = module.globals.get(name) or ir.Function(module, ir.FunctionType(vec, [vec] * 3), name)
+            n_acc = tile_rows * vectors_per_row
+            zero = ir.Constant(vec, [0.0] * lanes)
+            splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
 
-        builder.position_at_end(loop)
-        p = builder.phi(intp)
-        acc = [builder.phi(vec) for _ in range(n_acc)]
-        b_row = [builder.load(builder.bitcast(builder.gep(b_ptr, [builder.add(builder.mul(p, const(cols)), const(v * lanes))]),
-                                              vec.as_pointer()), align=itemsize)
-                 for v in range(VECTORS_PER_ROW)]
-        new = []
-        for m in range(TILE_ROWS):
-            a_value = builder.load(builder.gep(a_rows[m], [p]))
-            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), a_value,
-                                                                  ir.Constant(ir.IntType(32), 0)),
-                                           ir.Constant(vec, ir.Undefined), splat_mask)
-            new += [builder.call(fmuladd, [splat, b_row[v], acc[m * VECTORS_PER_ROW + v]])
-                    for v in range(VECTORS_PER_ROW)]
-        p_next = builder.add(p, const(1))
-        p.add_incoming(const(0), entry)
-        p.add_incoming(p_next, loop)
-        for phi, first, value in zip(acc, start, new):
-            phi.add_incoming(first, entry)
-            phi.add_incoming(value, loop)
-        builder.cbranch(builder.icmp_signed("<", p_next, depth), loop, done)
+            slots = [builder.bitcast(builder.gep(c_ptr, [builder.add(builder.mul(c_stride, const(m)),
+                                                                     const(v * lanes))]), vec.as_pointer())
+                     for m in range(tile_rows) for v in range(vectors_per_row)]
+            with builder.if_else(accumulate) as (add_to_c, start_at_zero):
+                with add_to_c:
+                    loaded = [builder.load(slot, align=itemsize) for slot in slots]
+                    add_block = builder.block
+                with start_at_zero:
+                    zero_block = builder.block
+            start = [builder.phi(vec) for _ in range(n_acc)]
+            for phi, value in zip(start, loaded):
+                phi.add_incoming(value, add_block)
+                phi.add_incoming(zero, zero_block)
+            entry = builder.block
+            loop = builder.append_basic_block("tile.loop")
+            done = builder.append_basic_block("tile.done")
+            builder.cbranch(builder.icmp_signed(">", depth, const(0)), loop, done)
 
-        builder.position_at_end(done)
-        results = [builder.phi(vec) for _ in range(n_acc)]
-        for result, first, value, slot in zip(results, start, new, slots):
-            result.add_incoming(first, entry)
-            result.add_incoming(value, loop)
-            builder.store(result, slot, align=itemsize)
-        return context.get_dummy_value()
+            builder.position_at_end(loop)
+            p = builder.phi(intp)
+            acc = [builder.phi(vec) for _ in range(n_acc)]
+            b_row = [builder.load(builder.bitcast(builder.gep(b_ptr, [builder.add(builder.mul(p, const(cols)),
+                                                                                  const(v * lanes))]),
+                                                  vec.as_pointer()), align=itemsize)
+                     for v in range(vectors_per_row)]
+            new = []
+            for m in range(tile_rows):
+                a_value = builder.load(builder.gep(a_rows[m], [p]))
+                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), a_value,
+                                                                      ir.Constant(ir.IntType(32), 0)),
+                                               ir.Constant(vec, ir.Undefined), splat_mask)
+                new += [builder.call(fmuladd, [splat, b_row[v], acc[m * vectors_per_row + v]])
+                        for v in range(vectors_per_row)]
+            p_next = builder.add(p, const(1))
+            p.add_incoming(const(0), entry)
+            p.add_incoming(p_next, loop)
+            for phi, first, value in zip(acc, start, new):
+                phi.add_incoming(first, entry)
+                phi.add_incoming(value, loop)
+            builder.cbranch(builder.icmp_signed("<", p_next, depth), loop, done)
 
-    return sig, codegen
+            builder.position_at_end(done)
+            results = [builder.phi(vec) for _ in range(n_acc)]
+            for result, first, value, slot in zip(results, start, new, slots):
+                result.add_incoming(first, entry)
+                result.add_incoming(value, loop)
+                builder.store(result, slot, align=itemsize)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile_product
+
+
+#: the tile of CPU_TILE's shape (see make_tile_product)
+tile_product = make_tile_product(CPU_TILE)
 
 
 def _prefetch_intrinsic(locality: int, doc: str):
