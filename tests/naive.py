@@ -453,3 +453,104 @@ def quantization_error(values, magnitudes):
         s = max(float(q @ values) / float(q @ q), 0.0)
         best = min(best, float(np.sum((values - s * q) ** 2)))
     return best
+
+
+# ----------------------------------------------------------------------------- ONNX (mpdref.interop)
+
+
+def onnx_output_size(size, begin, end, kernel, stride, dilation, ceil_mode=False):
+    """The number of windows of ONNX's Conv, MaxPool and AveragePool along one axis, as the spec words it:
+    (size + begin + end - ((kernel - 1)·dilation + 1)) / stride + 1, rounded down, or up with ceil_mode,
+    where a last window that would start past the input and its begin padding is dropped."""
+    exact = (size + begin + end - ((kernel - 1) * dilation + 1)) / stride + 1
+    if not ceil_mode:
+        return math.floor(exact)
+    out = math.ceil(exact)
+    return out - 1 if (out - 1) * stride >= size + begin else out
+
+
+def onnx_conv2d(x, w, b, strides, pads, dilations, group):
+    """The oracle of mpdref.interop's Conv on 2-D images, one term at a time:
+
+        y[n, f, i, j] = b[f] + Σ_{c, p, q} w[f, c, p, q] · x[n, g·C/G + c, i·SH + p·DH - pads[0],
+                                                               j·SW + q·DW - pads[1]]
+
+    g = f // (F/G), G = group; a tap outside x adds nothing. pads: [h_begin, w_begin, h_end, w_end]."""
+    n, channels, h, wd = x.shape
+    f, c_g, kh, kw = w.shape
+    oh = onnx_output_size(h, pads[0], pads[2], kh, strides[0], dilations[0])
+    ow = onnx_output_size(wd, pads[1], pads[3], kw, strides[1], dilations[1])
+    y = np.zeros((n, f, oh, ow), dtype=x.dtype)
+    for ni in range(n):
+        for fi in range(f):
+            g = fi // (f // group)
+            for i in range(oh):
+                for j in range(ow):
+                    acc = b[fi]
+                    for ci in range(c_g):
+                        for p in range(kh):
+                            for q in range(kw):
+                                r = i * strides[0] + p * dilations[0] - pads[0]
+                                s = j * strides[1] + q * dilations[1] - pads[1]
+                                if 0 <= r < h and 0 <= s < wd:
+                                    acc += w[fi, ci, p, q] * x[ni, g * c_g + ci, r, s]
+                    y[ni, fi, i, j] = acc
+    return y
+
+
+def onnx_pool2d(x, kind, kernel, strides, pads, dilations, ceil_mode=False, count_include_pad=False):
+    """The oracle of mpdref.interop's MaxPool (kind "max": y and the indices) and AveragePool (kind "average":
+    y) on 2-D images, one window at a time. Window (i, j) has the taps
+    (r, s) = (i·SH + p·DH - pads[0], j·SW + q·DW - pads[1]), p < KH, q < KW. "max": the largest of the taps
+    inside x, the first in row-major tap order, and its flat index ((n·C + c)·H + r)·W + s in x; "average":
+    the sum of the taps inside x over their count, or with count_include_pad over the count of the taps
+    inside x and its pads, -pads[0] <= r < H + pads[2] (likewise s)."""
+    n, c, h, wd = x.shape
+    oh = onnx_output_size(h, pads[0], pads[2], kernel[0], strides[0], dilations[0], ceil_mode)
+    ow = onnx_output_size(wd, pads[1], pads[3], kernel[1], strides[1], dilations[1], ceil_mode)
+    y = np.zeros((n, c, oh, ow), dtype=x.dtype)
+    indices = np.zeros((n, c, oh, ow), dtype=np.int64)
+    for ni in range(n):
+        for ci in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    best, best_index, total, counted = None, -1, 0.0, 0
+                    for p in range(kernel[0]):
+                        for q in range(kernel[1]):
+                            r = i * strides[0] + p * dilations[0] - pads[0]
+                            s = j * strides[1] + q * dilations[1] - pads[1]
+                            if 0 <= r < h and 0 <= s < wd:
+                                v = x[ni, ci, r, s]
+                                total += v
+                                counted += 1
+                                if best is None or v > best:
+                                    best, best_index = v, ((ni * c + ci) * h + r) * wd + s
+                            elif count_include_pad and -pads[0] <= r < h + pads[2] and -pads[1] <= s < wd + pads[3]:
+                                counted += 1
+                    y[ni, ci, i, j] = best if kind == "max" else total / counted
+                    indices[ni, ci, i, j] = best_index
+    return (y, indices) if kind == "max" else y
+
+
+def max_pool2d_dilated(x, kernel, stride, dilation):
+    """The oracle of mpdref.ops.max_pool2d_forward with (rows, columns) kernel, stride and dilation: window maxima
+    over the taps x[n, c, i·SH + p·DH, j·SW + q·DW], the first maximum in row-major tap order winning, and where
+    it is (h, w) (as `max_pool2d` returns it)."""
+    n, c, h, w = x.shape
+    oh = (h - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    y = np.zeros((n, c, oh, ow), dtype=x.dtype)
+    winner = np.zeros((n, c, oh, ow, 2), dtype=np.int64)
+    for ni in range(n):
+        for ci in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    best = None
+                    for p in range(kernel[0]):
+                        for q in range(kernel[1]):
+                            r, s = i * stride[0] + p * dilation[0], j * stride[1] + q * dilation[1]
+                            if best is None or x[ni, ci, r, s] > best:
+                                best = x[ni, ci, r, s]
+                                winner[ni, ci, i, j] = (r, s)
+                    y[ni, ci, i, j] = best
+    return y, winner
