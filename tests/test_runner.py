@@ -48,9 +48,42 @@ type = "evaluate"
 """
 
 
-def small_config(tmp_path, root):
+# An ADMM run: Z, U and rho live in its checkpoints (mpdref.runner.stages.admm).
+SMALL_ADMM = """
+[experiment]
+name = "small-admm"
+model = "lenet-300-100"
+seed = 3
+
+[data]
+root = "{root}"
+train_limit = 1500
+validation_size = 500
+
+[[stages]]
+type = "train"
+epochs = 1
+lr = 0.05
+
+[[stages]]
+type = "admm_prune"
+keep_all = 0.2
+rho = 0.01
+rho_growth = 2.0
+updates = 4
+lr = 0.01
+
+[[stages]]
+type = "train"
+name = "retrain"
+epochs = 1
+lr = 0.01
+"""
+
+
+def small_config(tmp_path, root, text=SMALL):
     path = tmp_path / "small.toml"
-    path.write_text(SMALL.format(root=root))
+    path.write_text(text.format(root=root))
     return path
 
 
@@ -172,8 +205,9 @@ def _epoch_records(out):
 
 @pytest.mark.mnist
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, mnist_dir):
-    config_path = small_config(tmp_path, mnist_dir)
+@pytest.mark.parametrize("text", [SMALL, SMALL_ADMM], ids=["train", "admm"])
+def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, mnist_dir, text):
+    config_path = small_config(tmp_path, mnist_dir, text)
     reference = tmp_path / "reference"
     run_experiment(load_config(config_path), reference, progress=False)
     expected_weights = _weights(reference / "model.h5")
