@@ -76,10 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = _add_command(sub, "show", cmd_show)
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR|SWEEP_DIR")
 
     p = _add_command(sub, "compare", cmd_compare)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+
+    p = _add_command(sub, "sweep", cmd_sweep)
+    p.add_argument("sweep_file", metavar="SWEEP.toml", help="sweep file (see configs/sweeps/)")
+    p.add_argument("--out", metavar="DIR", help="sweep directory (default runs/STEM, STEM the sweep file's name)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes of the LocalCluster on this machine, one run each at a time "
+                            "(default: the number of cores)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="a running Dask scheduler (tcp://HOST:PORT) instead; DIR must be on a filesystem "
+                            "that every worker sees")
+    p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoints)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar: a line per run")
 
     p = _add_command(sub, "train", cmd_train)
     p.add_argument("--model", required=True, choices=tuple(ARCHITECTURES), help="network to train")
@@ -269,13 +282,48 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_show(args) -> int:
-    """summarize a run directory
+def cmd_sweep(args) -> int:
+    """run a grid of experiments (a sweep file) on Dask workers
 
-    Print a run's settings and one row per stage.
+    Expand the sweep file's grid over its base experiment config into runs, validate every one,
+    and run them as ordinary run directories DIR/runs/NAME (NAME from the run's values) on Dask:
+    a LocalCluster of one-thread workers on this machine, or the workers of a running scheduler
+    (--scheduler; DIR must then be on a filesystem that every worker sees). Finished runs are not
+    run again; unfinished ones resume from their checkpoints, also after a worker died; a failed
+    run is recorded and the others go on, so calling the command again continues the sweep. At
+    the end: DIR/results.csv and DIR/results.json, one row per run, and the table that `mpdref show
+    DIR` prints. Needs Dask: pip install -e '.[sweep]'.
     """
+    from mpdref.sweep import run_sweep, show_sweep
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers: expected an integer >= 1, got {args.workers}")
+    out, counts = run_sweep(args.sweep_file, args.out, workers=args.workers, scheduler=args.scheduler,
+                            progress=not args.no_progress, retry_failed=args.retry_failed)
+    print(show_sweep(out))
+    print(f"results: {out}/results.csv, {out}/results.json", file=sys.stderr)
+    if counts["failed"] or counts["unfinished"] or counts["pending"]:
+        print(f"mpdref sweep: {counts['finished']} of {sum(counts.values())} runs finished, {counts['failed']} failed",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_show(args) -> int:
+    """summarize a run directory or a sweep directory
+
+    Print a run's settings and one row per stage; for a sweep directory (mpdref sweep --out DIR),
+    one row per run.
+    """
+    from pathlib import Path
+
     from mpdref.runner.report import show_run
 
+    if (Path(args.run_dir) / "sweep.json").exists() and not (Path(args.run_dir) / "config.json").exists():
+        from mpdref.sweep import show_sweep
+
+        print(show_sweep(args.run_dir))
+        return 0
     print(show_run(args.run_dir))
     return 0
 
