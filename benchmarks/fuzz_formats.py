@@ -1,18 +1,22 @@
-"""Fuzz mpdref's file readers: >= 100,000 damaged IDX files, model files, checkpoints and .mpdz files.
+"""Fuzz mpdref's file readers: >= 100,000 damaged IDX files, model files, checkpoints, .mpdz files, and the
+ONNX, safetensors and PyTorch files that `mpdref convert` reads.
 
-    python benchmarks/fuzz_formats.py [--cases 100000] [--workers 2] [--seconds 10]
+    python benchmarks/fuzz_formats.py [--cases 100000] [--workers 2] [--seconds 10] [--kinds onnx,pt]
 
-Each case takes a valid file written by mpdref, damages it (bit flips, byte and run
-overwrites, truncation, extension, deleted or duplicated runs, splices of two files,
-zeroed runs; one to three at a time) and loads it with the matching reader under a
-time limit. Allowed: the reader's documented error (DataError, FormatError), or a load
-of the right content: exactly the undamaged file's (after a splice, that of either
-spliced file) for the checksummed model files, checkpoints and .mpdz files; for IDX
-files, which carry no checksum, exactly what an independent decoder (tests/naive.py
-idx_decode) reads from the damaged bytes, and the original's dtype and shape while the
-header bytes are intact (the rule in full: tests/fuzzing.py). Counted
-separately, and failing the run: a load of other content, any other exception, a
-hang (time limit), a crashed worker process. Cases are reproducible from (kind, seed).
+Each case takes a valid file (written by mpdref; the PyTorch files by torch.save), damages
+it (bit flips, byte and run overwrites, truncation, extension, deleted or duplicated runs,
+splices of two files, zeroed runs; one to three at a time) and loads it with the matching
+reader under a time limit. Allowed: the reader's documented error (DataError, FormatError),
+or a load of the right content: exactly the undamaged file's (after a splice, that of either
+spliced file) for the checksummed model files, checkpoints and .mpdz files, and for PyTorch
+files, whose zip records' CRC-32s the reader checks; for the formats without a checksum,
+exactly what a decoder other than the reader makes of the damaged bytes: IDX files
+tests/naive.py idx_decode (and the original's dtype and shape while the header bytes are
+intact), safetensors files the safetensors library, ONNX files a protobuf walk in
+tests/fuzzing.py (the rule in full: tests/fuzzing.py). The ONNX, safetensors and PyTorch
+kinds run where the interop extra (and for PyTorch files, torch) is installed. Counted
+separately, and failing the run: a load of other content, any other exception, a hang
+(time limit), a crashed worker process. Cases are reproducible from (kind, seed).
 """
 from __future__ import annotations
 
@@ -31,9 +35,9 @@ import numpy as np
 # fuzzing.py is test tooling and lives in tests/. Worker processes get this path too: forked
 # ones inherit it, spawned ones run this module's top level again (as __mp_main__).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fuzzing import CaseTimeout, allowed_contents, load_outcome, mutate, sample_files  # noqa: E402
+from fuzzing import CaseTimeout, allowed_contents, available_kinds, load_outcome, mutate, sample_files  # noqa: E402
 
-KINDS = ("idx", "model", "checkpoint", "mpdz")
+KINDS = ("idx", "model", "checkpoint", "mpdz", "onnx", "safetensors", "pt")  # their order fixes the seeds
 _SAMPLES = None
 
 
@@ -72,17 +76,26 @@ def run_chunk(kind: str, seeds: range, seconds: float) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", type=int, default=100_000, help="total cases, split over the four kinds")
+    p.add_argument("--cases", type=int, default=100_000, help="total cases, split evenly over the kinds")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seconds", type=float, default=10.0, help="time limit per case")
     p.add_argument("--chunk", type=int, default=2000)
+    p.add_argument("--kinds", default=",".join(available_kinds()),
+                   help=f"comma-separated kinds of file (default: those installed, of {', '.join(KINDS)})")
     args = p.parse_args()
+    kinds = [kind for kind in args.kinds.split(",") if kind]
+    unknown = [kind for kind in kinds if kind not in available_kinds()]
+    if unknown:
+        p.error(f"kinds {unknown} are unknown or not installed; available here: {', '.join(available_kinds())}")
+    missing = [kind for kind in KINDS if kind not in available_kinds()]
+    if missing:
+        print(f"left out, not installed: {', '.join(missing)} (pip install -e '.[interop,crosscheck]')")
 
     started = time.perf_counter()
-    per_kind = {kind: args.cases // len(KINDS) + (i < args.cases % len(KINDS)) for i, kind in enumerate(KINDS)}
+    per_kind = {kind: args.cases // len(kinds) + (i < args.cases % len(kinds)) for i, kind in enumerate(kinds)}
     jobs = [(kind, range(start, min(start + args.chunk, per_kind[kind])))
-            for kind in KINDS for start in range(0, per_kind[kind], args.chunk)]
-    totals = {kind: collections.Counter() for kind in KINDS}
+            for kind in kinds for start in range(0, per_kind[kind], args.chunk)]
+    totals = {kind: collections.Counter() for kind in kinds}
     failures = []
     crashed = 0
     with ProcessPoolExecutor(args.workers) as pool:
@@ -103,7 +116,7 @@ def main():
     # (a splice at the very end, a byte set to itself); different: loaded other content
     print(f"{'format':<12}{'cases':>9}{'unchanged':>11}{'loaded':>9}{'rejected':>10}{'different':>11}"
           f"{'unexpected':>12}{'hangs':>7}")
-    for kind in KINDS:
+    for kind in kinds:
         c = totals[kind]
         print(f"{kind:<12}{sum(c.values()):>9}{c['unchanged']:>11}{c['loaded']:>9}{c['rejected']:>10}"
               f"{c['loaded-different']:>11}{c['unexpected']:>12}{c['hang']:>7}")

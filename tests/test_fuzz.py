@@ -4,10 +4,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fuzzing
 import naive
-from fuzzing import MUTATIONS, Outcome, allowed_contents, load_outcome, mutate, read, sample_files
+from fuzzing import MUTATIONS, Outcome, allowed_contents, available_kinds, load_outcome, mutate, read, sample_files
 
-CASES = {"idx": 1500, "model": 700, "checkpoint": 500, "mpdz": 500}
+CASES = {"idx": 1500, "model": 700, "checkpoint": 500, "mpdz": 500, "onnx": 600, "safetensors": 600, "pt": 400}
+INTEROP = ("onnx", "safetensors", "pt")
+
+
+def kinds(*wanted):
+    """pytest params of the kinds `wanted` (all of CASES by default), each skipped where its reader is not installed."""
+    return [pytest.param(kind, marks=pytest.mark.skipif(
+        kind not in available_kinds(), reason=f"the {kind} reader is not installed "
+        f"(pip install -e '.[interop{',crosscheck' if kind == 'pt' else ''}]')")) for kind in wanted or CASES]
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +24,7 @@ def samples(tmp_path_factory):
     return sample_files(tmp_path_factory.mktemp("samples"))
 
 
-@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("kind", kinds())
 def test_undamaged_samples_load(samples, kind, tmp_path):
     for i, sample in enumerate(samples[kind]):
         path = tmp_path / f"ok{i}{sample.suffix}"
@@ -28,6 +37,7 @@ def test_undamaged_samples_load(samples, kind, tmp_path):
     ("checkpoint", {"params/fc1.weight", "masks/fc3.weight", "velocity/fc1.weight", "progress/epochs_done",
                     "progress/rng"}),
     ("mpdz", {"params/fc1.weight", "masks/fc1.weight"}),
+    *[pytest.param("pt", {"tensors/fc1.weight", "tensors/fc3.bias"}, marks=param.marks) for param in kinds("pt")],
 ])
 def test_a_load_of_other_content_is_a_failure(samples, kind, some_differing, tmp_path):
     """The comparison can fail: another valid sample, passed off as the damaged first one, loads different."""
@@ -78,7 +88,7 @@ def test_an_idx_load_of_other_content_is_a_failure(samples, tmp_path, monkeypatc
     assert load_outcome("idx", path, [sample.content]) == Outcome("loaded-different", ("values",))
 
 
-@pytest.mark.parametrize("kind", list(CASES))
+@pytest.mark.parametrize("kind", kinds())
 def test_damaged_files_load_the_right_content_or_raise_the_documented_error(samples, kind, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"fuzz-{kind}")
 
@@ -101,3 +111,52 @@ def test_damaged_files_load_the_right_content_or_raise_the_documented_error(samp
             assert naive.idx_decode(data, gzipped=sample.suffix == ".gz") is None
 
     case()
+
+
+@pytest.mark.parametrize("kind", kinds("onnx", "safetensors"))
+def test_the_decoders_read_the_undamaged_samples_as_the_readers_do(samples, kind):
+    """The oracles of the formats without a checksum agree with the readers where nothing is damaged, and a
+    changed value or name is a different content."""
+    for sample in samples[kind]:
+        decoded = fuzzing.decoded_content(kind, sample.data)
+        assert fuzzing.differences(sample.content, decoded) == []
+    assert fuzzing.decoded_content(kind, samples[kind][0].data[:-1]) == {"undecodable": True}
+
+
+@pytest.mark.parametrize("kind", kinds("onnx", "safetensors"))
+def test_a_flipped_weight_bit_loads_what_the_bytes_say(samples, kind, tmp_path):
+    """No checksum: a bit flipped in a weight's bytes loads, with that weight changed, which is the right content
+    (the decoder reads the same change); the sample's own content would be a load of other content."""
+    sample = samples[kind][0]
+    weight = sample.content["tensors/fc2.weight"]
+    start = sample.data.find(weight.tobytes())
+    assert start > 0
+    at = start + 4 * 17 + 3  # the high byte of fc2.weight's 18th value (little-endian float32)
+    damaged = bytearray(sample.data)
+    damaged[at] ^= 0x01
+    path = tmp_path / f"flipped{sample.suffix}"
+    path.write_bytes(damaged)
+    assert load_outcome(kind, path, [sample.content]) == Outcome("loaded")
+    loaded = read(kind, path)["fc2.weight"]
+    assert np.count_nonzero(loaded != weight) == 1 and loaded.flat[17] != weight.flat[17]
+    with pytest.MonkeyPatch.context() as patch:  # judged against the undamaged content instead: other content
+        patch.setattr(fuzzing, "decoded_content", lambda kind, data: sample.content)
+        assert load_outcome(kind, path, [sample.content]) == Outcome("loaded-different", ("tensors/fc2.weight",))
+
+
+@pytest.mark.parametrize("kind", kinds("pt"))
+def test_a_flipped_weight_bit_in_a_pytorch_file_is_rejected(samples, kind, tmp_path):
+    """torch.load checks no CRC; the reader does, so a changed weight is an error and not another weight."""
+    sample = samples[kind][0]
+    start = sample.data.find(sample.content["tensors/fc2.weight"].tobytes())
+    assert start > 0
+    at = start + 4 * 17 + 3
+    damaged = bytearray(sample.data)
+    damaged[at] ^= 0x01
+    path = tmp_path / f"flipped{sample.suffix}"
+    path.write_bytes(damaged)
+    assert load_outcome(kind, path, [sample.content]) == Outcome("rejected")
+    import torch
+
+    assert not torch.equal(torch.load(path, weights_only=True)["fc2.weight"],
+                           torch.from_numpy(sample.content["tensors/fc2.weight"]))  # torch alone loads it

@@ -33,6 +33,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from mpdref import models, ops  # noqa: E402
 from mpdref.interop import SUPPORTED_OPS, UnsupportedModel, run_onnx  # noqa: E402
 from mpdref.interop import onnx_eval  # noqa: E402
+from mpdref.interop.torch_twin import torch_network  # noqa: E402
 from mpdref.io import FormatError  # noqa: E402
 
 try:
@@ -563,35 +564,6 @@ def test_intermediate_returns_every_named_value():
 
 
 # ----------------------------------------------------------------------------- (c) the networks, exported by torch
-
-
-def torch_network(name):
-    """The torch module of mpdref network `name`, parameters named as mpdref's (`models.py`)."""
-    import torch.nn.functional as F
-    from torch import nn
-
-    class Network(nn.Module):
-        def __init__(self):
-            super().__init__()
-            if name == "lenet-300-100":
-                self.fc1, self.fc2, self.fc3 = nn.Linear(784, 300), nn.Linear(300, 100), nn.Linear(100, 10)
-            elif name == "lenet-5":
-                self.conv1, self.conv2 = nn.Conv2d(1, 20, 5), nn.Conv2d(20, 50, 5)
-                self.fc1, self.fc2 = nn.Linear(800, 500), nn.Linear(500, 10)
-            else:
-                self.conv1, self.conv2 = nn.Conv2d(1, 32, 5, padding=2), nn.Conv2d(32, 64, 5, padding=2)
-                self.fc1, self.fc2, self.dropout = nn.Linear(3136, 1024), nn.Linear(1024, 10), nn.Dropout(0.5)
-
-        def forward(self, x):
-            if name == "lenet-300-100":
-                return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x.flatten(1))))))
-            if name == "lenet-5":
-                h = F.max_pool2d(self.conv2(F.max_pool2d(self.conv1(x), 2)), 2)
-                return self.fc2(F.relu(self.fc1(h.flatten(1))))
-            h = F.max_pool2d(F.relu(self.conv2(F.max_pool2d(F.relu(self.conv1(x)), 2))), 2)
-            return self.fc2(self.dropout(F.relu(self.fc1(h.flatten(1)))))
-
-    return Network()
 
 
 @pytest.fixture(scope="module")

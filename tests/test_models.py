@@ -81,44 +81,19 @@ def test_whole_network_gradients_by_finite_differences(name, rng):
     assert checked == 2, "no direction free of kinks was found"
 
 
-def _torch_model(name):
-    import torch.nn as nn
-
-    if name == "lenet-300-100":
-        return nn.ModuleDict({"fc1": nn.Linear(784, 300), "fc2": nn.Linear(300, 100), "fc3": nn.Linear(100, 10)})
-    if name == "lenet-5":
-        return nn.ModuleDict({"conv1": nn.Conv2d(1, 20, 5), "conv2": nn.Conv2d(20, 50, 5),
-                              "fc1": nn.Linear(800, 500), "fc2": nn.Linear(500, 10)})
-    return nn.ModuleDict({"conv1": nn.Conv2d(1, 32, 5, padding=2), "conv2": nn.Conv2d(32, 64, 5, padding=2),
-                          "fc1": nn.Linear(3136, 1024), "fc2": nn.Linear(1024, 10)})
-
-
-def _torch_forward(name, m, x):
-    import torch.nn.functional as F
-
-    if name == "lenet-300-100":
-        h = x.flatten(1)
-        return m["fc3"](F.relu(m["fc2"](F.relu(m["fc1"](h)))))
-    if name == "lenet-5":
-        h = F.max_pool2d(m["conv2"](F.max_pool2d(m["conv1"](x), 2)), 2)
-        return m["fc2"](F.relu(m["fc1"](h.flatten(1))))
-    h = F.max_pool2d(F.relu(m["conv1"](x)), 2)
-    h = F.max_pool2d(F.relu(m["conv2"](h)), 2)
-    return m["fc2"](F.relu(m["fc1"](h.flatten(1))))
-
-
 @needs_torch
 @pytest.mark.parametrize("name", models.ARCHITECTURES)
 def test_logits_loss_and_every_gradient_agree_with_torch_float64(name, rng):
     import torch
     import torch.nn.functional as F
 
-    m = _torch_model(name).double()
+    torch_twin = pytest.importorskip("mpdref.interop.torch_twin", reason="the interop extra is not installed")
+    m = torch_twin.torch_network(name).double()  # nn.Sequential of torch's own layers, named as mpdref's
     net = models.build(name, np.float64)
     net.load_state_dict({k: v.detach().numpy() for k, v in m.state_dict().items()})  # PyTorch weights load directly
     x = rng.standard_normal((4, 1, 28, 28))
     y = np.array([0, 9, 4, 4])
-    logits_t = _torch_forward(name, m, torch.tensor(x))
+    logits_t = m.eval()(torch.tensor(x))  # dropout off, as train=False below
     loss_t = F.cross_entropy(logits_t, torch.tensor(y))
     loss_t.backward()
     loss, grads = net.loss_and_grads(x, y, train=False)
