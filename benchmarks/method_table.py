@@ -61,7 +61,7 @@ def fc1_product(net, method: str, rng, repeats: int) -> float:
         block = mpd.block_network(net, "cpu")
         images = rng.standard_normal((64, *models.INPUT_SHAPE)).astype(w.dtype)
         assert np.array_equal(block.predict(images), net.predict(images)), "the block form predicts otherwise"
-        layer = next(layer for layer in block.layers if layer.name == "fc1")
+        layer = next(layer for layer in block.layers if getattr(layer, "name", None) == "fc1")
         # fc1 alone, on an input in the previous block layer's order (any values time the same)
         return timed(lambda: layer.forward(block.params, x.T, False, None), repeats)
     form = {"prune": relative_form, "darb": darb_form, "bmwm": darb_form, "block": tile_form}[method]

@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_command(sub, "compare", cmd_compare)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
 
+    p = _add_command(sub, "figures", cmd_figures)
+    p.add_argument("dirs", nargs="+", metavar="RUN_OR_SWEEP_DIR")
+    p.add_argument("-o", "--out", metavar="DIR",
+                   help="folder for the figures (default: figures/ in the first directory given)")
+    p.add_argument("--svg", action="store_true", help="SVG files instead of PNG")
+    p.add_argument("--bench", metavar="FILE.json",
+                   help="also draw kernel speed against the dense BLAS product from a benchmark's JSON output "
+                        "(benchmarks/mpd_inference.py --json, benchmarks/block_diagonal_cuda.py --out)")
+
     p = _add_command(sub, "sweep", cmd_sweep)
     p.add_argument("sweep_file", metavar="SWEEP.toml", help="sweep file (see configs/sweeps/)")
     p.add_argument("--out", metavar="DIR", help="sweep directory (default runs/STEM, STEM the sweep file's name)")
@@ -129,6 +138,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add_command(sub, "size", cmd_size)
     p.add_argument("mpdz_file", metavar="MODEL.mpdz")
+
+    p = _add_command(sub, "crosscheck", cmd_crosscheck)
+    p.add_argument("model", metavar="MODEL.onnx|MODEL.h5|MODEL.mpdz")
+    inputs = p.add_mutually_exclusive_group()
+    inputs.add_argument("--inputs", metavar="FILE.npz", help="input arrays keyed by graph input name")
+    inputs.add_argument("--data", choices=("test", "val"), help="MNIST images of this split (default: test)")
+    inputs.add_argument("--random", type=int, metavar="N", help="N standard-normal images")
+    p.add_argument("--limit", type=int, metavar="N", help="the first N images of --data (default 100)")
+    p.add_argument("--raw", action="store_true", help="MNIST pixels in [0, 1], not normalized")
+    p.add_argument("--against", default="onnxruntime", metavar="onnxruntime|torch|FILE.npz",
+                   help="the other side (default onnxruntime; torch for a model file)")
+    p.add_argument("--rtol", type=float, metavar="R", help="relative tolerance (default: torch.testing's for the dtype)")
+    p.add_argument("--atol", type=float, metavar="A", help="absolute tolerance (default: torch.testing's for the dtype)")
+    p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    p.add_argument("--mnist", metavar="DIR", help="folder holding the MNIST IDX files (default: the usual lookup)")
+
+    p = _add_command(sub, "convert", cmd_convert)
+    p.add_argument("input", metavar="IN", help="a .pt/.pth state_dict, a .safetensors file or an .onnx file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.h5")
+    p.add_argument("--model", choices=tuple(ARCHITECTURES),
+                   help="the architecture (a safetensors file mpdref wrote names its own)")
+
+    p = _add_command(sub, "export", cmd_export)
+    p.add_argument("model_file", metavar="MODEL.h5|MODEL.mpdz")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.onnx|OUT.safetensors")
+    p.add_argument("--form", choices=("auto", "dense", "blocks"), default="auto",
+                   help="ONNX: dense, or MPD block form (auto: blocks for an MPD-masked model)")
 
     p = sub.add_parser("data", help="fetch or check MNIST",
                        description="Fetch MNIST from a public mirror, or check the copy that mpdref finds.")
@@ -208,19 +244,23 @@ def cmd_demo(args) -> int:
     training with the default recipe; Deep Compression (3 rounds of pruning and retraining,
     distilling from the dense network, 5-bit codebooks, Huffman coding into model.mpdz); MPD
     masks at 10x trained in block form, 6-bit codebooks, Huffman. Prints each compressed file's
-    size table and the test errors. Fetches MNIST if it is found nowhere.
+    size table and the test errors, and draws the three models' test error against compression
+    ratio beside the papers' points (tradeoff.png in the --out folder). Fetches MNIST if it is
+    found nowhere.
     """
     from importlib import resources
+    from pathlib import Path
 
     from mpdref.compress import size_table
     from mpdref.data import find_or_fetch_mnist
+    from mpdref.figures import PAPER_DPI, method_of, save_figure, tradeoff_figure
     from mpdref.runner import run_experiment
     from mpdref.runner.config import load_config, resolve_config
     from mpdref.runner.report import format_table, percent
     from mpdref.train import PAPER_DEEP_COMPRESSION, PAPER_DENSE_ERROR
 
     root = find_or_fetch_mnist(args.data)
-    rows = []
+    rows, points = [], []
     for name in DEMO_PIPELINES:
         with resources.as_file(resources.files("mpdref") / "configs" / "demo" / f"{name}.toml") as path:
             config = load_config(path)
@@ -243,10 +283,15 @@ def cmd_demo(args) -> int:
         rows.append((name, percent(metrics["test_error"]), percent(metrics["val_error"]),
                      f"{table['file_bytes']:,} B" if table else f"{4 * metrics['parameters']:,} B (float32)",
                      f"{table['ratio']:.1f}x" if table else "1.0x", f"{metrics['train_seconds']:.0f} s"))
+        points.append({"network": config["experiment"]["model"], "series": method_of(config), "counts": "file",
+                       "ratio": table["ratio"] if table else 1.0, "error": metrics["test_error"]})
     print(format_table(("pipeline", "test error", "val error", "model size", "smaller", "train time"), rows))
     paper = PAPER_DEEP_COMPRESSION["lenet-300-100"]
     print(f"LeNet-300-100 dense test error in the paper: {percent(PAPER_DENSE_ERROR['lenet-300-100'])}; "
           f"Deep Compression: {percent(paper['test_error'])} at {paper['ratio']}x. Run directories: {args.out}/*")
+    # the table's errors and ratios, drawn: the three models beside the papers' points
+    figure = save_figure(tradeoff_figure(points), Path(args.out) / "tradeoff.png", PAPER_DPI)
+    print(f"test error against compression ratio: {figure}")
     return 0
 
 
@@ -325,6 +370,50 @@ def cmd_show(args) -> int:
         print(show_sweep(args.run_dir))
         return 0
     print(show_run(args.run_dir))
+    return 0
+
+
+def cmd_figures(args) -> int:
+    """the papers' figures from run and sweep directories
+
+    Draw the figures of the compression papers from files that runs have written (nothing is
+    trained): from all runs, a sweep's runs included, 1. test error against compression ratio
+    (log axis), a curve per method, the papers' reported points marked (tradeoff) and 2. the
+    stored bits per layer, weights, index or permutations, codebook and biases, as stacked
+    bars, a bar per run with a model.mpdz (storage); from each run directory given alone,
+    3. the weights before quantization with the k-means and the fine-tuned centroids
+    (codebooks), 4. the sensitivity stage's curves (pruning-sensitivity), 5. the MPD masks as
+    trained and permuted (masks) and 6. the Huffman code lengths against symbol frequency in
+    model.mpdz (huffman); with --bench, 7. kernel speed against the dense BLAS product
+    (kernel-speed). A run's ratio is its encode stage's file ratio, else 1 / the fraction of
+    weights kept (open markers). Figures are one paper column wide (3.5 in), PNG at 200 dpi or
+    SVG. Prints each file written; a figure whose inputs are missing is named with the files
+    it needs.
+    """
+    from pathlib import Path
+
+    from mpdref.figures import write_figures
+
+    runs = []
+    for d in map(Path, args.dirs):
+        if (d / "sweep.json").exists() and not (d / "config.json").exists():
+            from mpdref.sweep import read_sweep_record
+
+            names = [r["name"] for r in read_sweep_record(d)["runs"]]
+            runs += [(d / "runs" / n, d.resolve().name) for n in names if (d / "runs" / n / "config.json").exists()]
+        else:
+            runs.append((d, None))
+    out = Path(args.out) if args.out else Path(args.dirs[0]) / "figures"
+    written = 0
+    for path, note in write_figures(runs, out, svg=args.svg, bench=args.bench):
+        if path is None:
+            print(f"mpdref figures: {note}", file=sys.stderr)
+        else:
+            print(path)
+            written += 1
+    if not written:
+        print("mpdref figures: no figure drawn: none of its inputs are in the directories given", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -469,6 +558,103 @@ def _kept_fraction(net):
     if not net.masks:
         return None
     return sum(int(m.sum()) for m in net.masks.values()) / sum(m.size for m in net.masks.values())
+
+
+
+def _interop():
+    """mpdref.interop, or an error naming the extra to install."""
+    try:
+        import mpdref.interop as interop
+    except ImportError as e:
+        raise BackendUnavailable(f"{e} (the interop extra: pip install -e '.[interop]')") from None
+    return interop
+
+
+def cmd_crosscheck(args) -> int:
+    """compare mpdref's float64 reference with onnxruntime, saved values or PyTorch, value by value
+
+    MODEL.onnx: mpdref evaluates the graph with its own reference ops in float64; the other
+    side is onnxruntime (default; every node output is made a graph output, as Polygraphy
+    does, so every intermediate value is compared) or the values another framework saved in
+    an .npz file, keyed by ONNX value names. MODEL.h5 or .mpdz --against torch: the same
+    network built in PyTorch from the state_dict; logits, loss and every parameter's
+    gradient are compared, in float64.
+
+    Inputs: --inputs FILE.npz (arrays keyed by graph input name), --data test|val (MNIST,
+    found by the usual lookup or --mnist DIR; --limit N: the first N images, default 100) or
+    --random N (standard normal). MNIST images are normalized as mpdref's networks expect,
+    (pixel / 255 - 0.1307) / 0.3081; --raw gives pixels in [0, 1] instead.
+
+    Printed per compared value, in graph order: node, op, shape, max |diff|, max relative
+    diff and the mismatched elements, |a - e| > atol + rtol·|e| (torch.testing.assert_close's
+    rule); then the first divergent value and, for a classifier, the fraction of equal
+    predictions. Without --rtol/--atol each value gets torch.testing's defaults for its dtype
+    (float32: 1.3e-6 and 1e-5, float64: 1e-7 and 1e-7). Exit status: 0 when every compared
+    value agrees, 1 when any differs (the summary names it), 2 for bad input. Needs the
+    interop extra (pip install -e '.[interop]'); --against torch needs torch
+    (pip install -e '.[crosscheck]')."""
+    try:
+        interop = _interop()
+        from mpdref.interop import crosscheck as module
+
+        report = module.crosscheck(args.model, inputs=args.inputs, data_split=args.data, limit=args.limit,
+                                   random=args.random, raw=args.raw, against=args.against, rtol=args.rtol,
+                                   atol=args.atol, root=args.mnist)
+    except (ValueError, FileNotFoundError, ImportError, BackendUnavailable) as e:
+        print(f"mpdref crosscheck: error: {e}", file=sys.stderr)
+        return 2
+    print(interop.format_report(report))
+    if args.json:
+        interop.write_report_json(report, args.json)
+        print(f"report: {args.json}")
+    return interop.exit_status(report)
+
+
+def cmd_convert(args) -> int:
+    """read PyTorch, safetensors or ONNX weights into an mpdref model file
+
+    IN is a PyTorch state_dict (.pt/.pth: torch.save of model.state_dict(), or a checkpoint
+    dict holding one under state_dict, model_state_dict or model; every zip record's CRC-32
+    is checked, then torch.load(weights_only=True); needs torch: pip install -e
+    '.[crosscheck]'), a safetensors file (read without torch; the header is validated before
+    any byte is used) or an ONNX file (its initializers, e.g. from torch.onnx.export).
+    Parameter names are PyTorch's, as mpdref's networks use them (fc1.weight, conv1.bias, ...;
+    a DataParallel "module." prefix is taken off). Masks come from mask.NAME (what `mpdref
+    export` writes) or torch.nn.utils.prune's NAME_orig and NAME_mask. Names or shapes that do
+    not fit are one error line listing what is missing, what is unexpected and which shapes
+    differ. OUT.h5 is written atomically, float32. Needs the interop extra."""
+    _interop()
+    from mpdref.interop.convert import convert_file
+
+    net = convert_file(args.input, args.output, args.model)
+    print(f"{args.input} -> {args.output} ({net.name}, {net.num_parameters():,} parameters"
+          f"{', masks: ' + ', '.join(sorted(net.masks)) if net.masks else ''})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """write an mpdref model as ONNX (onnxruntime runs it) or safetensors
+
+    OUT.onnx: an ONNX graph (opset 17, float32) that onnxruntime runs with mpdref's
+    predictions. It takes "input" (N, 1, 28, 28), MNIST images normalized as mpdref's
+    networks expect them ((pixel / 255 - 0.1307) / 0.3081), and gives "logits" (N, 10).
+    Dense and pruned models are one node per layer (pruned weights as zeros); MPD models are
+    written in block form (per block a Gather of the inputs it reads and a Gemm or Conv of
+    its weights, joined by a Concat), which stores only the kept weights. --form dense writes
+    an MPD model densely; --form blocks insists on the block form.
+
+    OUT.safetensors: the state_dict under PyTorch's names (fc1.weight, ...), which torch's
+    load_state_dict and safetensors.torch.load_file take as they are, and every mask under
+    its own name (mask.fc1.weight, bool, true = kept); `mpdref convert` reads it back. Needs
+    the interop extra: pip install -e '.[interop]'."""
+    _interop()
+    from mpdref.interop.export import export
+
+    export(args.model_file, args.output, form=args.form)
+    import os
+
+    print(f"{args.model_file} -> {args.output} ({os.path.getsize(args.output):,} bytes)")
+    return 0
 
 
 def main(argv=None) -> int:

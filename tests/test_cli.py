@@ -134,6 +134,8 @@ def test_demo_runs_the_three_pipelines(capsys, tmp_path, mnist_dir):
         size = (tmp_path / "demo" / name / "model.mpdz").stat().st_size
         assert f"{size:,} B" in " ".join(rows[name])
     assert "fc1.weight" in err and "ratio" in err  # the size tables
+    assert f"test error against compression ratio: {tmp_path / 'demo' / 'tradeoff.png'}" in out
+    assert (tmp_path / "demo" / "tradeoff.png").stat().st_size > 10_000
 
 
 # What `mpdref demo` ran before its pipelines moved into mpdref/configs/demo/*.toml, resolved (with the
@@ -188,8 +190,11 @@ def test_demo_runs_its_three_configs_in_order_with_its_options(capsys, monkeypat
     monkeypatch.setattr(mpdref.data, "find_or_fetch_mnist", lambda root: tmp_path)
     monkeypatch.setattr(mpdref.runner, "run_experiment", run_experiment)
     monkeypatch.setattr(mpdref.compress, "size_table", lambda path: {"file_bytes": 26_000, "ratio": 41.0})
+    monkeypatch.chdir(tmp_path)  # --out demo: the trade-off figure goes to ./demo
     code, out, err = run_cli(capsys, "demo", "--out", "demo", *options)
     assert code == 0, err
+    assert out.endswith("test error against compression ratio: demo/tradeoff.png\n")
+    assert (tmp_path / "demo" / "tradeoff.png").exists()
     assert [out for out, _ in ran] == ["demo/dense", "demo/deep-compression", "demo/mpd"]
     for name, (_, config) in zip(DEMO_STAGES, ran):
         first_train = next(i for i, stage in enumerate(DEMO_STAGES[name]) if stage["type"] == "train")
