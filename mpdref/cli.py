@@ -103,6 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoints)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar: a line per run")
 
+    p = _add_command(sub, "reproduce", cmd_reproduce)
+    p.add_argument("--quick", action="store_true",
+                   help="shrink every run (2,000 training images, 1,000 validation images, one epoch or ADMM "
+                        "update per stage): a smoke check, not comparable to the papers")
+    p.add_argument("--out", metavar="DIR",
+                   help="reproduction directory (default runs/reproduce; runs/reproduce-quick with --quick)")
+    p.add_argument("--only", nargs="+", metavar="CONFIG",
+                   help="run only these configs of configs/ (a name such as lenet-5 or lenet-5.toml) and the "
+                        "dense baselines their claims compare with; the other claims read 'not run'")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes of the LocalCluster on this machine, one run each at a time "
+                            "(default: the number of cores)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="a running Dask scheduler (tcp://HOST:PORT) instead; DIR must be on a filesystem "
+                            "that every worker sees")
+    p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoints)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar: a line per run")
+
     p = _add_command(sub, "train", cmd_train)
     p.add_argument("--model", required=True, choices=tuple(ARCHITECTURES), help="network to train")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
@@ -350,6 +369,40 @@ def cmd_sweep(args) -> int:
     if counts["failed"] or counts["unfinished"] or counts["pending"]:
         print(f"mpdref sweep: {counts['finished']} of {sum(counts.values())} runs finished, {counts['failed']} failed",
               file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    """run every paper configuration and write REPRODUCTION.md: each claim against mpdref's number
+
+    Run every config in configs/ that a paper's claim names (mpdref.reproduce.CLAIMS: Deep
+    Compression, MPDCompress, the ADMM papers, DARB, the dense baselines) through the sweep
+    engine, as run directories DIR/runs/NAME (NAME the config's file name without .toml) on
+    Dask, as `mpdref sweep` runs them (--workers, --scheduler, --retry-failed; calling again
+    continues). Then DIR/results.csv and results.json (a row per run), the papers' figures in
+    DIR/figures/, and DIR/REPRODUCTION.md: per paper a table of its claims with the paper's
+    number, mpdref's number read from the run directories, the config that measured it, and
+    met / not met / failed / unfinished / not run. Numbers are compared at the decimals the
+    paper writes (39.6x meets 40x). --quick shrinks every run to a smoke check of the
+    pipelines (2,000 training images, one epoch or ADMM update per stage; meant to finish within
+    15 minutes on 2 cores), labelled in the report as not comparable to the papers. --only runs some configs
+    (and their claims' dense baselines). Prints the report. Exit status: 0 when every run
+    finished, whether or not each claim is met; 1 otherwise. Needs Dask: pip install -e
+    '.[sweep]'.
+    """
+    from mpdref.reproduce import reproduce, summary
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers: expected an integer >= 1, got {args.workers}")
+    path, outcomes, counts = reproduce(args.out, quick=args.quick, only=args.only, workers=args.workers,
+                                       scheduler=args.scheduler, progress=not args.no_progress,
+                                       retry_failed=args.retry_failed)
+    print(path.read_text())
+    print(f"mpdref reproduce: {summary(outcomes)}; report: {path}", file=sys.stderr)
+    if counts["failed"] or counts["unfinished"] or counts["pending"]:
+        print(f"mpdref reproduce: {counts['finished']} of {sum(counts.values())} runs finished, "
+              f"{counts['failed']} failed", file=sys.stderr)
         return 1
     return 0
 
