@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, settings, example
 from hypothesis import strategies as st
 
 import naive
@@ -82,13 +82,17 @@ KERNEL_CASES = [(37, 53, 5, 4), (8, 8, 8, 1), (64, 33, 3, 17), (5, 40, 1, 2), (7
 
 
 def assert_within_rounding(y, m, w, x):
-    """|y - exact| <= 1.01·n·u·(|x| |W|ᵀ), the textbook bound for a sum of n products in precision u
-    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1), n the largest block depth; exact:
-    the kernel's oracle in float64."""
+    """|y - oracle| <= 1.01·n·u·(|x| |W|ᵀ), the textbook bound for a sum of n products in precision u
+    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1), n the largest block depth; the
+    oracle: the kernel's loop oracle in float64. For float32 the oracle is exact to far below u;
+    for float64 it rounds as much as the kernel may, in another order, so the two may differ by
+    twice the bound (|y - oracle| <= |y - exact| + |exact - oracle|)."""
     depth = int(np.diff(m.col_bounds).max())
     exact = naive.permuted_block_diagonal_matmul(m.blocks(w.astype(np.float64)), x.astype(np.float64), m.col_perm,
                                                  m.row_perm)
-    bound = 1.01 * depth * np.finfo(x.dtype).eps / 2 * (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T)
+    both_round = 2 if x.dtype == np.float64 else 1
+    bound = (both_round * 1.01 * depth * np.finfo(x.dtype).eps / 2
+             * (np.abs(x.astype(np.float64)) @ np.abs(w.astype(np.float64)).T))
     assert_close(y, exact, rtol=0, atol=bound, name="y")  # the bound, element by element
 
 
@@ -113,6 +117,7 @@ def test_numba_kernel_equals_the_numpy_reference(rows, cols, k, n, dtype, tile, 
 @settings(max_examples=60, deadline=None)
 @given(rows=st.integers(1, 70), cols=st.integers(1, 300), k=st.integers(1, 40), n=st.integers(0, 60),
        seed=st.integers(0, 2**32 - 1), double=st.booleans(), tile=st.sampled_from(TILES))
+@example(rows=23, cols=52, k=21, n=30, seed=1700, double=True, tile="avx2")  # float64 oracle and kernel round apart
 def test_numba_kernel_on_random_shapes(rows, cols, k, n, seed, double, tile):
     from mpdref.kernels.blockdiag import block_diagonal_matmul_permuted, pack_blocks
     from mpdref.kernels.config import CPU_TILES
