@@ -168,6 +168,13 @@ def test_sweep_file_problems(tmp_path):
         load_sweep(tmp_path / "c.toml")
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_repository_sweep_is_valid(path):
+    sweep = load_sweep(path)  # every point validated as `mpdref run` validates a config
+    names = [p.name for p in sweep.points]
+    assert len(names) >= 2 and len(set(names)) == len(names)
+
+
 def test_the_example_sweep_is_valid():
     sweep = load_sweep(ROOT / "configs" / "sweeps" / "dc-lenet-300-100-quick.toml")
     assert len(sweep.points) == 6 and sweep.points[0].name == "quantize.bits_all=4,seed=0"
