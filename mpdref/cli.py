@@ -37,6 +37,19 @@ def _add_recipe_options(p):
                    help="float32 for speed, float64 for audits (default float32)")
 
 
+def _add_dask_options(p):
+    """Where a sweep's runs go (sweep, reproduce), what happens to failed ones, and the progress bar."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="worker processes of the LocalCluster on this machine, one run each at a time "
+                            "(default: the number of cores)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="a running Dask scheduler (tcp://HOST:PORT) instead; DIR must be on a filesystem "
+                            "that every worker sees")
+    p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoints)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar: a line per run")
+
+
 def _add_command(sub, name: str, func) -> argparse.ArgumentParser:
     """A subcommand that runs `func`, documented by its docstring: the first line is the
     command's line in `mpdref --help` (lower case, no period, as argparse writes its own), the
@@ -93,15 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add_command(sub, "sweep", cmd_sweep)
     p.add_argument("sweep_file", metavar="SWEEP.toml", help="sweep file (see configs/sweeps/)")
     p.add_argument("--out", metavar="DIR", help="sweep directory (default runs/STEM, STEM the sweep file's name)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, metavar="N",
-                       help="worker processes of the LocalCluster on this machine, one run each at a time "
-                            "(default: the number of cores)")
-    where.add_argument("--scheduler", metavar="ADDRESS",
-                       help="a running Dask scheduler (tcp://HOST:PORT) instead; DIR must be on a filesystem "
-                            "that every worker sees")
-    p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoints)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar: a line per run")
+    _add_dask_options(p)
 
     p = _add_command(sub, "reproduce", cmd_reproduce)
     p.add_argument("--quick", action="store_true",
@@ -112,15 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="CONFIG",
                    help="run only these configs of configs/ (a name such as lenet-5 or lenet-5.toml) and the "
                         "dense baselines their claims compare with; the other claims read 'not run'")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, metavar="N",
-                       help="worker processes of the LocalCluster on this machine, one run each at a time "
-                            "(default: the number of cores)")
-    where.add_argument("--scheduler", metavar="ADDRESS",
-                       help="a running Dask scheduler (tcp://HOST:PORT) instead; DIR must be on a filesystem "
-                            "that every worker sees")
-    p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoints)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar: a line per run")
+    _add_dask_options(p)
 
     p = _add_command(sub, "train", cmd_train)
     p.add_argument("--model", required=True, choices=tuple(ARCHITECTURES), help="network to train")

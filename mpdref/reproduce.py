@@ -33,8 +33,8 @@ from mpdref.prune import weights_kept
 from mpdref.runner.config import ConfigError, config_digest, load_config, resolve_config
 from mpdref.runner.files import RunDirectoryError, read_json
 from mpdref.runner.registry import STAGES
-from mpdref.sweep import (FAILED, RETRIES, Point, Sweep, apply_settings, config_value, dask_client,
-                          prepare_sweep_directory, run_point, run_status, write_results)
+from mpdref.sweep import (FAILED, Point, Sweep, apply_settings, config_value, prepare_sweep_directory,
+                          run_points, run_status, write_results)
 from mpdref.train import PAPER_DEEP_COMPRESSION, PAPER_DENSE_ERROR
 
 if sys.version_info >= (3, 11):
@@ -567,27 +567,6 @@ def reproduction_sweep(quick: bool = False, only=None, claims=CLAIMS, configs: P
     return Sweep(configs, configs, KEYS, tuple(points))
 
 
-def _run_points(sweep: Sweep, out: Path, workers, scheduler, progress: bool, retry_failed: bool) -> None:
-    """Run the sweep's unfinished runs on Dask into OUT/runs/NAME, as `mpdref.sweep.run_sweep` runs a sweep
-    file's (the same worker function, task keys and progress)."""
-    from mpdref.sweep import _follow, _task_key  # run_sweep's own steps, after its sweep file is loaded
-
-    status = {p.name: run_status(out / "runs" / p.name) for p in sweep.points}
-    todo = [p for p in sweep.points if status[p.name] != "finished" and (retry_failed or status[p.name] != "failed")]
-    finished = sum(s == "finished" for s in status.values())
-    failed = len(sweep.points) - finished - len(todo)
-    print(f"mpdref reproduce: {len(sweep.points)} runs -> {out}/runs; {finished} finished, "
-          + (f"{failed} failed before (--retry-failed runs them again), " if failed else "")
-          + f"{len(todo)} to run", file=sys.stderr)
-    if not todo:
-        return
-    with dask_client(workers, scheduler) as (dask, where):
-        print(f"mpdref reproduce: running on {where}", file=sys.stderr)
-        futures = {dask.submit(run_point, str(out / "runs" / p.name), p.config, retries=RETRIES,
-                               key=_task_key(out / "runs" / p.name, p.config)): p for p in todo}
-        _follow(dask, futures, out, len(sweep.points), {"done": finished, "failed": failed}, progress)
-
-
 def draw_figures(out: Path, names) -> list[tuple]:
     """The papers' figures of the runs OUT/runs/NAME (those started) into OUT/figures: [(path, None) per
     figure drawn, (None, why) per figure not drawn]. A file that cannot be read ends the drawing, said so."""
@@ -614,7 +593,8 @@ def reproduce(out=None, quick: bool = False, only=None, workers: int | None = No
         # the workers of a LocalCluster look MNIST up as this process does: fetched once here, not by each
         data.find_or_fetch_mnist(log=lambda line: print(f"mpdref reproduce: {line}", file=sys.stderr))
     prepare_sweep_directory(out, sweep)
-    _run_points(sweep, out, workers, scheduler, progress, retry_failed)
+    run_points(sweep, out, workers, scheduler, progress, retry_failed, command="reproduce",
+               heading=f"{len(sweep.points)} runs -> {out}/runs")
     _, rows = write_results(out)
     figures = draw_figures(out, [p.name for p in sweep.points])
     path, outcomes = write_report(out, quick, figures)

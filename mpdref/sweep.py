@@ -451,21 +451,31 @@ def run_sweep(path, out=None, workers: int | None = None, scheduler: str | None 
     _distributed()  # a missing extra is said before anything else
     sweep = load_sweep(path)
     out = prepare_sweep_directory(out if out is not None else Path("runs") / sweep.path.stem, sweep)
+    run_points(sweep, out, workers, scheduler, progress, retry_failed, command="sweep",
+               heading=f"{sweep.path} -> {out}: {len(sweep.points)} runs")
+    _, rows = write_results(out)
+    return out, {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "unfinished", "pending")}
+
+
+def run_points(sweep: Sweep, out: Path, workers: int | None, scheduler: str | None, progress: bool,
+               retry_failed: bool, command: str, heading: str) -> None:
+    """Run the unfinished runs of `sweep` on Dask into OUT/runs/NAME (a prepared sweep directory):
+    finished runs are not run again, nor failed ones unless `retry_failed`. `command` and `heading`
+    begin the line that says what there is to do ("mpdref COMMAND: HEADING; ...")."""
     status = {p.name: run_status(out / "runs" / p.name) for p in sweep.points}
     todo = [p for p in sweep.points if status[p.name] != "finished" and (retry_failed or status[p.name] != "failed")]
     finished = sum(s == "finished" for s in status.values())
     failed = len(sweep.points) - finished - len(todo)
-    print(f"mpdref sweep: {sweep.path} -> {out}: {len(sweep.points)} runs; {finished} finished, "
+    print(f"mpdref {command}: {heading}; {finished} finished, "
           + (f"{failed} failed before (--retry-failed runs them again), " if failed else "")
           + f"{len(todo)} to run", file=sys.stderr)
-    if todo:
-        with dask_client(workers, scheduler) as (dask, where):
-            print(f"mpdref sweep: running on {where}", file=sys.stderr)
-            futures = {dask.submit(run_point, str(out / "runs" / p.name), p.config, retries=RETRIES,
-                                   key=_task_key(out / "runs" / p.name, p.config)): p for p in todo}
-            _follow(dask, futures, out, len(sweep.points), {"done": finished, "failed": failed}, progress)
-    _, rows = write_results(out)
-    return out, {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "unfinished", "pending")}
+    if not todo:
+        return
+    with dask_client(workers, scheduler) as (dask, where):
+        print(f"mpdref {command}: running on {where}", file=sys.stderr)
+        futures = {dask.submit(run_point, str(out / "runs" / p.name), p.config, retries=RETRIES,
+                               key=_task_key(out / "runs" / p.name, p.config)): p for p in todo}
+        _follow(dask, futures, out, len(sweep.points), {"done": finished, "failed": failed}, progress)
 
 
 def _follow(client, futures: dict, out: Path, total: int, counts: dict, progress: bool) -> None:

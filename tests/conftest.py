@@ -78,3 +78,15 @@ def assert_resume_is_bit_identical(config, tmp_path, monkeypatch, stop_after):
     a, b = models.load(tmp_path / "reference" / "model.h5"), models.load(tmp_path / "run" / "model.h5")
     for k in a.params:
         assert np.array_equal(a.params[k], b.params[k]), k
+
+
+def run_cli(capsys, *argv):
+    """`mpdref ARGV...` in this process: (exit status, stdout, stderr); arguments may be paths."""
+    from mpdref import cli
+
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -53,25 +53,9 @@ def grouped_conv2d(x, weights, b, stride=1, padding=0):
 
 def max_pool2d(x, kernel, stride):
     """The oracle of mpdref.ops.max_pool2d_forward: window maxima, and the gradient routing matrix
-    (the (h, w) of each window's maximum): the first maximum in row-major order wins."""
-    n, c, h, w = x.shape
-    oh = (h - kernel) // stride + 1
-    ow = (w - kernel) // stride + 1
-    y = np.zeros((n, c, oh, ow), dtype=x.dtype)
-    winner = np.zeros((n, c, oh, ow, 2), dtype=np.int64)
-    for ni in range(n):
-        for ci in range(c):
-            for i in range(oh):
-                for j in range(ow):
-                    best = None
-                    for p in range(kernel):
-                        for q in range(kernel):
-                            v = x[ni, ci, i * stride + p, j * stride + q]
-                            if best is None or v > best:
-                                best = v
-                                winner[ni, ci, i, j] = (i * stride + p, j * stride + q)
-                    y[ni, ci, i, j] = best
-    return y, winner
+    (the (h, w) of each window's maximum): the first maximum in row-major order wins. A square
+    kernel and stride without dilation: `max_pool2d_dilated`'s loop."""
+    return max_pool2d_dilated(x, (kernel, kernel), (stride, stride), (1, 1))
 
 
 def max_pool2d_backward(dout, winner, x_shape):

@@ -6,18 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from mpdref import cli, models
+from conftest import run_cli
+from mpdref import models
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = cli.main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.mark.parametrize("argv", [[], ["demo"], ["train"], ["run"], ["show"], ["compare"], ["evaluate"], ["data"],

@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mpdref import cli, figures, huffman, models
+from conftest import run_cli
+from mpdref import figures, huffman, models
 from mpdref.compress import decompress, size_table
 from mpdref.mpd import mpd_mask
 from mpdref.prune import prune, weights_kept
@@ -79,15 +80,6 @@ epochs = 1
 [[stages]]
 type = "encode"
 """
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ----------------------------------------------------------------------------- readability

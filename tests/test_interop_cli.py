@@ -5,18 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import needs_torch
+from conftest import needs_torch, run_cli as run
 
 pytest.importorskip("onnx", reason="the interop extra is not installed (pip install -e '.[interop]')")
 pytest.importorskip("onnxruntime", reason="the interop extra is not installed")
 
-from mpdref import cli, models  # noqa: E402
-
-
-def run(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from mpdref import models  # noqa: E402
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpdref import cli, models
+from conftest import run_cli
+from mpdref import models
 from mpdref.admm import project_sparse
 from mpdref.compress import compress
 from mpdref.reproduce import (CLAIMS, CONFIGS, QUICK_DATA, REPORT, SMOKE_LABEL, Claim, Measure, claim_problems,
@@ -16,15 +17,6 @@ from mpdref.runner.config import ConfigError, config_digest, load_config
 from mpdref.runner.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ----------------------------------------------------------------------------- the claims table

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mpdref import cli, models
+from conftest import run_cli
+from mpdref import models
 from mpdref.runner.config import ConfigError, load_config
 from mpdref.sweep import SweepError, load_sweep, run_name, run_sweep
 
@@ -51,15 +52,6 @@ def write_sweep(tmp_path, sweep_text, root="/nowhere", train_limit=320, epochs=1
     path = tmp_path / name
     path.write_text('config = "base.toml"\n' + sweep_text)
     return path
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = cli.main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def weights(path):
