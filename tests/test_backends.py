@@ -1,8 +1,12 @@
-"""A whole network on the pure NumPy reference (`backend="reference"`) equals the fast path bit for bit.
+"""A whole network on the pure NumPy reference (`backend="reference"`) equals the fast path.
 
-The fast op set differs from the reference only in data movement (gathers, scatters,
-window maxima, in the same order of additions), so logits, losses and every gradient
-agree exactly, for the networks, their MPD-masked versions and their block forms.
+The fast op set differs from the reference in data movement (gathers, scatters, window
+maxima, in the same order of additions) and in one op's arithmetic: the stride-1
+convolution, which `mpdref.kernels.direct_conv` sums in another order. So a network
+without convolutions agrees bit for bit, logits, losses and every gradient; one with
+them agrees to rounding (float64 1e-12, float32 1e-5 of the largest value, after the
+rounding differences have passed through every later layer), for the networks, their
+MPD-masked versions and their block forms.
 """
 import numpy as np
 import pytest
@@ -35,30 +39,34 @@ def _both(name, dtype, seed=0, mpd=False):
     return nets
 
 
-def _same(a, b, what):
+def _same(a, b, what, tol=0.0):
+    """Exactly equal; with tol, max|a - b| <= tol · max|b|."""
     assert a.dtype == b.dtype and a.shape == b.shape, what
-    assert_close(a, b, rtol=0, atol=0, name=what)  # exactly equal
+    assert_close(a, b, rtol=0, atol=tol * float(np.max(np.abs(b), initial=0.0)), name=what)
 
 
 @pytest.mark.parametrize("name", list(models.ARCHITECTURES))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("form", ["dense", "mpd-masked", "mpd-block"])
-def test_reference_and_fast_networks_agree_bit_for_bit(name, dtype, form, rng):
+def test_reference_and_fast_networks_agree(name, dtype, form, rng):
     fast, reference = _both(name, dtype, mpd=form != "dense")
     if form == "mpd-block":
         fast, reference = to_block_diagonal(fast), to_block_diagonal(reference)
     assert fast.layers[0].ops is fast_ops and reference.layers[0].ops is ops
+    convolutions = any(type(layer).__name__.endswith("Conv2d") for layer in fast.layers)
+    assert convolutions == (name != "lenet-300-100")
+    tol = (1e-5 if dtype == np.float32 else 1e-12) if convolutions else 0.0
     x = rng.standard_normal((5, 1, 28, 28)).astype(dtype)
     y = rng.integers(0, 10, 5)
-    _same(fast.forward(x), reference.forward(x), "logits")
+    _same(fast.forward(x), reference.forward(x), "logits", tol)
     # train=True: dropout draws from each network's own generator, which start equal
     loss_f, grads_f, logits_f = fast.loss_grads_and_logits(x, y, train=True)
     loss_r, grads_r, logits_r = reference.loss_grads_and_logits(x, y, train=True)
-    assert loss_f == loss_r
-    _same(logits_f, logits_r, "training logits")
+    assert abs(loss_f - loss_r) <= tol * abs(loss_r)
+    _same(logits_f, logits_r, "training logits", tol)
     assert list(grads_f) == list(grads_r) == list(fast.params)
     for k in grads_f:
-        _same(grads_f[k], grads_r[k], f"gradient of {k}")
+        _same(grads_f[k], grads_r[k], f"gradient of {k}", tol)
 
 
 def test_use_backend_switches_a_loaded_network(tmp_path, rng):
@@ -70,7 +78,7 @@ def test_use_backend_switches_a_loaded_network(tmp_path, rng):
     fast_logits = loaded.forward(x)
     assert loaded.use_backend("reference") is loaded and loaded.backend == "reference"
     assert all(layer.ops is ops for layer in loaded.layers)
-    _same(loaded.forward(x), fast_logits, "logits")
+    _same(loaded.forward(x), fast_logits, "logits", 1e-5)  # LeNet-5: the direct convolution's rounding
     with pytest.raises(ValueError, match="unknown op backend 'numpy'"):
         loaded.use_backend("numpy")
 

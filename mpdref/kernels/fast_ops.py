@@ -4,14 +4,17 @@ The same functions, names and signatures as `mpdref.ops`; where a Numba kernel o
 `mpdref.kernels.cpu` does an op's data movement in one pass, the function here is the
 reference op with that kernel put in: the arithmetic (the matrix products, the sums)
 is the reference's own, so the two sets agree bit for bit (the tests hold them to it).
-Every other op is the reference itself. A network takes this set by default and the
+The one exception is the stride-1 convolution, forward and the input's gradient: there
+`mpdref.kernels.direct_conv` computes the same sums in another order, equal to the
+reference to rounding (both held to the loop oracle of tests/naive.py). Every other op
+is the reference itself. A network takes this set by default and the
 reference with ``backend="reference"`` (`mpdref.models.build`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from mpdref.kernels import cpu
+from mpdref.kernels import cpu, direct_conv
 from mpdref.ops import activation, block, conv, pool
 from mpdref.ops import __all__  # noqa: F401  (the same names as the reference set)
 from mpdref.ops import (  # noqa: F401  (the ops that have no compiled equal are the reference's)
@@ -39,14 +42,34 @@ def _im2col(x, kh, kw, stride, padding):
     return cpu.im2col(x, kh, kw, stride, padding, oh, ow)
 
 
+class _DirectCache(tuple):
+    """What a direct convolution keeps for its backward pass: (x, w, padding); the patch matrix is
+    gathered there, for the weights' gradient only."""
+
+
 def conv2d_forward(x, w, b, stride=1, padding=0):
-    """`mpdref.ops.conv2d_forward` with the patches gathered by `kernels.cpu.im2col`."""
-    return conv.conv2d_forward(x, w, b, stride, padding, im2col=_im2col)
+    """`mpdref.ops.conv2d_forward` computed by the direct convolution of `kernels.direct_conv` (where it
+    applies: `direct_conv.supported`; equal to the reference to rounding), else with the patches gathered by `kernels.cpu.im2col`."""
+    if not direct_conv.supported(w.shape, stride, padding):
+        return conv.conv2d_forward(x, w, b, stride, padding, im2col=_im2col)
+    conv.check_conv2d_args(x, w, b, stride, padding)
+    x = np.ascontiguousarray(x)
+    return direct_conv.conv2d_direct(x, w, b, padding), _DirectCache((x, w, padding))
 
 
 def conv2d_backward(dout, cache, need_dx=True):
-    """`mpdref.ops.conv2d_backward` with the patch gradients summed back by `kernels.cpu.col2im`."""
-    return conv.conv2d_backward(dout, cache, need_dx, col2im=cpu.col2im)
+    """`mpdref.ops.conv2d_backward`: after a direct forward pass, the weights' gradient from the patch
+    matrix (gathered by `kernels.cpu.im2col`) and one product, as the reference, and the input's by the
+    direct convolution (`kernels.direct_conv.conv2d_input_gradient`); else the reference with
+    `kernels.cpu.col2im`."""
+    if not isinstance(cache, _DirectCache):
+        return conv.conv2d_backward(dout, cache, need_dx, col2im=cpu.col2im)
+    x, w, padding = cache
+    n, _, oh, ow = dout.shape
+    cols = cpu.im2col(x, w.shape[2], w.shape[3], 1, padding, oh, ow).reshape(-1, n * oh * ow)
+    _, dw, db = conv.conv2d_backward(dout, (cols, w, x.shape, 1, padding), need_dx=False)
+    dx = direct_conv.conv2d_input_gradient(np.ascontiguousarray(dout), w, padding) if need_dx else None
+    return dx, dw, db
 
 
 def grouped_conv2d_forward(x, weights, b, stride=1, padding=0):

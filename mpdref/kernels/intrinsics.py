@@ -70,6 +70,78 @@ def tile_columns(dtype, tile: CpuTile = CPU_TILE) -> int:
     return tile.columns(np.dtype(dtype).itemsize)
 
 
+def _emit_tile(context, builder, tile: CpuTile, scalar, a_rows, b_row_at, c_ptr, c_stride, depth, accumulate):
+    """The tile's loop, in LLVM IR: c (tile.rows × NR, rows c_stride apart from c_ptr) (+)= Σ_p
+    a_rows[m][p] · (the NR values at b_row_at(builder, p)), every result in vector registers across
+    the loop over p. a_rows: tile.rows pointers to the rows of a; b_row_at(builder, p): the pointer
+    to step p's NR values of b."""
+    itemsize = 8 if isinstance(scalar, ir.DoubleType) else 4
+    lanes = tile.vector_bytes // itemsize
+    tile_rows, vectors_per_row = tile.rows, tile.vectors_per_row
+    vec = ir.VectorType(scalar, lanes)
+    intp = depth.type
+    const = lambda value: ir.Constant(intp, value)  # noqa: E731
+    name = f"llvm.fmuladd.v{lanes}f{8 * itemsize}"
+    module = builder.module
+    fmuladd = module.globals.get(name) or ir.Function(module, ir.FunctionType(vec, [vec] * 3), name)
+    n_acc = tile_rows * vectors_per_row
+    zero = ir.Constant(vec, [0.0] * lanes)
+    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+
+    slots = [builder.bitcast(builder.gep(c_ptr, [builder.add(builder.mul(c_stride, const(m)), const(v * lanes))]),
+                             vec.as_pointer())
+             for m in range(tile_rows) for v in range(vectors_per_row)]
+    with builder.if_else(accumulate) as (add_to_c, start_at_zero):
+        with add_to_c:
+            loaded = [builder.load(slot, align=itemsize) for slot in slots]
+            add_block = builder.block
+        with start_at_zero:
+            zero_block = builder.block
+    start = [builder.phi(vec) for _ in range(n_acc)]
+    for phi, value in zip(start, loaded):
+        phi.add_incoming(value, add_block)
+        phi.add_incoming(zero, zero_block)
+    entry = builder.block
+    loop = builder.append_basic_block("tile.loop")
+    done = builder.append_basic_block("tile.done")
+    builder.cbranch(builder.icmp_signed(">", depth, const(0)), loop, done)
+
+    builder.position_at_end(loop)
+    p = builder.phi(intp)
+    acc = [builder.phi(vec) for _ in range(n_acc)]
+    b_ptr = b_row_at(builder, p)
+    b_row = [builder.load(builder.bitcast(builder.gep(b_ptr, [const(v * lanes)]), vec.as_pointer()), align=itemsize)
+             for v in range(vectors_per_row)]
+    new = []
+    for m in range(tile_rows):
+        a_value = builder.load(builder.gep(a_rows[m], [p]))
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), a_value,
+                                                              ir.Constant(ir.IntType(32), 0)),
+                                       ir.Constant(vec, ir.Undefined), splat_mask)
+        new += [builder.call(fmuladd, [splat, b_row[v], acc[m * vectors_per_row + v]])
+                for v in range(vectors_per_row)]
+    p_next = builder.add(p, const(1))
+    p.add_incoming(const(0), entry)
+    p.add_incoming(p_next, builder.block)
+    for phi, first, value in zip(acc, start, new):
+        phi.add_incoming(first, entry)
+        phi.add_incoming(value, builder.block)
+    builder.cbranch(builder.icmp_signed("<", p_next, depth), loop, done)
+
+    builder.position_at_end(done)
+    results = [builder.phi(vec) for _ in range(n_acc)]
+    for result, first, value, slot in zip(results, start, new, slots):
+        result.add_incoming(first, entry)
+        result.add_incoming(value, loop)
+        builder.store(result, slot, align=itemsize)
+
+
+def _float_arrays(*arrays) -> bool:
+    """1-D C-contiguous arrays of one float dtype (the tiles' operands)."""
+    return (all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" for t in arrays)
+            and len({t.dtype for t in arrays}) == 1 and arrays[0].dtype in (types.float32, types.float64))
+
+
 @functools.cache
 def make_tile_product(tile: CpuTile):
     """The intrinsic tile_product(a, a_start, a_stride, b, b_start, c, c_start, c_stride, depth, accumulate)
@@ -80,14 +152,10 @@ def make_tile_product(tile: CpuTile):
     tile), which spells out where a, b and c hold their elements; a, b, c: 1-D C-contiguous arrays of
     one float dtype. With `accumulate`, the product is added to what c holds (a depth split into slices).
     """
-    tile_rows, vectors_per_row = tile.rows, tile.vectors_per_row
 
     @intrinsic
     def tile_product(typingctx, a, a_start, a_stride, b, b_start, c, c_start, c_stride, depth, accumulate):
-        arrays = (a, b, c)
-        if not all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" for t in arrays):
-            return None
-        if a.dtype != b.dtype or a.dtype != c.dtype or a.dtype not in (types.float32, types.float64):
+        if not _float_arrays(a, b, c):
             return None
         if not all(isinstance(t, types.Integer) for t in (a_start, a_stride, b_start, c_start, c_stride, depth)):
             return None
@@ -95,76 +163,19 @@ def make_tile_product(tile: CpuTile):
             return None
         sig = types.void(a, types.intp, types.intp, b, types.intp, c, types.intp, types.intp, types.intp,
                          types.boolean)
-        itemsize = np.dtype(str(a.dtype)).itemsize
-        lanes = tile.vector_bytes // itemsize
-        cols = vectors_per_row * lanes
+        cols = tile_columns(str(a.dtype), tile)
 
         def codegen(context, builder, signature, args):
             a_arr, a_start, a_stride, b_arr, b_start, c_arr, c_start, c_stride, depth, accumulate = args
-            scalar = context.get_value_type(signature.args[0].dtype)
-            vec = ir.VectorType(scalar, lanes)
-            intp = depth.type
-            const = lambda value: ir.Constant(intp, value)  # noqa: E731
+            const = lambda value: ir.Constant(depth.type, value)  # noqa: E731
             data = [context.make_array(signature.args[i])(context, builder, v).data
                     for i, v in ((0, a_arr), (3, b_arr), (5, c_arr))]
             a_rows = [builder.gep(data[0], [builder.add(a_start, builder.mul(a_stride, const(m)))])
-                      for m in range(tile_rows)]
+                      for m in range(tile.rows)]
             b_ptr = builder.gep(data[1], [b_start])
-            c_ptr = builder.gep(data[2], [c_start])
-            name = f"llvm.fmuladd.v{lanes}f{8 * itemsize}"
-            module = builder.module
-            fmuladd = module.globals.get(name) or ir.Function(module, ir.FunctionType(vec, [vec] * 3), name)
-            n_acc = tile_rows * vectors_per_row
-            zero = ir.Constant(vec, [0.0] * lanes)
-            splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-
-            slots = [builder.bitcast(builder.gep(c_ptr, [builder.add(builder.mul(c_stride, const(m)),
-                                                                     const(v * lanes))]), vec.as_pointer())
-                     for m in range(tile_rows) for v in range(vectors_per_row)]
-            with builder.if_else(accumulate) as (add_to_c, start_at_zero):
-                with add_to_c:
-                    loaded = [builder.load(slot, align=itemsize) for slot in slots]
-                    add_block = builder.block
-                with start_at_zero:
-                    zero_block = builder.block
-            start = [builder.phi(vec) for _ in range(n_acc)]
-            for phi, value in zip(start, loaded):
-                phi.add_incoming(value, add_block)
-                phi.add_incoming(zero, zero_block)
-            entry = builder.block
-            loop = builder.append_basic_block("tile.loop")
-            done = builder.append_basic_block("tile.done")
-            builder.cbranch(builder.icmp_signed(">", depth, const(0)), loop, done)
-
-            builder.position_at_end(loop)
-            p = builder.phi(intp)
-            acc = [builder.phi(vec) for _ in range(n_acc)]
-            b_row = [builder.load(builder.bitcast(builder.gep(b_ptr, [builder.add(builder.mul(p, const(cols)),
-                                                                                  const(v * lanes))]),
-                                                  vec.as_pointer()), align=itemsize)
-                     for v in range(vectors_per_row)]
-            new = []
-            for m in range(tile_rows):
-                a_value = builder.load(builder.gep(a_rows[m], [p]))
-                splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), a_value,
-                                                                      ir.Constant(ir.IntType(32), 0)),
-                                               ir.Constant(vec, ir.Undefined), splat_mask)
-                new += [builder.call(fmuladd, [splat, b_row[v], acc[m * vectors_per_row + v]])
-                        for v in range(vectors_per_row)]
-            p_next = builder.add(p, const(1))
-            p.add_incoming(const(0), entry)
-            p.add_incoming(p_next, loop)
-            for phi, first, value in zip(acc, start, new):
-                phi.add_incoming(first, entry)
-                phi.add_incoming(value, loop)
-            builder.cbranch(builder.icmp_signed("<", p_next, depth), loop, done)
-
-            builder.position_at_end(done)
-            results = [builder.phi(vec) for _ in range(n_acc)]
-            for result, first, value, slot in zip(results, start, new, slots):
-                result.add_incoming(first, entry)
-                result.add_incoming(value, loop)
-                builder.store(result, slot, align=itemsize)
+            _emit_tile(context, builder, tile, context.get_value_type(signature.args[0].dtype), a_rows,
+                       lambda bld, p: bld.gep(b_ptr, [bld.mul(p, const(cols))]),
+                       builder.gep(data[2], [c_start]), c_stride, depth, accumulate)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -172,8 +183,60 @@ def make_tile_product(tile: CpuTile):
     return tile_product
 
 
+@functools.cache
+def make_gathered_tile_product(tile: CpuTile):
+    """The intrinsic gathered_tile_product(a, a_start, a_rows, a_row0, b, b_start, b_steps, c, c_start,
+    c_stride, depth, accumulate): tile_product with the rows of a and the steps of b where two index
+    tables put them, for products whose operands are never copied into a packed panel (the direct
+    convolution of mpdref.kernels.direct_conv reads its patches straight from the padded image):
+
+        c[c_start + m·c_stride + j] (+)= Σ_{p < depth} a[a_start + a_rows[a_row0 + m] + p] · b[b_start + b_steps[p] + j]
+
+    for m < tile.rows, j < NR = tile_columns(dtype, tile). Equals `gathered_tile_product` of
+    tests/naive.py. a, b, c: 1-D C-contiguous arrays of one float dtype; a_rows, b_steps: 1-D
+    C-contiguous int64 arrays. Unchecked, like tile_product: the callers size the arrays.
+    """
+
+    @intrinsic
+    def gathered_tile_product(typingctx, a, a_start, a_rows, a_row0, b, b_start, b_steps, c, c_start, c_stride,
+                              depth, accumulate):
+        if not _float_arrays(a, b, c):
+            return None
+        tables = (a_rows, b_steps)
+        if not all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == types.int64
+                   for t in tables):
+            return None
+        if not all(isinstance(t, types.Integer) for t in (a_start, a_row0, b_start, c_start, c_stride, depth)):
+            return None
+        if not isinstance(accumulate, types.Boolean):
+            return None
+        sig = types.void(a, types.intp, a_rows, types.intp, b, types.intp, b_steps, c, types.intp, types.intp,
+                         types.intp, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            (a_arr, a_start, rows_arr, a_row0, b_arr, b_start, steps_arr, c_arr, c_start, c_stride, depth,
+             accumulate) = args
+            const = lambda value: ir.Constant(depth.type, value)  # noqa: E731
+            array = lambda i, v: context.make_array(signature.args[i])(context, builder, v).data  # noqa: E731
+            a_data, rows, b_data, steps, c_data = (array(0, a_arr), array(2, rows_arr), array(4, b_arr),
+                                                   array(6, steps_arr), array(7, c_arr))
+            a_rows = [builder.gep(a_data, [builder.add(a_start, builder.load(
+                builder.gep(rows, [builder.add(a_row0, const(m))])))]) for m in range(tile.rows)]
+            b_ptr = builder.gep(b_data, [b_start])
+            _emit_tile(context, builder, tile, context.get_value_type(signature.args[0].dtype), a_rows,
+                       lambda bld, p: bld.gep(b_ptr, [bld.load(bld.gep(steps, [p]))]),
+                       builder.gep(c_data, [c_start]), c_stride, depth, accumulate)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return gathered_tile_product
+
+
 #: the tile of CPU_TILE's shape (see make_tile_product)
 tile_product = make_tile_product(CPU_TILE)
+#: the gathered tile of CPU_TILE's shape (see make_gathered_tile_product)
+gathered_tile_product = make_gathered_tile_product(CPU_TILE)
 
 
 def _prefetch_intrinsic(locality: int, doc: str):

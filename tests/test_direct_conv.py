@@ -1,0 +1,133 @@
+"""The direct convolution (mpdref.kernels.direct_conv) and its gathered register tile, against the
+loop oracles of tests/naive.py; and what the fast op set does with it."""
+import numba
+import numpy as np
+import pytest
+
+import naive
+from compare import assert_close, max_norm_atol
+from mpdref.kernels import direct_conv, fast_ops
+from mpdref.kernels.config import CPU_TILES
+from mpdref.kernels.intrinsics import make_gathered_tile_product, tile_columns
+
+# (n, c, h, w, f, k, padding): channels and filters that are not multiples of the tile's rows, images
+# that are not square, grids whose pixels end inside a tile, every padding a kernel allows
+SHAPES = [
+    (1, 1, 7, 7, 1, 3, 0),
+    (2, 3, 9, 6, 4, 3, 1),
+    (3, 2, 8, 11, 7, 5, 2),
+    (1, 4, 5, 5, 13, 5, 0),
+    (2, 5, 10, 7, 3, 4, 3),
+    (2, 1, 28, 28, 20, 5, 0),
+    (1, 6, 6, 6, 9, 1, 0),
+]
+TOL = {np.float32: 2e-6, np.float64: 1e-14}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("depth", [0, 1, 7, 60])
+@pytest.mark.parametrize("shape", sorted(CPU_TILES))
+def test_gathered_tile_product_equals_its_loops(dtype, depth, shape, rng):
+    tile = CPU_TILES[shape]
+    gathered = make_gathered_tile_product(tile)
+
+    @numba.njit
+    def run(a, a_start, a_rows, a_row0, b, b_start, b_steps, c, c_start, c_stride, depth, accumulate):
+        gathered(a, a_start, a_rows, a_row0, b, b_start, b_steps, c, c_start, c_stride, depth, accumulate)
+
+    rows, nr = tile.rows, tile_columns(dtype, tile)
+    a = rng.standard_normal(500).astype(dtype)
+    a_rows = rng.permutation(400)[: rows + 3].astype(np.int64)  # rows anywhere, in any order
+    b = rng.standard_normal(depth * 3 + nr + 50).astype(dtype)
+    b_steps = rng.integers(0, depth * 3 + 40, depth).astype(np.int64)  # steps anywhere, repeats allowed
+    c = rng.standard_normal(rows * (nr + 4) + 2).astype(dtype)
+    in_tile = np.zeros(c.shape, bool)
+    in_tile[2:2 + rows * (nr + 4)].reshape(rows, nr + 4)[:, :nr] = True
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for accumulate in (False, True):
+        expected = c.astype(np.float64)
+        naive.gathered_tile_product(a.astype(np.float64), 7, a_rows, 2, b.astype(np.float64), 5, b_steps, expected,
+                                    2, nr + 4, depth, accumulate, rows, nr)
+        before = c.copy()
+        run(a, 7, a_rows, 2, b, 5, b_steps, c, 2, nr + 4, depth, accumulate)
+        assert_close(c[in_tile], expected[in_tile], name="the gathered tile", **tol)
+        np.testing.assert_array_equal(c[~in_tile], before[~in_tile])  # nothing outside the tile is written
+
+
+def _case(shape, dtype, rng):
+    n, c, h, w, f, k, padding = shape
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((f, c, k, k)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    return x, wt, b, padding
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_direct_convolution_equals_the_loops(shape, dtype, rng):
+    x, w, b, padding = _case(shape, dtype, rng)
+    y = direct_conv.conv2d_direct(x, w, b, padding)
+    expected = naive.conv2d(*(v.astype(np.float64) for v in (x, w, b)), 1, padding)
+    assert y.dtype == dtype and y.shape == expected.shape
+    assert_close(y, expected, rtol=0, atol=max_norm_atol(TOL[dtype], expected), name="y")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_direct_input_gradient_is_the_adjoint_of_the_convolution(shape, dtype, rng):
+    """<conv(x), d> = <x, dx(d)> for the convolution without bias, and dx equals the loops' transposed
+    convolution (each input gathering every output it fed)."""
+    x, w, b, padding = _case(shape, dtype, rng)
+    y = naive.conv2d(x.astype(np.float64), w.astype(np.float64), np.zeros(len(b)), 1, padding)
+    d = rng.standard_normal(y.shape).astype(dtype)
+    dx = direct_conv.conv2d_input_gradient(d, w, padding)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    expected = np.zeros(x.shape)
+    n, c, h, wd = x.shape
+    k = w.shape[2]
+    for ni in range(n):
+        for ci in range(c):
+            for hi in range(h):
+                for wi in range(wd):
+                    total = 0.0
+                    for fi in range(w.shape[0]):
+                        for p in range(k):
+                            for q in range(k):
+                                i, j = hi + padding - p, wi + padding - q
+                                if 0 <= i < y.shape[2] and 0 <= j < y.shape[3]:
+                                    total += float(w[fi, ci, p, q]) * float(d[ni, fi, i, j])
+                    expected[ni, ci, hi, wi] = total
+    assert_close(dx, expected, rtol=0, atol=max_norm_atol(TOL[dtype], expected), name="dx")
+    assert_close(np.sum(y * d), np.sum(x.astype(np.float64) * expected), rtol=1e-12, atol=1e-9,
+                 name="<conv(x), d> against <x, dx(d)>")
+
+
+def test_an_image_gives_the_same_bits_in_any_batch(rng):
+    """One running sum per output: an image's result does not depend on its batch (or the threads)."""
+    x, w, b, padding = _case((9, 5, 12, 12, 11, 5, 2), np.float32, rng)
+    whole = direct_conv.conv2d_direct(x, w, b, padding)
+    for i in (0, 4, 8):
+        np.testing.assert_array_equal(direct_conv.conv2d_direct(x[i:i + 1], w, b, padding), whole[i:i + 1])
+    np.testing.assert_array_equal(direct_conv.conv2d_direct(x[3:7], w, b, padding), whole[3:7])
+
+
+@pytest.mark.parametrize("stride, k, padding, direct", [(1, 5, 2, True), (1, 3, 0, True), (2, 3, 1, False),
+                                                        (1, 3, 3, False), (1, 1, 1, False)])
+def test_the_fast_set_takes_the_direct_path_where_it_applies(stride, k, padding, direct, rng):
+    """Stride 1, a square kernel, padding below the kernel's size: direct, forward and backward; else
+    the reference's patch matrix. Either way the gradients are the reference's to rounding."""
+    from mpdref import ops
+
+    x = rng.standard_normal((2, 3, 9, 9))
+    w = rng.standard_normal((4, 3, k, k))
+    b = rng.standard_normal(4)
+    assert direct_conv.supported(w.shape, stride, padding) is direct
+    y, cache = fast_ops.conv2d_forward(x, w, b, stride, padding)
+    assert isinstance(cache, fast_ops._DirectCache) is direct
+    y_ref, cache_ref = ops.conv2d_forward(x, w, b, stride, padding)
+    assert_close(y, y_ref, rtol=0, atol=max_norm_atol(1e-14, y_ref), name="y")
+    d = rng.standard_normal(y.shape)
+    for got, want, name in zip(fast_ops.conv2d_backward(d, cache), ops.conv2d_backward(d, cache_ref),
+                               ("dx", "dw", "db")):
+        assert_close(got, want, rtol=0, atol=max_norm_atol(1e-14, want), name=name)
+    assert fast_ops.conv2d_backward(d, cache, need_dx=False)[0] is None
