@@ -102,6 +102,29 @@ def test_direct_input_gradient_is_the_adjoint_of_the_convolution(shape, dtype, r
                  name="<conv(x), d> against <x, dx(d)>")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_direct_weight_gradient_equals_the_loops(shape, dtype, rng):
+    """dw[f, c, p, q] = Σ_{n,i,j} dy[n, f, i, j] · x̃[n, c, i + p, j + q], one term at a time."""
+    x, w, b, padding = _case(shape, dtype, rng)
+    n, c, h, wd = x.shape
+    k = w.shape[2]
+    xp = np.zeros((n, c, h + 2 * padding, wd + 2 * padding))
+    xp[:, :, padding:padding + h, padding:padding + wd] = x
+    oh, ow = h + 2 * padding - k + 1, wd + 2 * padding - k + 1
+    d = rng.standard_normal((n, w.shape[0], oh, ow)).astype(dtype)
+    dw = direct_conv.conv2d_weight_gradient(d, direct_conv.Padded(x, k, k, padding), w.shape)
+    assert dw.dtype == dtype and dw.shape == w.shape
+    expected = np.zeros(w.shape)
+    for fi in range(w.shape[0]):
+        for ci in range(c):
+            for p in range(k):
+                for q in range(k):
+                    expected[fi, ci, p, q] = sum(float(d[ni, fi, i, j]) * xp[ni, ci, i + p, j + q]
+                                                 for ni in range(n) for i in range(oh) for j in range(ow))
+    assert_close(dw, expected, rtol=0, atol=max_norm_atol(TOL[dtype] * 5, expected), name="dw")
+
+
 def test_an_image_gives_the_same_bits_in_any_batch(rng):
     """One running sum per output: an image's result does not depend on its batch (or the threads)."""
     x, w, b, padding = _case((9, 5, 12, 12, 11, 5, 2), np.float32, rng)
@@ -109,6 +132,23 @@ def test_an_image_gives_the_same_bits_in_any_batch(rng):
     for i in (0, 4, 8):
         np.testing.assert_array_equal(direct_conv.conv2d_direct(x[i:i + 1], w, b, padding), whole[i:i + 1])
     np.testing.assert_array_equal(direct_conv.conv2d_direct(x[3:7], w, b, padding), whole[3:7])
+
+
+def test_the_weight_gradient_sums_the_images_in_order_whatever_the_threads(rng):
+    import numba
+
+    x, w, b, padding = _case((7, 5, 12, 12, 11, 5, 2), np.float32, rng)
+    d = rng.standard_normal((7, 11, 12, 12)).astype(np.float32)
+    padded = direct_conv.Padded(x, 5, 5, padding)
+    results = []
+    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        numba.set_num_threads(threads)
+        try:
+            results.append(direct_conv.conv2d_weight_gradient(d, padded, w.shape))
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
 
 
 @pytest.mark.parametrize("stride, k, padding, direct", [(1, 5, 2, True), (1, 3, 0, True), (2, 3, 1, False),

@@ -19,13 +19,20 @@ The gradient with respect to the input is the same kernel: for stride 1,
     dx[n, c, h, w] = Σ_{f, p, q} w[f, c, KH−1−p, KW−1−q] · dỹ[n, f, h + p, w + q]
 
 with dỹ = dy zero-padded by KH−1−padding (a "full" correlation with the flipped, transposed
-weights). The gradient of the weights, a sum over the batch, stays the reference's patch
-matrix and one BLAS product (`conv2d_backward`).
+weights). The gradient of the weights is the same tile turned around (`conv2d_weight_gradient`):
 
-Each output is one running sum over (c, p, q) in row-major order, so it does not depend on
-the batch it comes in or the number of threads; it differs from the reference's BLAS sum
-in rounding only (tests/test_ops.py holds both to the loop oracle of tests/naive.py). The
-threads share the images (`prange`).
+    dw[f, c, p, q] = Σ_n Σ_P dyₙ[f, P] · x̃ₙ[c·Hp·Wp + p·Wp + q + P]
+
+over the grid's pixels P (dy is 0 on the dropped columns), TILE_ROWS weights (c, p, q) × NR
+filters per tile, its rows read from the padded image at the weights' offsets.
+
+Each output of the forward pass and of the input gradient is one running sum over its
+terms in row-major order, so it does not depend on the batch it comes in or the number of
+threads; each weight gradient is one running sum over the images in order, then the
+pixels, whatever the threads. All differ from the reference's BLAS sums in rounding only
+(tests/test_direct_conv.py and tests/test_ops.py hold both to the loop oracles of
+tests/naive.py). The threads share the images (forward, input gradient) or the weights
+(weight gradient), with `prange`.
 """
 from __future__ import annotations
 
@@ -90,24 +97,88 @@ def _direct_conv(xp, image_len, w_rows, row_starts, steps, bias, n_batch, filter
     return y
 
 
-def conv2d_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int) -> np.ndarray:
+@numba.njit(**PARALLEL)
+def _weight_gradient(xp, image_len, offsets, dyg, pixels, f_pad, nr, chunks):
+    """dwᵀ (len(offsets), f_pad): row r the gradient of the weight at offset offsets[r] of a padded
+    image, for every filter: Σ_n Σ_P xp[n·image_len + offsets[r] + P] · dyg[n, P, f]. The rows'
+    tiles are cut into `chunks` consecutive runs, one per unit of work; each unit goes through the
+    images in order (its tiles' running sums: image by image, pixel by pixel)."""
+    rows = len(offsets)
+    n_batch = len(dyg) // (pixels * f_pad)
+    steps = np.arange(pixels) * f_pad
+    dwt = np.zeros(rows * f_pad, dtype=xp.dtype)
+    tiles = rows // TILE_ROWS
+    for chunk in prange(chunks):
+        t0, t1 = chunk * tiles // chunks, (chunk + 1) * tiles // chunks
+        for n in range(n_batch):
+            for t in range(t0, t1):
+                for f0 in range(0, f_pad, nr):
+                    gathered_tile_product(xp, n * image_len, offsets, t * TILE_ROWS, dyg, n * pixels * f_pad + f0,
+                                          steps, dwt, t * TILE_ROWS * f_pad + f0, f_pad, pixels, n > 0)
+    return dwt
+
+
+@numba.njit(**PARALLEL)
+def _dy_on_grid(dout, wp, pixels, f_pad):
+    """dy (N, F, OH, OW) -> (N · pixels · f_pad,): image n's pixel P = i·Wp + j, filter f at
+    [(n·pixels + P)·f_pad + f]; zero on the dropped columns j >= OW, past the grid and past F."""
+    n_batch, filters, oh, ow = dout.shape
+    out = np.zeros(n_batch * pixels * f_pad, dtype=dout.dtype)
+    for n in prange(n_batch):
+        for f in range(filters):  # dy read in order; the image's grid (pixels × f_pad) stays in cache
+            for i in range(oh):
+                row = (n * pixels + i * wp) * f_pad + f
+                for j in range(ow):
+                    out[row + j * f_pad] = dout[n, f, i, j]
+    return out
+
+
+class Padded:
+    """Images zero-padded for the direct kernels, and the weights' offsets in them.
+
+    x (N, C, H, W), a kernel of KH × KW, `padding`: `flat` holds image n at [n · image_len:],
+    channel c at c·Hp·Wp of it, zeros after the last channel; `offsets[r]` is where weight r
+    (of C·KH·KW, in (c, p, q) row-major order: the order of the sums) meets output pixel 0.
+    """
+
+    def __init__(self, x: np.ndarray, kh: int, kw: int, padding: int):
+        self.n, channels, h, w = x.shape
+        self.nr = tile_columns(x.dtype)
+        self.hp, self.wp, self.oh, self.ow, self.pixels = _grid(h, w, kh, kw, padding, self.nr)
+        c_idx, p_idx, q_idx = np.meshgrid(np.arange(channels), np.arange(kh), np.arange(kw), indexing="ij")
+        self.offsets = (c_idx * self.hp * self.wp + p_idx * self.wp + q_idx).ravel().astype(np.int64)
+        self.image_len = int(self.offsets[-1]) + self.pixels  # the last tile of pixels reads up to here
+        self.flat = _pad_images(np.ascontiguousarray(x), padding, self.image_len)
+
+
+def conv2d_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int, padded: Padded | None = None):
     """y (N, F, OH, OW) = the stride-1 convolution of x (N, C, H, W) with w (F, C, KH, KW) and b (F,),
-    x zero-padded by `padding`; arguments checked by the caller (`mpdref.ops.conv.check_conv2d_args`)."""
-    n, channels, h, wd = x.shape
+    x zero-padded by `padding` (or given as `padded`, which the weight gradient can use again);
+    arguments checked by the caller (`mpdref.ops.conv.check_conv2d_args`)."""
     f, _, kh, kw = w.shape
-    nr = tile_columns(x.dtype)
-    hp, wp, oh, ow, pixels = _grid(h, wd, kh, kw, padding, nr)
-    # the weights' offsets in a padded image, in (c, p, q) row-major order: the order of the sum
-    c_idx, p_idx, q_idx = np.meshgrid(np.arange(channels), np.arange(kh), np.arange(kw), indexing="ij")
-    steps = (c_idx * hp * wp + p_idx * wp + q_idx).ravel().astype(np.int64)
-    image_len = int(steps[-1]) + pixels  # the last tile of pixels reads up to here
+    xp = padded or Padded(x, kh, kw, padding)
+    depth = xp.offsets.size
     f_pad = -(-f // TILE_ROWS) * TILE_ROWS
-    w_rows = np.zeros((f_pad, steps.size), dtype=x.dtype)
+    w_rows = np.zeros((f_pad, depth), dtype=x.dtype)
     w_rows[:f] = w.reshape(f, -1)
-    row_starts = np.arange(f_pad, dtype=np.int64) * steps.size
-    xp = _pad_images(np.ascontiguousarray(x), padding, image_len)
-    return _direct_conv(xp, image_len, w_rows.ravel(), row_starts, steps, np.ascontiguousarray(b), n, f, oh, ow,
-                        wp, pixels, nr)
+    row_starts = np.arange(f_pad, dtype=np.int64) * depth
+    return _direct_conv(xp.flat, xp.image_len, w_rows.ravel(), row_starts, xp.offsets, np.ascontiguousarray(b),
+                        xp.n, f, xp.oh, xp.ow, xp.wp, xp.pixels, xp.nr)
+
+
+def conv2d_weight_gradient(dout: np.ndarray, padded: Padded, w_shape: tuple) -> np.ndarray:
+    """dw (F, C, KH, KW) of a stride-1 convolution from dy (N, F, OH, OW) and its input as `padded`."""
+    f = w_shape[0]
+    nr = padded.nr
+    f_pad = -(-f // nr) * nr
+    rows = padded.offsets.size
+    rows_pad = -(-rows // TILE_ROWS) * TILE_ROWS
+    offsets = np.zeros(rows_pad, dtype=np.int64)  # rows past the weights read offset 0 and are dropped
+    offsets[:rows] = padded.offsets
+    dyg = _dy_on_grid(np.ascontiguousarray(dout), padded.wp, padded.pixels, f_pad)
+    chunks = min(rows_pad // TILE_ROWS, numba.get_num_threads())
+    dwt = _weight_gradient(padded.flat, padded.image_len, offsets, dyg, padded.pixels, f_pad, nr, chunks)
+    return np.ascontiguousarray(dwt.reshape(rows_pad, f_pad)[:rows, :f].T).reshape(w_shape)
 
 
 def conv2d_input_gradient(dout: np.ndarray, w: np.ndarray, padding: int) -> np.ndarray:

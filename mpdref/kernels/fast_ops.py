@@ -43,8 +43,7 @@ def _im2col(x, kh, kw, stride, padding):
 
 
 class _DirectCache(tuple):
-    """What a direct convolution keeps for its backward pass: (x, w, padding); the patch matrix is
-    gathered there, for the weights' gradient only."""
+    """What a direct convolution keeps for its backward pass: (the padded input, w, padding)."""
 
 
 def conv2d_forward(x, w, b, stride=1, padding=0):
@@ -53,22 +52,22 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     if not direct_conv.supported(w.shape, stride, padding):
         return conv.conv2d_forward(x, w, b, stride, padding, im2col=_im2col)
     conv.check_conv2d_args(x, w, b, stride, padding)
-    x = np.ascontiguousarray(x)
-    return direct_conv.conv2d_direct(x, w, b, padding), _DirectCache((x, w, padding))
+    padded = direct_conv.Padded(x, w.shape[2], w.shape[3], padding)
+    return direct_conv.conv2d_direct(x, w, b, padding, padded), _DirectCache((padded, w, padding))
 
 
 def conv2d_backward(dout, cache, need_dx=True):
-    """`mpdref.ops.conv2d_backward`: after a direct forward pass, the weights' gradient from the patch
-    matrix (gathered by `kernels.cpu.im2col`) and one product, as the reference, and the input's by the
-    direct convolution (`kernels.direct_conv.conv2d_input_gradient`); else the reference with
-    `kernels.cpu.col2im`."""
+    """`mpdref.ops.conv2d_backward`: after a direct forward pass, by the direct kernels
+    (`kernels.direct_conv.conv2d_weight_gradient`, `conv2d_input_gradient`; db as the reference); else
+    the reference with `kernels.cpu.col2im`."""
     if not isinstance(cache, _DirectCache):
         return conv.conv2d_backward(dout, cache, need_dx, col2im=cpu.col2im)
-    x, w, padding = cache
-    n, _, oh, ow = dout.shape
-    cols = cpu.im2col(x, w.shape[2], w.shape[3], 1, padding, oh, ow).reshape(-1, n * oh * ow)
-    _, dw, db = conv.conv2d_backward(dout, (cols, w, x.shape, 1, padding), need_dx=False)
-    dx = direct_conv.conv2d_input_gradient(np.ascontiguousarray(dout), w, padding) if need_dx else None
+    padded, w, padding = cache
+    dout = np.ascontiguousarray(dout)
+    n, f, oh, ow = dout.shape
+    db = np.ascontiguousarray(dout.reshape(n, f, oh * ow).transpose(1, 0, 2)).reshape(f, -1).sum(axis=1)
+    dw = direct_conv.conv2d_weight_gradient(dout, padded, w.shape)
+    dx = direct_conv.conv2d_input_gradient(dout, w, padding) if need_dx else None
     return dx, dw, db
 
 
