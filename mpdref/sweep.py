@@ -419,9 +419,11 @@ def dask_client(workers: int | None = None, scheduler: str | None = None):
             yield client, f"the scheduler at {scheduler}"
         return
     workers = workers or os.cpu_count() or 1
-    # memory_limit=0: the nanny does not kill a worker for a run's memory, as nothing kills `mpdref run`
+    # memory_limit=0: the nanny does not kill a worker for a run's memory, as nothing kills `mpdref run`.
+    # dashboard_address ":0": the scheduler's HTTP server (which it starts even without a dashboard) on a
+    # free port, so that two sweeps at once do not both ask for 8787 (and the second warn).
     with _one_thread_each(), distributed.LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0,
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", memory_limit=0,
             silence_logs=logging.ERROR, preload=[__name__]) as cluster, distributed.Client(cluster) as client:
         yield client, f"a LocalCluster of {workers} worker{'s' if workers > 1 else ''}"
 
