@@ -87,3 +87,68 @@ def sensitivity(net, layers: list[str], keeps: list[float], x: np.ndarray, y: np
             else:
                 net.masks[name] = saved_mask
     return table
+
+
+# ----------------------------------------------------------------------------- dead weights
+
+
+def dead_weights(net) -> dict[str, np.ndarray]:
+    """{weight name: bool array, True where the weight cannot change the network's output}.
+
+    A pruned network leaves weights that feed only units no later weight reads: an fc1 unit
+    whose column of fc2 is all zero, a conv2 filter whose every position fc1 ignores, a conv1
+    filter no conv2 weight reads. Their values multiply into terms that later layers multiply
+    by exact zeros, so removing them changes no output, bit for bit (finite weights and inputs).
+    They are found walking the layers backward from the logits, carrying which of each layer's
+    outputs are read (per unit for dense layers, per channel for convolutions: conservative, a
+    filter read at any position is live as a whole). Only already-zero weights are never dead
+    in the count: the result is the nonzero weights to drop.
+    """
+    from mpdref.models import INPUT_SHAPE
+
+    # each layer's input shape (per image), from one forward pass of a zero image
+    shapes, x = [], np.zeros((1, *INPUT_SHAPE), dtype=net.dtype)
+    for layer in net.layers:
+        shapes.append(x.shape[1:])
+        x, _ = layer.forward(net.params, x, False, None)
+    live = np.ones(x.shape[1:], bool)  # the logits: all read
+    dead = {}
+    for layer, shape in zip(reversed(net.layers), reversed(shapes)):
+        kind = type(layer).__name__
+        if kind == "Dense":
+            w = net.params[f"{layer.name}.weight"]
+            dead[f"{layer.name}.weight"] = (w != 0) & ~live[:, None]
+            live = ((w != 0) & live[:, None]).any(axis=0)
+        elif kind == "Conv2d":
+            w = net.params[f"{layer.name}.weight"]
+            filter_live = live.reshape(live.shape[0], -1).any(axis=1)
+            dead[f"{layer.name}.weight"] = (w != 0) & ~filter_live[:, None, None, None]
+            channel_live = ((w != 0) & filter_live[:, None, None, None]).any(axis=(0, 2, 3))
+            live = np.broadcast_to(channel_live[:, None, None], shape).copy()
+        elif kind == "MaxPool2d":  # an input pixel is read where its window's output is
+            k = layer.kernel
+            c, oh, ow = live.shape
+            read = np.zeros(shape, bool)
+            read[:, : oh * k, : ow * k] = live.repeat(k, axis=1).repeat(k, axis=2)
+            live = read
+        elif kind == "Flatten":
+            live = live.reshape(shape)
+        elif kind in ("ReLU", "Dropout"):
+            pass
+        else:
+            raise ValueError(f"dead_weights: no rule for a {kind} layer")
+    return {name: dead[name] for name in net.weight_names() if name in dead}
+
+
+def drop_dead_weights(net) -> dict[str, int]:
+    """Prune the weights `dead_weights` finds (masks set, values 0); returns {name: weights dropped}.
+    Repeated until none is left (dropping a layer's dead weights can leave earlier ones unread)."""
+    dropped = {name: 0 for name in net.weight_names()}
+    while True:
+        found = {name: d for name, d in dead_weights(net).items() if d.any()}
+        if not found:
+            return dropped
+        for name, d in found.items():
+            mask = net.masks.get(name, np.ones(d.shape, bool))
+            net.set_mask(name, mask & ~d)
+            dropped[name] += int(d.sum())

@@ -130,6 +130,55 @@ def _admm_config(mnist_dir, **prune):
                    {"type": "encode"}]})
 
 
+def test_dead_weights_are_those_no_later_kept_weight_reads(rng):
+    """LeNet-300-100 (dense layers: the rule is exact): fc3 reads fc2's units 0-9 only, fc2's rows 10-99
+    are dead, and fc1's rows that only those rows read; dropping them changes no logit, bit for bit."""
+    from mpdref.prune import dead_weights, drop_dead_weights
+
+    net = models.build("lenet-300-100", seed=2)
+    fc3 = np.zeros((10, 100), bool)
+    fc3[:, :10] = True
+    net.set_mask("fc3.weight", fc3)
+    fc2 = rng.random((100, 300)) < 0.05
+    net.set_mask("fc2.weight", fc2)
+    dead = dead_weights(net)
+    assert not dead["fc3.weight"].any()
+    np.testing.assert_array_equal(dead["fc2.weight"], fc2 & (np.arange(100) >= 10)[:, None])
+    read_by_live_fc2 = fc2[:10].any(axis=0)  # fc1 units that a live fc2 row reads
+    np.testing.assert_array_equal(dead["fc1.weight"], ~read_by_live_fc2[:, None] & np.ones((300, 784), bool))
+    x = rng.standard_normal((7, 1, 28, 28)).astype(np.float32)
+    before = net.forward(x)
+    dropped = drop_dead_weights(net)
+    assert dropped == {"fc1.weight": int(dead["fc1.weight"].sum()), "fc2.weight": int(dead["fc2.weight"].sum()),
+                       "fc3.weight": 0}
+    np.testing.assert_array_equal(net.forward(x), before)
+    assert not any(d.any() for d in dead_weights(net).values())  # nothing left to drop
+
+
+@pytest.mark.parametrize("name", ["lenet-5", "deep-mnist"])
+def test_dropping_dead_weights_leaves_every_logit_unchanged(name, rng):
+    """Convolutions and pooling (the rule per channel), ReLU and dropout: sparse random masks leave
+    units and filters unread; what is dropped changes no logit, and each dropped weight alone,
+    perturbed in the original network, changes none either."""
+    from mpdref.prune import dead_weights, drop_dead_weights
+
+    net = models.build(name, seed=3)
+    for w in net.weight_names():
+        net.set_mask(w, rng.random(net.params[w].shape) < {"lenet-5": 0.01, "deep-mnist": 0.003}[name])
+    x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
+    before = net.forward(x)
+    dead = dead_weights(net)
+    for w, d in dead.items():
+        for index in list(zip(*np.nonzero(d)))[:3]:
+            probe = models.build(name, seed=3)
+            probe.params = {k: v.copy() for k, v in net.params.items()}
+            probe.params[w][index] += 1.0
+            np.testing.assert_array_equal(probe.forward(x), before)
+    dropped = drop_dead_weights(net)
+    assert sum(dropped.values()) >= sum(int(d.sum()) for d in dead.values()) > 0
+    np.testing.assert_array_equal(net.forward(x), before)
+
+
 @pytest.mark.mnist
 def test_admm_stages_prune_exactly_quantize_onto_levels_and_log_each_update(tmp_path, mnist_dir):
     import json
@@ -174,6 +223,30 @@ def test_admm_stages_prune_exactly_quantize_onto_levels_and_log_each_update(tmp_
         data_bits += kept.size * max(1, int(np.ceil(np.log2(len(np.unique(kept))))))
     assert table["weight_data_bits"] == data_bits
     assert table["weight_data_ratio"] == 32 * sum(net.params[n].size for n in net.weight_names()) / data_bits
+
+
+@pytest.mark.mnist
+def test_admm_prune_can_drop_the_dead_weights_after_its_projection(tmp_path, mnist_dir):
+    from mpdref.prune import dead_weights
+    from mpdref.runner import run_experiment
+    from mpdref.runner.config import resolve_config
+
+    config = resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 5},
+        "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
+        "stages": [{"type": "train", "epochs": 1, "batch_size": 32},
+                   {"type": "admm_prune", "keep": {"fc2.weight": 0.2, "fc3.weight": 0.02}, "updates": 2,
+                    "rho": 0.01, "batch_size": 32, "drop_dead": True}]})
+    metrics = run_experiment(config, tmp_path / "run", progress=False)
+    layers = metrics["stages"][1]["layers"]
+    net = models.load(tmp_path / "run" / "model.h5")
+    assert not any(d.any() for d in dead_weights(net).values())
+    assert int(net.masks["fc3.weight"].sum()) == 20  # fc3 reads at most 20 of fc2's 100 units
+    fc2_kept = int(net.masks["fc2.weight"].sum())
+    assert layers["fc2.weight"]["dead_dropped"] == round(0.2 * 30000) - fc2_kept > 0
+    rows_read = net.masks["fc3.weight"].any(axis=0)
+    assert not net.masks["fc2.weight"][~rows_read].any()  # fc2 keeps only the units fc3 reads
+    assert layers["fc2.weight"]["kept"] == fc2_kept / 30000
 
 
 @pytest.mark.mnist

@@ -16,7 +16,7 @@ import numpy as np
 
 from mpdref import admm
 from mpdref.figures import plot_admm
-from mpdref.prune import weights_kept
+from mpdref.prune import drop_dead_weights, weights_kept
 from mpdref.runner.options import Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
 from mpdref.runner.stages.train import (DISTILL_OPTIONS, RECIPE_OPTIONS, TrainStage, distillation_from,
@@ -72,7 +72,7 @@ class _ADMMStage(Stage):
     def projection(self, net, name, setting):
         raise NotImplementedError
 
-    def finish(self, net, constraints) -> dict:
+    def finish(self, net, constraints, settings) -> dict:
         """The hard projection W <- Π(W); returns what to report per weight."""
         raise NotImplementedError
 
@@ -109,7 +109,7 @@ class _ADMMStage(Stage):
         records = [r for r in _stage_records(ctx) if "admm" in r]
         plot_admm(records, f"{name}: ADMM {self.target}", ctx.out / "figures" / f"admm-{name}.png")
         last = records[-1]["admm"] if records else {"layers": {}}
-        layers = self.finish(net, constraints)
+        layers = self.finish(net, constraints, settings)
         for layer, report in layers.items():
             report.update(last["layers"].get(layer, {}))
         fraction = weights_kept(net)
@@ -142,6 +142,10 @@ class ADMMPruneStage(_ADMMStage):
         "keep": Option(dict, None, accepted="a table of weight name = fraction kept, in (0, 1]"),
         "keep_all": Option(float, None, check=lambda v: 0 < v <= 1,
                            accepted="a number in (0, 1]: the same fraction for every weight"),
+        "drop_dead": Option(bool, False, help="after the hard projection, also prune the kept weights that cannot "
+                                              "change the output (into units or channels no later kept weight "
+                                              "reads: mpdref.prune.dead_weights); the output is unchanged, bit for "
+                                              "bit, and fewer weights are kept"),
         **ADMM_OPTIONS, **W_STEP_OPTIONS, **DISTILL_OPTIONS,
     }
 
@@ -155,17 +159,23 @@ class ADMMPruneStage(_ADMMStage):
     def projection(self, net, name, keep):
         return admm.sparse_constraint(keep, net.masks.get(name))  # a pruned weight is never revived
 
-    def finish(self, net, constraints):
+    def finish(self, net, constraints, settings):
         out = {}
         for name, keep in constraints.items():
             z, kept = admm.project_sparse(net.params[name], keep, net.masks.get(name))
             net.params[name][...] = z
             net.set_mask(name, kept)
             out[name] = {"kept": float(kept.mean())}
+        if settings["drop_dead"]:
+            for name, count in drop_dead_weights(net).items():
+                if name in out or count:
+                    kept = net.masks[name] if name in net.masks else np.ones(net.params[name].shape, bool)
+                    out.setdefault(name, {}).update(kept=float(kept.mean()), dead_dropped=count)
         return out
 
     def describe(self, report):
-        return f"{report['kept']:.1%}"
+        return f"{report['kept']:.1%}" + (f" ({report['dead_dropped']} dead dropped)" if report.get("dead_dropped")
+                                          else "")
 
 
 @register
@@ -193,7 +203,7 @@ class ADMMQuantizeStage(_ADMMStage):
     def projection(self, net, name, levels):
         return admm.levels_constraint(levels, net.masks.get(name))
 
-    def finish(self, net, constraints):
+    def finish(self, net, constraints, settings):
         out = {}
         for name, levels in constraints.items():
             z, scale = admm.project_quantized(net.params[name], levels, net.masks.get(name))
