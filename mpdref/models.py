@@ -17,6 +17,7 @@ bit; ``build(..., backend="reference")`` or ``net.use_backend("reference")`` cho
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -223,22 +224,39 @@ class LayerStack(Classifier):
     output_order: np.ndarray | None = None
     label_position: np.ndarray | None = None
 
+    @property
+    def parallel_kernels(self) -> bool:
+        """Whether a pass runs Numba's parallel kernels (the fast set's direct convolution, or a
+        subclass's own): then NumPy's BLAS is kept to one thread during the pass
+        (`mpdref.kernels.threads`: two spinning thread pools on the same cores slow both)."""
+        return any(isinstance(layer, Conv2d) and layer.backend == "fast" for layer in self.layers)
+
+    def _threads(self):
+        """The thread-pool setting of a pass (see parallel_kernels)."""
+        if not self.parallel_kernels:
+            return contextlib.nullcontext()
+        from mpdref.kernels.threads import blas_on_one_thread
+
+        return blas_on_one_thread()
+
     def _run(self, x: np.ndarray, train: bool):
         """The last layer's output and every layer's cache."""
         caches = []
-        for layer in self.layers:
-            x, cache = layer.forward(self.params, x, train, self.rng)
-            caches.append(cache)
+        with self._threads():
+            for layer in self.layers:
+                x, cache = layer.forward(self.params, x, train, self.rng)
+                caches.append(cache)
         return x, caches
 
     def _backward(self, dout: np.ndarray, caches: list) -> dict:
         """Gradients of every parameter, keyed like params, from the gradient of the last output."""
         grads = {}
         first = next(i for i, layer in enumerate(self.layers) if hasattr(layer, "parameter_shapes"))
-        for i in range(len(self.layers) - 1, first - 1, -1):
-            # The input needs no gradient: the first layer with parameters skips dx.
-            dout, layer_grads = self.layers[i].backward(dout, caches[i], need_dx=i > first)
-            grads.update(layer_grads)
+        with self._threads():
+            for i in range(len(self.layers) - 1, first - 1, -1):
+                # The input needs no gradient: the first layer with parameters skips dx.
+                dout, layer_grads = self.layers[i].backward(dout, caches[i], need_dx=i > first)
+                grads.update(layer_grads)
         return {k: grads[k] for k in self.params}
 
     def _check_input(self, x):

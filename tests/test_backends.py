@@ -95,3 +95,26 @@ def test_networks_and_block_forms_copy_as_data(rng):
         twin = copy.deepcopy(original)
         assert [layer.backend for layer in twin.layers] == [layer.backend for layer in original.layers]
         _same(twin.forward(x), original.forward(x), "logits of the copy")
+
+
+@pytest.mark.parametrize("name, limited", [("lenet-5", True), ("deep-mnist", True), ("lenet-300-100", False)])
+def test_passes_with_parallel_kernels_keep_blas_to_one_thread(name, limited, rng, monkeypatch):
+    """The direct convolution runs on Numba's threads: during a pass of a network that has one (and of
+    its block form), NumPy's BLAS is held to one thread (mpdref.kernels.threads), and given back after;
+    a network of dense layers only leaves BLAS as it is."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    for net in (models.build(name, seed=0), to_block_diagonal(_both(name, np.float32, mpd=True)[0])):
+        assert net.parallel_kernels is limited
+        seen = []
+        layer = net.layers[-1]
+        original = type(layer).forward
+        monkeypatch.setattr(type(layer), "forward", lambda self, *a: (seen.append(blas_threads()), original(self, *a))[1])
+        net.forward(rng.standard_normal((2, 1, 28, 28)).astype(np.float32))
+        monkeypatch.undo()
+        assert seen and all(threads == ([1] * len(before) if limited else before) for threads in seen), (seen, before)
+        assert blas_threads() == before
