@@ -104,7 +104,9 @@ def density_block_sizes(density: np.ndarray, alpha: float, cols: int, sizes: str
 
 def darb_block_sizes(w: np.ndarray, keep: float, sizes: str = "any") -> np.ndarray:
     """One block size per row: `density_block_sizes` with the α whose total kept is nearest to
-    round(keep · size). ValueError when no α comes within 10% of it."""
+    round(keep · size); where rows of equal density make that total jump past the target by more
+    than 10%, the rows between the two sides are moved one at a time (sparsest first) to the step
+    nearest the target. ValueError when nothing comes within 10% of it."""
     density = row_densities(w, keep)
     n_rows, cols = _rows(w).shape
     target = max(round(keep * w.size), 1)
@@ -123,11 +125,25 @@ def darb_block_sizes(w: np.ndarray, keep: float, sizes: str = "any") -> np.ndarr
         else:
             hi = mid
     alpha = min((lo, hi), key=lambda a: abs(kept(a) - target))
-    achieved = kept(alpha)
+    best = density_block_sizes(density, alpha, cols, sizes)
+    achieved = int(blocks_per_row(best, cols).sum())
+    if abs(achieved - target) > 0.1 * target:
+        # Rows of equal density change size at the same α, so kept(α) can jump over the target (a
+        # network trained briefly has such rows). Between lo and hi, move the rows that differ one
+        # at a time, sparsest first (the order in which α / d_r grows; ties by row), and keep the
+        # step nearest the target: a denser row still never gets the larger block.
+        small, large = density_block_sizes(density, lo, cols, sizes), density_block_sizes(density, hi, cols, sizes)
+        current = small.copy()
+        for r in np.argsort(density, kind="stable"):
+            if current[r] != large[r]:
+                current[r] = large[r]
+                total = int(blocks_per_row(current, cols).sum())
+                if abs(total - target) < abs(achieved - target):
+                    best, achieved = current.copy(), total
     if abs(achieved - target) > 0.1 * target:
         raise ValueError(f"no block sizes of this layer ({n_rows} rows of {cols}) keep within 10% of "
                          f"{target} weights (keep {keep}): the nearest keeps {achieved}")
-    return density_block_sizes(density, alpha, cols, sizes)
+    return best
 
 
 def darb_mask(w: np.ndarray, keep: float, sizes: str = "any") -> tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,17 @@ def test_darb_sizes_follow_density_and_keep_the_target_within_ten_percent(shape,
         assert all(b == cols or (b & (b - 1)) == 0 for b in block_sizes.tolist())
 
 
+def test_rows_of_equal_density_are_moved_one_at_a_time_to_reach_the_target(rng):
+    """Ten identical rows change size at the same α: 1,000 kept at size 1, 500 at size 2, nothing
+    between. The target 700 is reached by giving six rows, the first in density order, size 2."""
+    w = np.tile(rng.standard_normal(100), (10, 1))
+    mask, sizes = darb.darb_mask(w, 0.7)
+    assert int(mask.sum()) == 700
+    assert sorted(sizes.tolist()) == [1] * 4 + [2] * 6
+    order = np.argsort(darb.row_densities(w, 0.7), kind="stable")
+    assert np.all(np.diff(sizes[order]) <= 0), "a denser row got a larger block"
+
+
 def test_darb_says_when_no_sizes_reach_the_target(rng):
     with pytest.raises(ValueError, match="within 10% of 10 weights .* the nearest keeps 20"):
         darb.darb_mask(rng.standard_normal((20, 25)), 0.02)  # at least one weight a row: 20
