@@ -47,12 +47,6 @@ LAYERS = [
 PAUSE = 0.2  # seconds of rest before each timing: the last contender's thread pool may still spin
 
 
-def _im2col(x, kh, kw, stride, padding):
-    oh = conv.conv2d_output_size(x.shape[2], kh, stride, padding)
-    ow = conv.conv2d_output_size(x.shape[3], kw, stride, padding)
-    return cpu.im2col(x, kh, kw, stride, padding, oh, ow)
-
-
 def contenders(x, w, b, padding, train, first_layer):
     """{name: a call of one forward pass (and with `train`, its backward pass too)}."""
     import torch
@@ -66,7 +60,7 @@ def contenders(x, w, b, padding, train, first_layer):
         return fast_ops.conv2d_backward(dout, cache, need_dx) if train else y
 
     def im2col():
-        y, cache = conv.conv2d_forward(x, w, b, 1, padding, im2col=_im2col)
+        y, cache = conv.conv2d_forward(x, w, b, 1, padding, im2col=fast_ops.im2col)
         return conv.conv2d_backward(dout, cache, need_dx, col2im=cpu.col2im) if train else y
 
     tx, tw, tb, td = (torch.from_numpy(a) for a in (x, w, b, dout))

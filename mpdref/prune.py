@@ -101,8 +101,8 @@ def dead_weights(net) -> dict[str, np.ndarray]:
     by exact zeros, so removing them changes no output, bit for bit (finite weights and inputs).
     They are found walking the layers backward from the logits, carrying which of each layer's
     outputs are read (per unit for dense layers, per channel for convolutions: conservative, a
-    filter read at any position is live as a whole). Only already-zero weights are never dead
-    in the count: the result is the nonzero weights to drop.
+    filter read at any position is live as a whole). Weights already zero are not marked: the
+    result is the nonzero weights to drop.
     """
     from mpdref.models import INPUT_SHAPE
 

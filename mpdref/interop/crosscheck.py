@@ -301,34 +301,15 @@ def check_one_source(inputs, data_split, limit, random, raw) -> None:
 def crosscheck(model, inputs=None, data_split: str | None = None, limit: int | None = None,
                random: int | None = None, raw: bool = False, against="onnxruntime", rtol=None, atol=None,
                root=None, seed: int = 0) -> dict:
-    """mpdref crosscheck MODEL.onnx [--inputs FILE.npz | --data {test,val} [--limit N] | --random N] [--raw]
-                       [--against onnxruntime | FILE.npz] [--rtol R] [--atol A] [--json OUT]
-    mpdref crosscheck MODEL.h5|MODEL.mpdz --against torch [--data ... | --random N] [--rtol R] [--atol A] [--json OUT]
+    """The report of `mpdref crosscheck` (its --help says the command), as a dict (see the module
+    docstring): `model` an ONNX file (against onnxruntime, or `against` a mapping or .npz file of
+    values saved elsewhere, keyed by ONNX value names) or an mpdref model file (.h5, .mpdz) with
+    against="torch" (logits, loss and every gradient against the PyTorch twin, in float64).
 
-    Compare mpdref's float64 reference with another framework, value by value.
-
-    MODEL.onnx: mpdref evaluates the graph with its own reference ops in float64; the other
-    side is onnxruntime (default; every node output is made a graph output, as Polygraphy
-    does, so every intermediate value is compared) or the values another framework saved in
-    an .npz file, keyed by ONNX value names. MODEL.h5 or .mpdz --against torch: the same
-    network built in PyTorch from the state_dict; logits, loss and every parameter's
-    gradient are compared, in float64.
-
-    Inputs: --inputs FILE.npz (arrays keyed by graph input name), --data test|val (MNIST, found
-    by the usual data lookup; --limit N: the first N images, default 100 when no input is
-    named) or --random N (standard normal). MNIST images are normalized as mpdref's networks
-    expect, (pixel / 255 - 0.1307) / 0.3081; --raw gives pixels in [0, 1] instead.
-
-    Printed per compared value, in graph order: node, op, shape, max |diff|, max relative
-    diff and the mismatched elements, |a - e| > atol + rtol·|e| (torch.testing.assert_close's
-    rule; e is mpdref for ONNX, PyTorch for --against torch); then the first divergent value
-    and, for a classifier, the fraction of equal predictions. Without --rtol/--atol each value
-    gets torch.testing's defaults for its dtype (float32: 1.3e-6 and 1e-5, float64: 1e-7 and
-    1e-7). --json OUT writes the report as JSON. Exit status: 0 when every compared value
-    agrees, 1 when any differs (the summary names it), 2 for bad input.
-
-    Needs the interop extra (pip install -e '.[interop]'); --against torch needs torch
-    (pip install -e '.[crosscheck]').
+    The inputs, exactly one source: `inputs` (a mapping or .npz file keyed by graph input name),
+    `data_split` "test" or "val" (MNIST from `root` or the usual lookup; the first `limit` images,
+    100 when unset), or `random` N standard-normal images (`seed`). MNIST images are normalized as
+    mpdref's networks expect unless `raw`. rtol, atol: None for torch.testing's defaults per dtype.
     """
     path = Path(model)
     if path.suffix == ".onnx":

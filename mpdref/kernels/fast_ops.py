@@ -36,7 +36,8 @@ from mpdref.ops import (  # noqa: F401  (the ops that have no compiled equal are
 )
 
 
-def _im2col(x, kh, kw, stride, padding):
+def im2col(x, kh, kw, stride, padding):
+    """`mpdref.ops.conv.im2col` by `kernels.cpu.im2col` (the same patches, one compiled pass)."""
     oh = conv.conv2d_output_size(x.shape[2], kh, stride, padding)
     ow = conv.conv2d_output_size(x.shape[3], kw, stride, padding)
     return cpu.im2col(x, kh, kw, stride, padding, oh, ow)
@@ -50,7 +51,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     """`mpdref.ops.conv2d_forward` computed by the direct convolution of `kernels.direct_conv` (where it
     applies: `direct_conv.supported`; equal to the reference to rounding), else with the patches gathered by `kernels.cpu.im2col`."""
     if not direct_conv.supported(w.shape, stride, padding):
-        return conv.conv2d_forward(x, w, b, stride, padding, im2col=_im2col)
+        return conv.conv2d_forward(x, w, b, stride, padding, im2col=im2col)
     conv.check_conv2d_args(x, w, b, stride, padding)
     padded = direct_conv.Padded(x, w.shape[2], w.shape[3], padding)
     return direct_conv.conv2d_direct(x, w, b, padding, padded), _DirectCache((padded, w, padding))
