@@ -227,17 +227,18 @@ class LayerStack(Classifier):
     @property
     def parallel_kernels(self) -> bool:
         """Whether a pass runs Numba's parallel kernels (the fast set's direct convolution, or a
-        subclass's own): then NumPy's BLAS is kept to one thread during the pass
-        (`mpdref.kernels.threads`: two spinning thread pools on the same cores slow both)."""
+        subclass's own): then the pass runs in `mpdref.kernels.threads.numba_pass()`, NumPy's BLAS kept
+        to one thread and the fast set's dense products on Numba's threads (two spinning thread
+        pools on the same cores slow both)."""
         return any(isinstance(layer, Conv2d) and layer.backend == "fast" for layer in self.layers)
 
     def _threads(self):
         """The thread-pool setting of a pass (see parallel_kernels)."""
         if not self.parallel_kernels:
             return contextlib.nullcontext()
-        from mpdref.kernels.threads import blas_on_one_thread
+        from mpdref.kernels.threads import numba_pass
 
-        return blas_on_one_thread()
+        return numba_pass()
 
     def _run(self, x: np.ndarray, train: bool):
         """The last layer's output and every layer's cache."""

@@ -186,14 +186,26 @@ def gather_blocks(x, padded_gather, out):
 
 
 @numba.njit(**SERIAL)
+def _block_and_row(valid_rows, r_max):
+    """(block, row): valid_rows[q] = block[q]·R + row[q], divided once per call, not once per image
+    (a 64-bit division costs tens of cycles: dividing in the loop took 43 us of a 93 us layer)."""
+    block = np.empty(len(valid_rows), dtype=np.int64)
+    row = np.empty(len(valid_rows), dtype=np.int64)
+    for q in range(len(valid_rows)):
+        block[q] = valid_rows[q] // r_max
+        row[q] = valid_rows[q] - block[q] * r_max
+    return block, row
+
+
+@numba.njit(**SERIAL)
 def rows_from_blocks(ys, valid_rows, bias, out):
     """out (N, rows)[i, q] = ys (k, N, R)[b, i, r] + bias[q] where valid_rows[q] = b·R + r; equals
     `mpdref.ops.block.rows_from_blocks`."""
     k, n, r_max = ys.shape
+    block, row = _block_and_row(valid_rows, r_max)
     for i in range(n):
         for q in range(len(valid_rows)):
-            v = valid_rows[q]
-            out[i, q] = ys[v // r_max, i, v % r_max] + bias[q]
+            out[i, q] = ys[block[q], i, row[q]] + bias[q]
 
 
 @numba.njit(**SERIAL)
@@ -202,10 +214,10 @@ def blocks_from_rows(dout, valid_rows, out):
     rows_from_blocks without the bias); equals `mpdref.ops.block.blocks_from_rows`."""
     k, n, r_max = out.shape
     out[:] = 0
+    block, row = _block_and_row(valid_rows, r_max)
     for i in range(n):
         for q in range(len(valid_rows)):
-            v = valid_rows[q]
-            out[v // r_max, i, v % r_max] = dout[i, q]
+            out[block[q], i, row[q]] = dout[i, q]
 
 
 @numba.njit(**SERIAL)

@@ -4,9 +4,11 @@ The same functions, names and signatures as `mpdref.ops`; where a Numba kernel o
 `mpdref.kernels.cpu` does an op's data movement in one pass, the function here is the
 reference op with that kernel put in: the arithmetic (the matrix products, the sums)
 is the reference's own, so the two sets agree bit for bit (the tests hold them to it).
-The one exception is the stride-1 convolution, forward and the input's gradient: there
-`mpdref.kernels.direct_conv` computes the same sums in another order, equal to the
-reference to rounding (both held to the loop oracle of tests/naive.py). Every other op
+Two exceptions compute the same sums in another order, equal to the reference to
+rounding: the stride-1 convolution (`mpdref.kernels.direct_conv`, forward and backward;
+both held to the loop oracle of tests/naive.py), and a dense layer's products inside a pass
+on Numba's threads (`mpdref.kernels.threads.numba_pass`, the passes of a network with
+convolutions), which `mpdref.kernels.gemm` computes there instead of BLAS. Every other op
 is the reference itself. A network takes this set by default and the
 reference with ``backend="reference"`` (`mpdref.models.build`).
 """
@@ -14,13 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpdref.kernels import cpu, direct_conv
-from mpdref.ops import activation, block, conv, pool
+from mpdref.kernels import cpu, direct_conv, gemm, threads
+from mpdref.ops import activation, block, conv, dense, pool
 from mpdref.ops import __all__  # noqa: F401  (the same names as the reference set)
 from mpdref.ops import (  # noqa: F401  (the ops that have no compiled equal are the reference's)
     block_diagonal_matmul,
-    dense_backward,
-    dense_forward,
     distillation_backward,
     distillation_forward,
     dropout_backward,
@@ -34,6 +34,32 @@ from mpdref.ops import (  # noqa: F401  (the ops that have no compiled equal are
     softmax_cross_entropy_forward,
     training_loss,
 )
+
+
+def dense_forward(x, w, b):
+    """`mpdref.ops.dense_forward`; inside `threads.numba_pass()`, y = x wᵀ + b with the product
+    computed as (w xᵀ)ᵀ by `kernels.gemm.matmul` (w's rows are the tile's rows as they lie: no
+    copy of w), unless it is small (`gemm.is_small`: BLAS's, on one thread)."""
+    if not threads.in_numba_pass() or gemm.is_small(*x.shape, w.shape[0]):
+        return dense.dense_forward(x, w, b)
+    dense.check_dense_args(x, w, b)
+    yt = gemm.matmul(np.ascontiguousarray(w), gemm.transposed(x))  # (out, N)
+    y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+    np.add(yt.T, b, out=y)
+    return y, (x, w)
+
+
+def dense_backward(dout, cache, need_dx=True):
+    """`mpdref.ops.dense_backward`; inside `threads.numba_pass()`, dx = dy w and dw = dyᵀ x by
+    `kernels.gemm.matmul` (db as the reference), unless they are small (`gemm.is_small`)."""
+    x, w = cache
+    if not threads.in_numba_pass() or gemm.is_small(*x.shape, w.shape[0]):
+        return dense.dense_backward(dout, cache, need_dx)
+    dout = np.ascontiguousarray(dout)
+    dx = gemm.matmul(dout, w) if need_dx else None
+    dw = gemm.matmul(gemm.transposed(dout), np.ascontiguousarray(x))
+    db = dout.sum(axis=0)
+    return dx, dw, db
 
 
 def im2col(x, kh, kw, stride, padding):

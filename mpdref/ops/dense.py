@@ -6,17 +6,22 @@ import numpy as np
 from mpdref.ops._checks import common_float_dtype, require_ndim
 
 
-def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray):
-    """y = x wᵀ + b.
-
-    x (N, in), w (out, in), b (out,) -> y (N, out); cache for the backward pass.
-    """
+def check_dense_args(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> None:
+    """Raise on arguments dense_forward cannot take (dtypes, shapes), naming them."""
     common_float_dtype("dense_forward", x=x, w=w, b=b)
     require_ndim("dense_forward", "x", x, 2, "(N, in)")
     if w.ndim != 2 or b.shape != (w.shape[0],) or x.shape[1] != w.shape[1]:
         raise ValueError(
             f"dense_forward: shapes do not fit: x {x.shape}, w {w.shape} (out, in), b {b.shape} (out,)"
         )
+
+
+def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray):
+    """y = x wᵀ + b.
+
+    x (N, in), w (out, in), b (out,) -> y (N, out); cache for the backward pass.
+    """
+    check_dense_args(x, w, b)
     y = x @ w.T  # (N, out)
     y += b
     return y, (x, w)

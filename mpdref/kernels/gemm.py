@@ -1,0 +1,118 @@
+"""A matrix product on Numba's threads, for the dense layers of a network whose convolutions
+run Numba's parallel kernels.
+
+    c[m, j] = Σ_p a[m, p] · b[p, j]        a (M, K), b (K, N), both row-major
+
+Why not BLAS: a network that runs the direct convolution (`mpdref.kernels.direct_conv`)
+keeps NumPy's BLAS to one thread during its passes (`mpdref.kernels.threads`: two
+spinning thread pools on the same cores slow both), so its dense layers would multiply on
+one core while the other waits. Deep MNIST's fc1 (3136 → 1024) was 8.7 of a 35 ms
+training step on one BLAS thread. Here the same products run on Numba's threads, the pool
+the convolutions already use.
+
+The product is a GEMM in the style of Goto and van de Geijn (2008), as in
+`mpdref.kernels.blockdiag`, without packing: the register tile
+(`mpdref.kernels.intrinsics.gathered_tile_product`) takes the rows of a (TILE_ROWS of them)
+and the steps of b (rows of b, NR columns each) where they lie, through index tables. The
+depth is cut into slices of about SLICE_BYTES of a panel of b (NR columns), so that the
+slice stays in L1 while every tile of rows of a passes over it; the rows of a that a thread
+works on stay in L2 across the panels. The threads share the tiles of rows of a, or the
+panels of b where there are more of those (a product with a short a, like dy·w at batch 64).
+
+Each output is one running sum over p = 0, 1, ..., K − 1 in order (the slices add to what
+the tile stored: the same float additions in the same order), so the result does not depend
+on the number of threads or on how the work is cut; it differs from BLAS's sums in rounding
+only. Held to NumPy's product in tests/test_gemm.py.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from mpdref.kernels.config import PARALLEL
+from mpdref.kernels.intrinsics import CPU_TILE, gathered_tile_product, tile_columns
+
+TILE_ROWS = CPU_TILE.rows
+#: bytes of one depth slice of a panel of b (NR columns): half of L1, the product's share
+SLICE_BYTES = 16 * 1024
+#: multiply-adds below which a product is left to BLAS (on one thread): too small to share
+SMALL_PRODUCT = 1 << 22
+
+
+@numba.njit(**PARALLEL)
+def _transpose(a, out):
+    rows, cols = a.shape
+    blocks = -(-rows // 32)
+    for rb in prange(blocks):
+        for c0 in range(0, cols, 32):
+            for r in range(rb * 32, min(rows, rb * 32 + 32)):
+                for c in range(c0, min(cols, c0 + 32)):
+                    out[c, r] = a[r, c]
+
+
+def transposed(a: np.ndarray) -> np.ndarray:
+    """aᵀ as a C-contiguous array, copied in blocks of 32 × 32 on Numba's threads (NumPy's copy of a
+    transposed view goes element by element down the columns: 0.1 ms for 64 × 1024)."""
+    out = np.empty(a.shape[::-1], dtype=a.dtype)
+    _transpose(a, out)
+    return out
+
+
+def is_small(m: int, k: int, n: int) -> bool:
+    """Whether an (m, k) @ (k, n) product is below SMALL_PRODUCT multiply-adds."""
+    return m * k * n < SMALL_PRODUCT
+
+
+@numba.njit(**PARALLEL)
+def _gemm(a, a_rows, b, ldb, c, ldc, nr, panels, depth, slice_depth, chunks, by_rows):
+    """c[m·ldc + j] = Σ_p a[a_rows[m] + p] · b[p·ldb + j] for m < len(a_rows), j < panels · nr.
+    The work, (row tiles) × (panels), is cut into `chunks` runs of row tiles (by_rows) or of
+    panels, one per unit of work; within one, slice by slice of the depth, every tile."""
+    tiles = len(a_rows) // TILE_ROWS
+    steps = np.arange(slice_depth) * ldb
+    for chunk in prange(chunks):
+        if by_rows:
+            t0, t1 = chunk * tiles // chunks, (chunk + 1) * tiles // chunks
+            q0, q1 = 0, panels
+        else:
+            t0, t1 = 0, tiles
+            q0, q1 = chunk * panels // chunks, (chunk + 1) * panels // chunks
+        for k0 in range(0, depth, slice_depth):
+            d = min(slice_depth, depth - k0)
+            for q in range(q0, q1):
+                for t in range(t0, t1):
+                    gathered_tile_product(a, k0, a_rows, t * TILE_ROWS, b, k0 * ldb + q * nr, steps,
+                                          c, t * TILE_ROWS * ldc + q * nr, ldc, d, k0 > 0)
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (M, K) @ b (K, N) -> (M, N), on Numba's threads (see the module's text); a and b of one float
+    dtype. Equals `a @ b` to rounding, and the same bits whatever the threads."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or a.dtype != b.dtype:
+        raise ValueError(f"gemm.matmul: a {a.shape} {a.dtype} and b {b.shape} {b.dtype} do not multiply")
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"gemm.matmul: float32 or float64, not {a.dtype}")
+    m, k = a.shape
+    n = b.shape[1]
+    nr = tile_columns(a.dtype)
+    n_pad = -(-n // nr) * nr
+    m_pad = -(-m // TILE_ROWS) * TILE_ROWS
+    if m == 0 or n == 0 or k == 0:
+        return np.zeros((m, n), dtype=a.dtype)
+    a = np.ascontiguousarray(a)
+    if n_pad == n:
+        b = np.ascontiguousarray(b)
+    else:  # the last panel reads NR columns: give it zeros to read
+        b_padded = np.zeros((k, n_pad), dtype=a.dtype)
+        b_padded[:, :n] = b
+        b = b_padded
+    a_rows = np.minimum(np.arange(m_pad), m - 1).astype(np.int64) * k  # rows past M read row M − 1; dropped
+    c = np.empty((m_pad, n_pad), dtype=a.dtype)
+    tiles, panels = m_pad // TILE_ROWS, n_pad // nr
+    by_rows = tiles >= panels
+    chunks = max(1, min(tiles if by_rows else panels, numba.get_num_threads()))
+    slice_depth = max(1, SLICE_BYTES // (nr * a.itemsize))
+    _gemm(a.reshape(-1), a_rows, b.reshape(-1), n_pad, c.reshape(-1), n_pad, nr, panels, k, min(slice_depth, k),
+          chunks, by_rows)
+    return c[:m, :n]

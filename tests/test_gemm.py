@@ -1,0 +1,105 @@
+"""The matrix product on Numba's threads (mpdref.kernels.gemm) against NumPy's in float64, and the
+fast op set's dense layer, which uses it inside a pass on Numba's threads (kernels.threads.numba_pass)."""
+import numba
+import numpy as np
+import pytest
+
+from compare import assert_close, max_norm_atol
+from mpdref.kernels import fast_ops, gemm, threads
+from mpdref.ops import dense
+
+# (m, k, n): rows that end inside a tile, columns that end inside a panel, a depth shorter and
+# longer than a slice, vectors, and Deep MNIST's fc1 at batch 7
+SHAPES = [(1, 1, 1), (5, 3, 31), (6, 64, 32), (7, 300, 33), (13, 1000, 97), (64, 513, 100), (1, 40, 300),
+          (300, 2, 1), (7, 3136, 1024)]
+TOL = {np.float32: 2e-6, np.float64: 1e-14}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matmul_equals_the_float64_product(shape, dtype, rng):
+    m, k, n = shape
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    c = gemm.matmul(a, b)
+    assert c.shape == (m, n) and c.dtype == dtype
+    # each output a sum of k products: its rounding grows with k
+    assert_close(c, expected, rtol=0, atol=max_norm_atol(TOL[dtype] * max(1.0, np.sqrt(k)), expected), name="matmul")
+
+
+def test_matmul_takes_views_and_empty_products(rng):
+    a = rng.standard_normal((9, 20))
+    b = rng.standard_normal((11, 20))
+    np.testing.assert_allclose(gemm.matmul(a[:, ::2], b.T[::2]), a[:, ::2] @ b.T[::2], rtol=1e-13)
+    assert gemm.matmul(np.zeros((0, 4)), np.zeros((4, 3))).shape == (0, 3)
+    np.testing.assert_array_equal(gemm.matmul(np.zeros((2, 0)), np.zeros((0, 3))), np.zeros((2, 3)))
+
+
+def test_matmul_names_what_does_not_multiply():
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(4, 5\)"):
+        gemm.matmul(np.zeros((2, 3)), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="float32"):
+        gemm.matmul(np.zeros((2, 3), np.float32), np.zeros((3, 5)))
+    with pytest.raises(TypeError, match="int64"):
+        gemm.matmul(np.zeros((2, 3), np.int64), np.zeros((3, 5), np.int64))
+
+
+@pytest.mark.parametrize("shape", [(64, 3136, 100), (200, 64, 70)])
+def test_matmul_gives_the_same_bits_whatever_the_threads_and_slices(shape, rng, monkeypatch):
+    """Each output is one running sum over the depth in order: neither the number of threads, nor how
+    rows or panels are shared between them, nor the depth slices change a bit."""
+    m, k, n = shape
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    first = gemm.matmul(a, b)
+    try:
+        numba.set_num_threads(1)
+        np.testing.assert_array_equal(gemm.matmul(a, b), first)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    monkeypatch.setattr(gemm, "SLICE_BYTES", 5 * 4 * 32)  # slices of 5 steps (float32, 32 columns)
+    np.testing.assert_array_equal(gemm.matmul(a, b), first)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (64, 1024), (33, 65)])
+def test_transposed_is_the_transpose(shape, rng):
+    a = rng.standard_normal(shape).astype(np.float32)
+    t = gemm.transposed(a)
+    assert t.flags.c_contiguous
+    np.testing.assert_array_equal(t, a.T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(64, 800, 500), (5, 3136, 1024), (64, 100, 10)])
+def test_fast_dense_layer_in_a_numba_pass_equals_the_reference(shape, dtype, rng):
+    """Inside numba_pass the fast set's dense layer multiplies on Numba's threads (gemm, to rounding; a
+    small product stays with BLAS); outside it is the reference's own, bit for bit."""
+    n, fan_in, fan_out = shape
+    x = rng.standard_normal((n, fan_in)).astype(dtype)
+    w = rng.standard_normal((fan_out, fan_in)).astype(dtype)
+    b = rng.standard_normal(fan_out).astype(dtype)
+    dy = rng.standard_normal((n, fan_out)).astype(dtype)
+    y_ref, cache_ref = dense.dense_forward(x, w, b)
+    grads_ref = dense.dense_backward(dy, cache_ref)
+    with threads.numba_pass():
+        assert threads.in_numba_pass()
+        y, cache = fast_ops.dense_forward(x, w, b)
+        grads = fast_ops.dense_backward(dy, cache)
+        _, dw_only, _ = fast_ops.dense_backward(dy, cache, need_dx=False)
+    assert not threads.in_numba_pass()
+    tol = TOL[dtype] * np.sqrt(max(fan_in, n))
+    for name, got, want in [("y", y, y_ref), ("dx", grads[0], grads_ref[0]), ("dw", grads[1], grads_ref[1]),
+                            ("db", grads[2], grads_ref[2]), ("dw (no dx)", dw_only, grads_ref[1])]:
+        assert got.shape == want.shape and got.dtype == dtype and got.flags.c_contiguous, name
+        assert_close(got, want, rtol=0, atol=max_norm_atol(tol, want), name=name)
+    y_out, cache_out = fast_ops.dense_forward(x, w, b)
+    np.testing.assert_array_equal(y_out, y_ref)
+    for got, want in zip(fast_ops.dense_backward(dy, cache_out), grads_ref):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_fast_dense_layer_checks_its_arguments_in_a_numba_pass():
+    with threads.numba_pass(), pytest.raises(ValueError, match="shapes do not fit"):
+        fast_ops.dense_forward(np.zeros((64, 3000), np.float32), np.zeros((1024, 3136), np.float32),
+                               np.zeros(1024, np.float32))
