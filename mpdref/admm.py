@@ -14,7 +14,9 @@ from Z⁰ = Π(W⁰), U⁰ = 0, with ρ multiplied by a growth factor at each Z/
 (`ADMMState`). The penalty is the *squared* Frobenius norm (its gradient ρ(W − Z + U) joins
 the loss gradient); ports that write the norm itself train a different problem. After
 ADMM, the hard projection W ← Π(W) and a retraining that keeps the constraint exactly
-(masked retraining for sparsity) finish the method.
+finish the method: masked retraining for sparsity; for levels, either the quantized weights
+frozen while the biases train, or `StraightThroughSGD` (every step on the levels, the
+updates gathered in a float copy).
 
 Both projections are exact Euclidean projections:
 - onto arrays with at most k nonzeros: keep the k largest magnitudes;
@@ -171,13 +173,11 @@ class ADMMState:
         return report
 
 
-class ADMMSGD:
-    """The W-step: the given optimizer (masked SGD with momentum) on f(W) plus the ADMM penalty, whose
-    gradient is added to the loss gradient of each constrained weight before every step."""
+class _AroundSGD:
+    """An optimizer that changes what the wrapped one (masked SGD with momentum) is given; its velocity,
+    which checkpoints hold, is the wrapped optimizer's."""
 
-    def __init__(self, optimizer, state: ADMMState):
-        self.optimizer = optimizer
-        self.state = state
+    optimizer = None
 
     @property
     def velocity(self):
@@ -187,9 +187,49 @@ class ADMMSGD:
     def velocity(self, arrays):
         self.optimizer.velocity = arrays
 
+
+class ADMMSGD(_AroundSGD):
+    """The W-step: the given optimizer (masked SGD with momentum) on f(W) plus the ADMM penalty, whose
+    gradient is added to the loss gradient of each constrained weight before every step."""
+
+    def __init__(self, optimizer, state: ADMMState):
+        self.optimizer = optimizer
+        self.state = state
+
     def step(self, grads: dict, lr: float) -> None:
         extra = self.state.penalty_gradients(self.optimizer.net.params)
         self.optimizer.step({k: g + extra[k] if k in extra else g for k, g in grads.items()}, lr)
+
+
+class StraightThroughSGD(_AroundSGD):
+    """Retraining on the levels by the straight-through estimator (Courbariaux et al., BinaryConnect,
+    NeurIPS 2015; one scale per tensor as in Rastegari et al.'s binary-weight networks, ECCV 2016).
+
+    Each constrained weight W has a float copy W̃ (`latent`). The network always holds W = Π(W̃),
+    on its levels: every step's loss and gradient g are those of the network as it will be
+    stored, and the step moves the copy, W̃ ← the optimizer's step from W̃ with gradient g
+    (momentum, weight decay and the masks as for any weight), then W ← Π(W̃). Small steps add up
+    in W̃ until they move a weight across a level's boundary, which the frozen retraining can
+    never do. projections: weight name -> W -> Π(W) (`levels_constraint`). latent: the copies
+    to go on from (a resumed stage); default: the network's weights as they are.
+    """
+
+    def __init__(self, optimizer, projections: dict, latent: dict | None = None):
+        self.optimizer = optimizer
+        self.projections = projections
+        params = optimizer.net.params
+        self.latent = {name: (params[name] if latent is None else latent[name]).copy() for name in projections}
+        for name, project in projections.items():
+            params[name][...] = project(self.latent[name])
+
+    def step(self, grads: dict, lr: float) -> None:
+        params = self.optimizer.net.params
+        for name, w in self.latent.items():
+            params[name][...] = w  # the optimizer steps from W̃, with the gradient taken at Π(W̃)
+        self.optimizer.step(grads, lr)
+        for name, project in self.projections.items():
+            self.latent[name][...] = params[name]
+            params[name][...] = project(self.latent[name])
 
 
 def sparse_constraint(keep: float, mask: np.ndarray | None = None):

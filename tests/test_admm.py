@@ -105,6 +105,35 @@ def test_the_w_step_adds_the_penalty_gradient_before_masked_sgd(rng):
     assert not np.array_equal(extra["fc1.weight"], 0)
 
 
+def test_straight_through_steps_move_the_float_copies_and_keep_the_weights_on_levels(rng):
+    """One step: the gradient (taken at the weights on their levels) moves the float copy W̃ exactly as
+    the optimizer would move a weight that is W̃, and the network then holds Π(W̃)."""
+    net = models.build("lenet-300-100", seed=0)
+    mask = rng.random(net.params["fc2.weight"].shape) < 0.5
+    net.set_mask("fc2.weight", mask)
+    projections = {"fc1.weight": admm.levels_constraint("binary"),
+                   "fc2.weight": admm.levels_constraint("ternary", mask)}
+    start = {k: v.copy() for k, v in net.params.items()}
+    ste = admm.StraightThroughSGD(SGD(net, 0.9, 1e-4), projections)
+    for name, project in projections.items():  # on the levels from the start; the copies are the weights
+        np.testing.assert_array_equal(net.params[name], project(start[name]))
+        np.testing.assert_array_equal(ste.latent[name], start[name])
+    twin = models.build("lenet-300-100", seed=0)  # a network whose weights are the float copies
+    twin.set_mask("fc2.weight", mask)
+    twin_sgd = SGD(twin, 0.9, 1e-4)
+    for _ in range(2):
+        grads = {k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in net.params.items()}
+        ste.step(grads, 0.05)
+        twin_sgd.step(grads, 0.05)
+    for name, project in projections.items():
+        np.testing.assert_array_equal(ste.latent[name], twin.params[name])
+        np.testing.assert_array_equal(net.params[name], project(twin.params[name]))
+        assert len(np.unique(np.abs(net.params[name][net.params[name] != 0]))) == 1, name
+    assert not np.array_equal(ste.latent["fc1.weight"], start["fc1.weight"])
+    assert np.all(net.params["fc2.weight"][~mask] == 0) and np.all(ste.latent["fc2.weight"][~mask] == 0)
+    np.testing.assert_array_equal(net.params["fc3.weight"], twin.params["fc3.weight"])  # unconstrained: plain SGD
+
+
 @pytest.mark.parametrize("levels, bits", [("binary", 1), ("ternary", 2), (2, 2), (4, 4)])
 def test_weight_bits(levels, bits):
     assert admm.weight_bits(levels) == bits
@@ -260,6 +289,43 @@ def test_an_admm_run_interrupted_in_the_middle_resumes_bit_identically(tmp_path,
     assert_resume_is_bit_identical(_admm_config(mnist_dir), tmp_path, monkeypatch, stop_after)
 
 
+def _straight_through_config(mnist_dir):
+    from mpdref.runner.config import resolve_config
+
+    return resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 3},
+        "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
+        "stages": [{"type": "train", "epochs": 1, "batch_size": 32},
+                   {"type": "admm_quantize", "levels_all": "binary", "updates": 2, "batch_size": 32},
+                   {"type": "train", "name": "on-levels", "epochs": 2, "batch_size": 32, "lr": 0.5,
+                    "levels": {"fc1.weight": "binary", "fc2.weight": "binary", "fc3.weight": 2},
+                    "teacher": "train"}]})
+
+
+@pytest.mark.mnist
+def test_a_train_stage_on_levels_moves_weights_across_levels_and_ends_on_them(tmp_path, mnist_dir):
+    from mpdref.runner import run_experiment
+
+    metrics = run_experiment(_straight_through_config(mnist_dir), tmp_path / "run", progress=False)
+    report = metrics["stages"][2]["levels"]
+    net = models.load(tmp_path / "run" / "model.h5")
+    before = models.load(tmp_path / "run" / "stages" / "02-admm_quantize.h5")
+    for name, levels in (("fc1.weight", [1.0]), ("fc2.weight", [1.0]), ("fc3.weight", [1.0, 2.0])):
+        w, scale = net.params[name], report[name]["scale"]
+        assert set(np.unique(np.abs(w / scale).round(5))) <= set(levels), name
+        assert not np.array_equal(np.sign(w), np.sign(before.params[name])), f"no {name} crossed a level"
+    assert not np.array_equal(net.params["fc1.bias"], before.params["fc1.bias"])
+
+
+@pytest.mark.mnist
+def test_a_train_stage_on_levels_interrupted_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch):
+    from conftest import assert_resume_is_bit_identical
+
+    # checkpoints: 1, 2 the first train stage; 3, 4 admm_quantize's epochs, 5 its end; 6 the first epoch
+    # on the levels (its float copies in it)
+    assert_resume_is_bit_identical(_straight_through_config(mnist_dir), tmp_path, monkeypatch, 6)
+
+
 def test_admm_settings_are_checked(tmp_path):
     from mpdref.runner.config import ConfigError, resolve_config
 
@@ -273,5 +339,11 @@ def test_admm_settings_are_checked(tmp_path):
     assert "expected a number in (0, 1]" in problems({"type": "admm_prune", "keep_all": 1.5})
     assert "rho" in problems({"type": "admm_prune", "keep_all": 0.1, "rho": 0})
     assert "levels_all" in problems({"type": "admm_quantize", "levels_all": "quaternary"})
+    assert "levels_all" in problems({"type": "train", "levels_all": "quaternary"})
+    assert "at most one of levels and levels_all" in problems(
+        {"type": "train", "levels_all": "binary", "levels": {"fc1.weight": 2}})
+    assert "freeze and levels both name fc1.weight" in problems(
+        {"type": "train", "levels_all": "binary", "freeze": ["fc1.weight"]})
+    assert "levels: only with form" in problems({"type": "train", "form": "block", "levels": {"fc1.weight": 2}})
     assert "levels.fc1.weight" in problems({"type": "admm_quantize", "levels": {"fc1.weight": 9}})
     assert "freeze: only with form" in problems({"type": "train", "freeze": ["fc1.weight"], "form": "block"})

@@ -131,10 +131,11 @@ def test_demo_runs_the_three_pipelines(capsys, tmp_path, mnist_dir):
 
 
 # What `mpdref demo` ran before its pipelines moved into mpdref/configs/demo/*.toml, resolved (with the
-# train stage's later `freeze` setting at its default).
+# train stage's later `freeze`, `levels` and `levels_all` settings at their defaults).
 DEMO_TRAIN = {"type": "train", "name": "train", "epochs": 30, "batch_size": 64, "lr": 0.05, "momentum": 0.9,
               "weight_decay": 0.0001, "schedule": "cosine", "milestones": [], "gamma": 0.1, "form": "masked",
-              "freeze": [], "teacher": None, "temperature": 4.0, "teacher_weight": 0.9}
+              "freeze": [], "levels": None, "levels_all": None, "teacher": None, "temperature": 4.0,
+              "teacher_weight": 0.9}
 DEMO_RETRAIN = {**DEMO_TRAIN, "lr": 0.02, "teacher": "train"}
 DEMO_QUANTIZE = {"type": "quantize", "name": "quantize", "bits": None, "init": "linear", "epochs": 1,
                  "batch_size": 64, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine", "milestones": [],

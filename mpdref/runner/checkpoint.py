@@ -5,9 +5,10 @@ network (parameters and masks), the SGD velocity, and in its metadata the
 progress: which stage, how many of its epochs are done, whether the stage is
 finished, how many log lines belong to the run so far, the results of finished
 stages, the states of the random generators, and the fingerprint of the config
-it belongs to. A stage with state of its own (ADMM's Z, U and ρ) adds arrays keyed
-like the parameters (STAGE_GROUPS) and an entry of the progress named after it. It is written to a temporary name and renamed, so a crash leaves
-the previous checkpoint or the new one, never a broken one.
+it belongs to. A stage with state of its own (ADMM's Z, U and ρ; the float copies of a
+retraining on levels) adds arrays keyed like the parameters (STAGE_GROUPS) and an entry of
+the progress named after it. It is written to a temporary name and renamed, so a crash
+leaves the previous checkpoint or the new one, never a broken one.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from mpdref import __version__, models
 from mpdref.io import FormatError
 from mpdref.io.model_file import CHECKPOINT_FORMAT, read_network_file, write_network_file
 
-STAGE_GROUPS = ("admm_z", "admm_u")  # optional groups keyed like the parameters: ADMM's Z and U
+# optional groups keyed like the parameters: ADMM's Z and U, the float copies of weights retrained on levels
+STAGE_GROUPS = ("admm_z", "admm_u", "latent")
 _PROGRESS_FIELDS = {"config_digest": str, "stage_index": int, "epochs_done": int, "finished": bool,
                     "log_lines": int, "results": list, "rng": dict}
 

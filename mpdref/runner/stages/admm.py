@@ -6,7 +6,8 @@ plus the ADMM penalty, one learning-rate schedule over all of them) and makes a 
 after every epochs_per_update epochs; ρ grows by rho_growth at each update. Z, U and ρ are in
 every checkpoint, so an interrupted stage resumes bit for bit. The retraining that keeps the
 constraint is the next `train` stage: under the masks that admm_prune sets, or with the
-quantized weights frozen (`freeze`) after admm_quantize.
+quantized weights frozen (`freeze`) or retrained on their levels (`levels`, the straight-through
+estimator) after admm_quantize.
 """
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from mpdref.figures import plot_admm
 from mpdref.prune import drop_dead_weights, weights_kept
 from mpdref.runner.options import Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
-from mpdref.runner.stages.train import (DISTILL_OPTIONS, RECIPE_OPTIONS, TrainStage, distillation_from,
-                                        fit_in_stage, recipe_from)
+from mpdref.runner.stages.train import (DISTILL_OPTIONS, LEVELS_OPTIONS, RECIPE_OPTIONS, TrainStage,
+                                        distillation_from, fit_in_stage, levels_problems, recipe_from)
 from mpdref.train import SGD
 
 ADMM_OPTIONS = {
@@ -35,14 +36,6 @@ ADMM_OPTIONS = {
 }
 # The W-step's recipe: every training setting but epochs (which the updates give).
 W_STEP_OPTIONS = {k: v for k, v in RECIPE_OPTIONS.items() if k != "epochs"}
-
-
-def _is_level(value) -> bool:
-    try:
-        admm.level_magnitudes(value)
-    except ValueError:
-        return False
-    return True
 
 
 class _ADMMStage(Stage):
@@ -187,18 +180,12 @@ class ADMMQuantizeStage(_ADMMStage):
                    "per listed weight (zeros stay where the masks are 0), then round onto them")
     target = "levels"
     options = {
-        "levels": Option(dict, None, accepted="a table of weight name = 'binary', 'ternary' or bits b in "
-                                              f"[2, {admm.MAX_BITS}]"),
-        "levels_all": Option(object, None, check=_is_level,
-                             accepted=f"'binary', 'ternary' or bits b in [2, {admm.MAX_BITS}] for every weight"),
-        **ADMM_OPTIONS, **W_STEP_OPTIONS, **DISTILL_OPTIONS,
+        **LEVELS_OPTIONS, **ADMM_OPTIONS, **W_STEP_OPTIONS, **DISTILL_OPTIONS,
     }
 
     @classmethod
     def check(cls, settings, model):
-        return super().check(settings, model) + weight_setting_problems(
-            model, "levels", settings["levels"], lambda name, v: _is_level(v),
-            f"'binary', 'ternary' or an integer in [2, {admm.MAX_BITS}]")
+        return super().check(settings, model) + levels_problems(settings, model)
 
     def projection(self, net, name, levels):
         return admm.levels_constraint(levels, net.masks.get(name))

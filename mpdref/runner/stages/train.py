@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mpdref import models
+import numpy as np
+
+from mpdref import admm, models
 from mpdref.io import FormatError
-from mpdref.models import ARCHITECTURES
+from mpdref.models import ARCHITECTURES, parameter_shapes
 from mpdref.mpd import block_arrays, to_block_diagonal
 from mpdref.runner.options import REQUIRED, Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
@@ -43,6 +45,36 @@ DISTILL_OPTIONS = {
 def recipe_from(settings: dict) -> Recipe:
     """The Recipe that a stage's recipe options (RECIPE_OPTIONS) describe; other settings are ignored."""
     return Recipe(**{k: (tuple(v) if k == "milestones" else v) for k, v in settings.items() if k in RECIPE_OPTIONS})
+
+
+def is_level(value) -> bool:
+    """Whether `value` names levels of `mpdref.admm` ('binary', 'ternary' or bits b)."""
+    try:
+        admm.level_magnitudes(value)
+    except ValueError:
+        return False
+    return True
+
+
+LEVELS_OPTIONS = {
+    "levels": Option(dict, None, accepted="a table of weight name = 'binary', 'ternary' or bits b in "
+                                          f"[2, {admm.MAX_BITS}]"),
+    "levels_all": Option(object, None, check=is_level,
+                         accepted=f"'binary', 'ternary' or bits b in [2, {admm.MAX_BITS}] for every weight"),
+}
+
+
+def levels_problems(settings: dict, model: str) -> list[str]:
+    """What is wrong with a stage's `levels` table (names and values)."""
+    return weight_setting_problems(model, "levels", settings["levels"], lambda name, v: is_level(v),
+                                   f"'binary', 'ternary' or an integer in [2, {admm.MAX_BITS}]")
+
+
+def levels_of(net, settings: dict) -> dict:
+    """{weight name: its levels} from a stage's `levels` or `levels_all` (empty when neither is set)."""
+    if settings["levels_all"] is not None:
+        return {name: settings["levels_all"] for name in net.weight_names()}
+    return dict(settings["levels"] or {})
 
 
 def teacher_file(ctx, teacher: str) -> Path:
@@ -118,6 +150,11 @@ class TrainStage(Stage):
                "freeze": Option(list, [], accepted="a list of weight names",
                                 help="weights left exactly as they are (e.g. on the levels admm_quantize put "
                                      "them on) while biases and the other weights train"),
+               **{k: replace(v, help="retrain these weights on scale x levels (one scale per tensor, the exact "
+                                     "projection of mpdref.admm): every step at the weights on their levels, "
+                                     "the updates gathered in float copies (the straight-through estimator, "
+                                     "mpdref.admm.StraightThroughSGD); the weights end on their levels")
+                  for k, v in LEVELS_OPTIONS.items()},
                **DISTILL_OPTIONS}
 
     @classmethod
@@ -128,9 +165,19 @@ class TrainStage(Stage):
 
     @classmethod
     def check(cls, settings, model):
-        problems = weight_setting_problems(model, "freeze", settings["freeze"])
-        if settings["freeze"] and settings["form"] == "block":
-            problems.append("freeze: only with form = \"masked\" (the block form renames the weights)")
+        problems = weight_setting_problems(model, "freeze", settings["freeze"]) + levels_problems(settings, model)
+        if settings["levels"] is not None and settings["levels_all"] is not None:
+            problems.append("give at most one of levels and levels_all")
+        for option in ("freeze", "levels", "levels_all"):
+            if settings[option] and settings["form"] == "block":
+                problems.append(f"{option}: only with form = \"masked\" (the block form renames the weights)")
+        on_levels = set(settings["levels"] or {})
+        if settings["levels_all"] is not None and model in ARCHITECTURES:
+            on_levels = {name for name in parameter_shapes(model) if name.endswith(".weight")}
+        both = sorted(on_levels & set(settings["freeze"] or []))
+        if both:
+            problems.append(f"freeze and levels both name {', '.join(both)}: a weight is frozen or retrained "
+                            "on levels, not both")
         try:
             recipe_from(settings)
         except (ValueError, TypeError) as e:
@@ -146,6 +193,17 @@ class TrainStage(Stage):
         sgd = SGD(trained, recipe.momentum, recipe.weight_decay, frozen=settings["freeze"])
         if resume is not None:
             sgd.velocity = resume["velocity"] if trained is net else block_arrays(net, resume["velocity"])
+        levels = levels_of(net, settings)
+        optimizer = sgd
+        if levels:  # the masked form only (check): trained is net
+            optimizer = admm.StraightThroughSGD(
+                sgd, {name: admm.levels_constraint(v, net.masks.get(name)) for name, v in levels.items()},
+                latent=None if resume is None else resume["latent"])
+
+        def latent_state():
+            """The float copies of the weights on levels, for the checkpoint (zeros for the others)."""
+            return {"groups": {"latent": {**{k: np.zeros_like(v) for k, v in net.params.items()},
+                                          **optimizer.latent}}}
 
         def sync():
             """Checkpoints and later stages see the masked network; the block form writes back into it."""
@@ -156,9 +214,14 @@ class TrainStage(Stage):
             return trained.masked_arrays(net, sgd.velocity)
 
         distill, teacher = distillation_from(ctx, settings)
-        fit_in_stage(ctx, trained, recipe, sgd, resume, sync, distill=distill)
+        fit_in_stage(ctx, trained, recipe, optimizer, resume, sync, distill=distill,
+                     stage_state=latent_state if levels else None)
         sync()
-        return {"epochs": recipe.epochs, **({"teacher": teacher} if teacher else {}), **ctx.errors()}
+        report = {}
+        if levels:
+            report["levels"] = {name: {"levels": v, "scale": admm.project_quantized(
+                optimizer.latent[name], v, net.masks.get(name))[1]} for name, v in levels.items()}
+        return {"epochs": recipe.epochs, **report, **({"teacher": teacher} if teacher else {}), **ctx.errors()}
 
 
 @register
