@@ -252,12 +252,14 @@ def _series_colors(series: list[str], methods: dict) -> dict:
 
 @_column_figure
 def tradeoff_figure(points: list[dict], papers=PAPER_POINTS, dense_errors=PAPER_DENSE_ERROR):
-    """Test error (%) against compression ratio (log axis), a panel per network, a curve per series
-    through its points sorted by ratio.
+    """Test error (%) against compression ratio (log axis), a panel per network, a marker per point and
+    a curve per series through the means of its settings (mean ratio, mean error), sorted by ratio.
 
     points: {"network", "series" (the curve's label), "method" (its colour; default the series),
     "ratio", "error" (a fraction), "counts": "file" (filled marker: dense float32 bits / the .mpdz
-    file's bits) or "weights" (open marker: 1 / the fraction of weights kept)}. papers: PAPER_POINTS'
+    file's bits) or "weights" (open marker: 1 / the fraction of weights kept), optional "setting"
+    (points of one series with the same setting, e.g. runs that differ only in seed, are one point
+    of the curve, their mean; without it each point is its own)}. papers: PAPER_POINTS'
     entries of these networks, as stars (filled: a file ratio, open: a weight count); one without an
     error is a dotted vertical line at its ratio. dense_errors: {network: the papers' dense error},
     a dashed line.
@@ -268,7 +270,7 @@ def tradeoff_figure(points: list[dict], papers=PAPER_POINTS, dense_errors=PAPER_
     networks = list(dict.fromkeys(p["network"] for p in points))
     series = list(dict.fromkeys(p["series"] for p in points))
     colors = _series_colors(series, {p["series"]: p.get("method", p["series"]) for p in points})
-    fig, axes = plt.subplots(len(networks), 1, figsize=(COLUMN_WIDTH, 0.9 + 1.9 * len(networks)), squeeze=False,
+    fig, axes = plt.subplots(len(networks), 1, figsize=(COLUMN_WIDTH, 0.5 + 1.9 * len(networks)), squeeze=False,
                              layout="constrained")
     curves, legend = {}, {}  # the legend's entries: a curve per series, then what the markers and lines mean
     for ax, network in zip(axes[:, 0], networks):
@@ -279,7 +281,12 @@ def tradeoff_figure(points: list[dict], papers=PAPER_POINTS, dense_errors=PAPER_
             if not mine:
                 continue
             ratios, errors = [p["ratio"] for p in mine], [100 * p["error"] for p in mine]
-            ax.plot(ratios, errors, color=colors[s], zorder=2)
+            settings = {}
+            for i, p in enumerate(mine):
+                settings.setdefault(p.get("setting", ("point", i)), []).append((p["ratio"], 100 * p["error"]))
+            means = sorted((float(np.mean([x for x, _ in g])), float(np.mean([y for _, y in g])))
+                           for g in settings.values())
+            ax.plot([x for x, _ in means], [y for _, y in means], color=colors[s], zorder=2)
             for p, x, y in zip(mine, ratios, errors):
                 ax.plot(x, y, "o", color=colors[s], mfc=colors[s] if p["counts"] == "file" else "white", zorder=3)
             curves[s] = Line2D([], [], color=colors[s], marker="o", label=s)
@@ -329,6 +336,9 @@ def tradeoff_figure(points: list[dict], papers=PAPER_POINTS, dense_errors=PAPER_
         ax.grid(True, which="major")
     axes[-1, 0].set_xlabel("compression ratio (dense float32 / compressed)")
     _figure_legend(fig, [curves[s] for s in series] + list(legend.values()))
+    # the panels keep their height however many entries the legend has: the figure grows by the legend's
+    legend_height = fig.legends[-1].get_window_extent(fig.canvas.get_renderer()).height / fig.dpi
+    fig.set_figheight(fig.get_figheight() + legend_height)
     return fig
 
 
@@ -610,15 +620,18 @@ def method_of(config: dict) -> str:
 
 def read_run(run_dir) -> dict:
     """What the cross-run figures need of a run directory: {"dir", "name", "network", "method",
-    "finished", "test_error", "ratio", "counts"}. ratio: the encode stage's file ratio (counts "file")
+    "finished", "test_error", "ratio", "counts", "setting" (the config but its name and seed)}. ratio: the encode stage's file ratio (counts "file")
     where the run has one, else 1 / the fraction of weights that model.h5's masks keep (counts
     "weights"); None (and test_error None) for an unfinished run (no metrics.json)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise MissingInputs(run_dir, "not a run directory (no config.json) nor a sweep directory (no sweep.json)")
     config = _read_json(run_dir / "config.json", "not a run directory")
+    experiment = {k: v for k, v in config["experiment"].items() if k not in ("name", "seed")}
     record = {"dir": run_dir, "name": run_dir.resolve().name, "network": config["experiment"]["model"],
-              "method": method_of(config), "finished": False, "test_error": None, "ratio": None, "counts": None}
+              "method": method_of(config), "finished": False, "test_error": None, "ratio": None, "counts": None,
+              # runs of one setting but for their seed share this: one point of a curve, their mean
+              "setting": json.dumps({**config, "experiment": experiment}, sort_keys=True, default=str)}
     if not (run_dir / "metrics.json").exists():
         return record
     metrics = _read_json(run_dir / "metrics.json", "a finished run has metrics.json")
@@ -644,7 +657,7 @@ def tradeoff_points(records: list[tuple[dict, str | None]]) -> list[dict]:
         alone = len(set(sources[r["method"]])) == 1
         series = r["method"] if alone else f"{r['method']} ({source or 'runs'})"
         points.append({"network": r["network"], "series": series, "method": r["method"], "ratio": r["ratio"],
-                       "error": r["test_error"], "counts": r["counts"], "name": r["name"]})
+                       "error": r["test_error"], "counts": r["counts"], "name": r["name"], "setting": r["setting"]})
     return points
 
 

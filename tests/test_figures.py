@@ -261,6 +261,20 @@ def test_tradeoff_draws_each_series_sorted_by_ratio_in_percent_and_the_papers_po
     figures.pyplot().close(fig)
 
 
+def test_tradeoff_curves_go_through_each_settings_mean_with_a_marker_per_seed():
+    """Runs of one setting (seeds) are one point of the curve, their mean ratio and error; each keeps its marker."""
+    points = [{"network": "lenet-300-100", "series": "DC", "ratio": r, "error": e, "counts": "file", "setting": k}
+              for r, e, k in ((40.0, 0.016, "a"), (42.0, 0.018, "a"), (80.0, 0.020, "b"), (78.0, 0.024, "b"),
+                              (60.0, 0.019, "c"))]
+    fig = figures.tradeoff_figure(points)
+    ax = fig.axes[0]
+    curve, = [line for line in ax.lines if len(line.get_xdata()) > 1 and line.get_linestyle() == "-"]
+    assert np.allclose(curve.get_xdata(), [41.0, 60.0, 79.0]) and np.allclose(curve.get_ydata(), [1.7, 1.9, 2.2])
+    markers = sorted(line.get_xdata()[0] for line in ax.lines if line.get_marker() == "o" and len(line.get_xdata()) == 1)
+    assert markers == [40.0, 42.0, 60.0, 78.0, 80.0]
+    figures.pyplot().close(fig)
+
+
 def test_storage_bars_add_up_to_each_runs_bits(rng):
     fig = synthetic_figure("storage", rng)
     whole = fig.axes[0]
@@ -389,6 +403,8 @@ def test_read_run_ratio_method_and_series(runs, tmp_path):
                                      + [(figures.read_run(runs.dc[0]), None), (figures.read_run(runs.mpd), None)])
     assert [p["series"] for p in points] == ["Deep Compression (sweep)", "Deep Compression (sweep)",
                                              "Deep Compression (runs)", "MPD"]
+    # a run's setting is its config but for its name and seed
+    assert points[0]["setting"] != points[1]["setting"] and points[0]["setting"] == points[2]["setting"]
 
 
 @pytest.mark.parametrize("stages, method", [
