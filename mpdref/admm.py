@@ -210,7 +210,8 @@ class StraightThroughSGD(_AroundSGD):
     stored, and the step moves the copy, W̃ ← the optimizer's step from W̃ with gradient g
     (momentum, weight decay and the masks as for any weight), then W ← Π(W̃). Small steps add up
     in W̃ until they move a weight across a level's boundary, which the frozen retraining can
-    never do. projections: weight name -> W -> Π(W) (`levels_constraint`). latent: the copies
+    never do. Unlike BinaryConnect, W̃ is not clipped: the scale is the projection's own (the
+    exact optimum for W̃), so it follows W̃'s magnitudes. projections: weight name -> W -> Π(W) (`levels_constraint`). latent: the copies
     to go on from (a resumed stage); default: the network's weights as they are.
     """
 

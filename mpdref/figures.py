@@ -618,20 +618,26 @@ def method_of(config: dict) -> str:
     return "quantized only" if any(s["type"] == "quantize" for s in stages) else "dense"
 
 
+def run_setting(config: dict) -> str:
+    """The run's settings but its name, seed and mpdref version, as text: runs that differ only in seed
+    share it, and `tradeoff_figure` draws their mean as one point of a curve."""
+    experiment = {k: v for k, v in config["experiment"].items() if k not in ("name", "seed")}
+    rest = {k: v for k, v in config.items() if k not in ("experiment", "mpdref_version")}
+    return json.dumps({**rest, "experiment": experiment}, sort_keys=True, default=str)
+
+
 def read_run(run_dir) -> dict:
     """What the cross-run figures need of a run directory: {"dir", "name", "network", "method",
-    "finished", "test_error", "ratio", "counts", "setting" (the config but its name and seed)}. ratio: the encode stage's file ratio (counts "file")
+    "finished", "test_error", "ratio", "counts", "setting" (`run_setting`)}. ratio: the encode stage's file ratio (counts "file")
     where the run has one, else 1 / the fraction of weights that model.h5's masks keep (counts
     "weights"); None (and test_error None) for an unfinished run (no metrics.json)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise MissingInputs(run_dir, "not a run directory (no config.json) nor a sweep directory (no sweep.json)")
     config = _read_json(run_dir / "config.json", "not a run directory")
-    experiment = {k: v for k, v in config["experiment"].items() if k not in ("name", "seed")}
     record = {"dir": run_dir, "name": run_dir.resolve().name, "network": config["experiment"]["model"],
               "method": method_of(config), "finished": False, "test_error": None, "ratio": None, "counts": None,
-              # runs of one setting but for their seed share this: one point of a curve, their mean
-              "setting": json.dumps({**config, "experiment": experiment}, sort_keys=True, default=str)}
+              "setting": run_setting(config)}
     if not (run_dir / "metrics.json").exists():
         return record
     metrics = _read_json(run_dir / "metrics.json", "a finished run has metrics.json")

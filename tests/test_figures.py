@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 from types import SimpleNamespace
 
+import numba
 import numpy as np
 import pytest
 
@@ -314,12 +315,16 @@ def runs(tmp_path_factory, mnist_dir):
     def capture(before, after, target):
         captured[Path(target).parents[1].name] = (before, after)
 
+    threads = numba.get_num_threads()  # run_point sets a worker's to 1: this process gets its own back
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(quantize_stage, "plot_codebooks", capture)
         sweep = load_sweep(root / "sweep.toml")
         out = prepare_sweep_directory(root / "sweep", sweep)
-        for point in sweep.points:
-            assert run_point(str(out / "runs" / point.name), point.config) == "finished"
+        try:
+            for point in sweep.points:
+                assert run_point(str(out / "runs" / point.name), point.config) == "finished"
+        finally:
+            numba.set_num_threads(threads)
         run_experiment(load_config(root / "mpd.toml"), root / "mpd", progress=False)
     return SimpleNamespace(root=root, sweep=out, dc=[out / "runs" / p.name for p in sweep.points], mpd=root / "mpd",
                            captured=captured)
@@ -403,8 +408,14 @@ def test_read_run_ratio_method_and_series(runs, tmp_path):
                                      + [(figures.read_run(runs.dc[0]), None), (figures.read_run(runs.mpd), None)])
     assert [p["series"] for p in points] == ["Deep Compression (sweep)", "Deep Compression (sweep)",
                                              "Deep Compression (runs)", "MPD"]
-    # a run's setting is its config but for its name and seed
-    assert points[0]["setting"] != points[1]["setting"] and points[0]["setting"] == points[2]["setting"]
+    # a run's setting is its config but for its name, seed and version: seeds of one setting share it
+    config = json.loads((runs.dc[0] / "config.json").read_text())
+    assert points[0]["setting"] == figures.run_setting(config) != points[1]["setting"]
+    reseeded = {**config, "experiment": {**config["experiment"], "name": "other", "seed": 12},
+                "mpdref_version": "9.9"}
+    assert figures.run_setting(reseeded) == figures.run_setting(config)
+    other_data = {**config, "data": {**config["data"], "train_limit": 7}}
+    assert figures.run_setting(other_data) != figures.run_setting(config)
 
 
 @pytest.mark.parametrize("stages, method", [

@@ -6,6 +6,7 @@ import pytest
 
 from compare import assert_close, max_norm_atol
 from mpdref.kernels import fast_ops, gemm, threads
+from mpdref.kernels.intrinsics import tile_columns
 from mpdref.ops import dense
 
 # (m, k, n): rows that end inside a tile, columns that end inside a panel, a depth shorter and
@@ -52,14 +53,18 @@ def test_matmul_gives_the_same_bits_whatever_the_threads_and_slices(shape, rng, 
     m, k, n = shape
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
-    first = gemm.matmul(a, b)
+    before = numba.get_num_threads()
+    results = []
     try:
-        numba.set_num_threads(1)
-        np.testing.assert_array_equal(gemm.matmul(a, b), first)
+        for count in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(count)
+            results.append(gemm.matmul(a, b))
     finally:
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    monkeypatch.setattr(gemm, "SLICE_BYTES", 5 * 4 * 32)  # slices of 5 steps (float32, 32 columns)
-    np.testing.assert_array_equal(gemm.matmul(a, b), first)
+        numba.set_num_threads(before)
+    monkeypatch.setattr(gemm, "SLICE_BYTES", 5 * a.itemsize * tile_columns(a.dtype))  # slices of 5 steps
+    results.append(gemm.matmul(a, b))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 70), (64, 1024), (33, 65)])
@@ -71,7 +76,7 @@ def test_transposed_is_the_transpose(shape, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(64, 800, 500), (5, 3136, 1024), (64, 100, 10)])
+@pytest.mark.parametrize("shape", [(64, 800, 500), (5, 3136, 1024), (64, 100, 10), (7, 3100, 1000)])
 def test_fast_dense_layer_in_a_numba_pass_equals_the_reference(shape, dtype, rng):
     """Inside numba_pass the fast set's dense layer multiplies on Numba's threads (gemm, to rounding; a
     small product stays with BLAS); outside it is the reference's own, bit for bit."""
@@ -100,6 +105,16 @@ def test_fast_dense_layer_in_a_numba_pass_equals_the_reference(shape, dtype, rng
 
 
 def test_fast_dense_layer_checks_its_arguments_in_a_numba_pass():
-    with threads.numba_pass(), pytest.raises(ValueError, match="shapes do not fit"):
-        fast_ops.dense_forward(np.zeros((64, 3000), np.float32), np.zeros((1024, 3136), np.float32),
-                               np.zeros(1024, np.float32))
+    w, b = np.zeros((1024, 3136), np.float32), np.zeros(1024, np.float32)
+    with threads.numba_pass():
+        with pytest.raises(ValueError, match="shapes do not fit"):
+            fast_ops.dense_forward(np.zeros((64, 3000), np.float32), w, b)
+        with pytest.raises(ValueError, match="x must be 2-D"):
+            fast_ops.dense_forward(np.zeros((64, 1, 3136), np.float32), w, b)
+
+
+def test_a_numba_pass_ends_with_its_block_even_on_an_error():
+    with pytest.raises(RuntimeError), threads.numba_pass():
+        assert threads.in_numba_pass()
+        raise RuntimeError("inside")
+    assert not threads.in_numba_pass()

@@ -40,10 +40,12 @@ def dense_forward(x, w, b):
     """`mpdref.ops.dense_forward`; inside `threads.numba_pass()`, y = x wᵀ + b with the product
     computed as (w xᵀ)ᵀ by `kernels.gemm.matmul` (w's rows are the tile's rows as they lie: no
     copy of w), unless it is small (`gemm.is_small`: BLAS's, on one thread)."""
-    if not threads.in_numba_pass() or gemm.is_small(*x.shape, w.shape[0]):
+    if not threads.in_numba_pass():
         return dense.dense_forward(x, w, b)
     dense.check_dense_args(x, w, b)
-    yt = gemm.matmul(np.ascontiguousarray(w), gemm.transposed(x))  # (out, N)
+    if gemm.is_small(*x.shape, w.shape[0]):
+        return dense.dense_forward(x, w, b)
+    yt = gemm.matmul(w, gemm.transposed(x))  # (out, N)
     y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
     np.add(yt.T, b, out=y)
     return y, (x, w)
@@ -55,9 +57,8 @@ def dense_backward(dout, cache, need_dx=True):
     x, w = cache
     if not threads.in_numba_pass() or gemm.is_small(*x.shape, w.shape[0]):
         return dense.dense_backward(dout, cache, need_dx)
-    dout = np.ascontiguousarray(dout)
     dx = gemm.matmul(dout, w) if need_dx else None
-    dw = gemm.matmul(gemm.transposed(dout), np.ascontiguousarray(x))
+    dw = gemm.matmul(gemm.transposed(dout), x)
     db = dout.sum(axis=0)
     return dx, dw, db
 

@@ -87,8 +87,8 @@ def _gemm(a, a_rows, b, ldb, c, ldc, nr, panels, depth, slice_depth, chunks, by_
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a (M, K) @ b (K, N) -> (M, N), on Numba's threads (see the module's text); a and b of one float
-    dtype. Equals `a @ b` to rounding, and the same bits whatever the threads."""
+    """a (M, K) @ b (K, N) -> (M, N), C-contiguous, on Numba's threads (see the module's text); a and b
+    of one float dtype. Equals `a @ b` to rounding, and the same bits whatever the threads."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or a.dtype != b.dtype:
         raise ValueError(f"gemm.matmul: a {a.shape} {a.dtype} and b {b.shape} {b.dtype} do not multiply")
     if a.dtype not in (np.float32, np.float64):
@@ -115,4 +115,4 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     slice_depth = max(1, SLICE_BYTES // (nr * a.itemsize))
     _gemm(a.reshape(-1), a_rows, b.reshape(-1), n_pad, c.reshape(-1), n_pad, nr, panels, k, min(slice_depth, k),
           chunks, by_rows)
-    return c[:m, :n]
+    return c[:m] if n_pad == n else np.ascontiguousarray(c[:m, :n])  # C order either way

@@ -27,9 +27,9 @@ and the add where the CPU has FMA and keeps them apart where not; on one machine
 result is the same bit for bit on every call, and with every tile shape (the order of the
 sum over p is fixed: p = 0, 1, ..., depth - 1, one running sum per output).
 
-The tile does no bounds checks: its callers (mpdref.kernels.blockdiag) size and pad
-the packed arrays, check the indices they are given, and are tested against the NumPy
-reference.
+The tile does no bounds checks: its callers (mpdref.kernels.blockdiag, direct_conv and gemm)
+size and pad the arrays and index tables they hand it, check the indices they are given, and
+are tested against the NumPy reference.
 """
 from __future__ import annotations
 
@@ -188,13 +188,15 @@ def make_gathered_tile_product(tile: CpuTile):
     """The intrinsic gathered_tile_product(a, a_start, a_rows, a_row0, b, b_start, b_steps, c, c_start,
     c_stride, depth, accumulate): tile_product with the rows of a and the steps of b where two index
     tables put them, for products whose operands are never copied into a packed panel (the direct
-    convolution of mpdref.kernels.direct_conv reads its patches straight from the padded image):
+    convolution of mpdref.kernels.direct_conv reads its patches straight from the padded image, and
+    mpdref.kernels.gemm multiplies matrices as they lie):
 
         c[c_start + m·c_stride + j] (+)= Σ_{p < depth} a[a_start + a_rows[a_row0 + m] + p] · b[b_start + b_steps[p] + j]
 
     for m < tile.rows, j < NR = tile_columns(dtype, tile). Equals `gathered_tile_product` of
     tests/naive.py. a, b, c: 1-D C-contiguous arrays of one float dtype; a_rows, b_steps: 1-D
-    C-contiguous int64 arrays. Unchecked, like tile_product: the callers size the arrays.
+    C-contiguous int64 arrays. Unchecked, like tile_product: the callers (direct_conv, gemm) size the
+    arrays.
     """
 
     @intrinsic

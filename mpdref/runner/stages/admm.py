@@ -21,7 +21,8 @@ from mpdref.prune import drop_dead_weights, weights_kept
 from mpdref.runner.options import Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
 from mpdref.runner.stages.train import (DISTILL_OPTIONS, LEVELS_OPTIONS, RECIPE_OPTIONS, TrainStage,
-                                        distillation_from, fit_in_stage, levels_problems, recipe_from)
+                                        distillation_from, fit_in_stage, levels_problems, per_weight,
+                                        recipe_from)
 from mpdref.train import SGD
 
 ADMM_OPTIONS = {
@@ -60,7 +61,7 @@ class _ADMMStage(Stage):
 
     def constraints(self, net, settings) -> dict:
         """{weight name: its setting} for every constrained weight."""
-        return settings[self.target] or {name: settings[f"{self.target}_all"] for name in net.weight_names()}
+        return per_weight(net.weight_names(), settings, self.target)
 
     def projection(self, net, name, setting):
         raise NotImplementedError

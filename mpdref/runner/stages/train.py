@@ -70,11 +70,12 @@ def levels_problems(settings: dict, model: str) -> list[str]:
                                    f"'binary', 'ternary' or an integer in [2, {admm.MAX_BITS}]")
 
 
-def levels_of(net, settings: dict) -> dict:
-    """{weight name: its levels} from a stage's `levels` or `levels_all` (empty when neither is set)."""
-    if settings["levels_all"] is not None:
-        return {name: settings["levels_all"] for name in net.weight_names()}
-    return dict(settings["levels"] or {})
+def per_weight(names: list[str], settings: dict, key: str) -> dict:
+    """{weight name: value} from a stage's table `key` (e.g. levels) or its `key`_all (one value for
+    each of `names`); empty when neither is set (the stages' checks allow at most one)."""
+    if settings[f"{key}_all"] is not None:
+        return {name: settings[f"{key}_all"] for name in names}
+    return dict(settings[key] or {})
 
 
 def teacher_file(ctx, teacher: str) -> Path:
@@ -171,10 +172,8 @@ class TrainStage(Stage):
         for option in ("freeze", "levels", "levels_all"):
             if settings[option] and settings["form"] == "block":
                 problems.append(f"{option}: only with form = \"masked\" (the block form renames the weights)")
-        on_levels = set(settings["levels"] or {})
-        if settings["levels_all"] is not None and model in ARCHITECTURES:
-            on_levels = {name for name in parameter_shapes(model) if name.endswith(".weight")}
-        both = sorted(on_levels & set(settings["freeze"] or []))
+        weights = [n for n in parameter_shapes(model) if n.endswith(".weight")] if model in ARCHITECTURES else []
+        both = sorted(set(per_weight(weights, settings, "levels")) & set(settings["freeze"] or []))
         if both:
             problems.append(f"freeze and levels both name {', '.join(both)}: a weight is frozen or retrained "
                             "on levels, not both")
@@ -193,7 +192,7 @@ class TrainStage(Stage):
         sgd = SGD(trained, recipe.momentum, recipe.weight_decay, frozen=settings["freeze"])
         if resume is not None:
             sgd.velocity = resume["velocity"] if trained is net else block_arrays(net, resume["velocity"])
-        levels = levels_of(net, settings)
+        levels = per_weight(net.weight_names(), settings, "levels")
         optimizer = sgd
         if levels:  # the masked form only (check): trained is net
             optimizer = admm.StraightThroughSGD(
