@@ -211,8 +211,11 @@ class StraightThroughSGD(_AroundSGD):
     (momentum, weight decay and the masks as for any weight), then W ← Π(W̃). Small steps add up
     in W̃ until they move a weight across a level's boundary, which the frozen retraining can
     never do. Unlike BinaryConnect, W̃ is not clipped: the scale is the projection's own (the
-    exact optimum for W̃), so it follows W̃'s magnitudes. projections: weight name -> W -> Π(W) (`levels_constraint`). latent: the copies
-    to go on from (a resumed stage); default: the network's weights as they are.
+    exact optimum for W̃), so it follows W̃'s magnitudes. Each step projects anew; for b-bit levels
+    that sorts the tensor's level crossings (`best_scale`), binary and ternary need no sort.
+
+    projections: weight name -> W -> Π(W) (`levels_constraint`). latent: the copies to go on
+    from (a resumed stage); default: the network's weights as they are.
     """
 
     def __init__(self, optimizer, projections: dict, latent: dict | None = None):

@@ -628,9 +628,10 @@ def run_setting(config: dict) -> str:
 
 def read_run(run_dir) -> dict:
     """What the cross-run figures need of a run directory: {"dir", "name", "network", "method",
-    "finished", "test_error", "ratio", "counts", "setting" (`run_setting`)}. ratio: the encode stage's file ratio (counts "file")
-    where the run has one, else 1 / the fraction of weights that model.h5's masks keep (counts
-    "weights"); None (and test_error None) for an unfinished run (no metrics.json)."""
+    "finished", "test_error", "ratio", "counts", "setting" (`run_setting`)}. ratio: the encode
+    stage's file ratio (counts "file") where the run has one, else 1 / the fraction of weights
+    that model.h5's masks keep (counts "weights"); None (and test_error None) for an unfinished
+    run (no metrics.json)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise MissingInputs(run_dir, "not a run directory (no config.json) nor a sweep directory (no sweep.json)")

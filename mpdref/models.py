@@ -16,8 +16,8 @@ bit; ``build(..., backend="reference")`` or ``net.use_backend("reference")`` cho
 """
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from types import ModuleType
 

@@ -271,7 +271,8 @@ def test_tradeoff_curves_go_through_each_settings_mean_with_a_marker_per_seed():
     ax = fig.axes[0]
     curve, = [line for line in ax.lines if len(line.get_xdata()) > 1 and line.get_linestyle() == "-"]
     assert np.allclose(curve.get_xdata(), [41.0, 60.0, 79.0]) and np.allclose(curve.get_ydata(), [1.7, 1.9, 2.2])
-    markers = sorted(line.get_xdata()[0] for line in ax.lines if line.get_marker() == "o" and len(line.get_xdata()) == 1)
+    markers = sorted(line.get_xdata()[0] for line in ax.lines
+                     if line.get_marker() == "o" and len(line.get_xdata()) == 1)
     assert markers == [40.0, 42.0, 60.0, 78.0, 80.0]
     figures.pyplot().close(fig)
 
