@@ -113,8 +113,11 @@ def test_direct_weight_gradient_equals_the_loops(shape, dtype, rng):
     xp[:, :, padding:padding + h, padding:padding + wd] = x
     oh, ow = h + 2 * padding - k + 1, wd + 2 * padding - k + 1
     d = rng.standard_normal((n, w.shape[0], oh, ow)).astype(dtype)
-    dw = direct_conv.conv2d_weight_gradient(d, direct_conv.Padded(x, k, k, padding), w.shape)
-    assert dw.dtype == dtype and dw.shape == w.shape
+    dw, db = direct_conv.conv2d_parameter_gradients(d, direct_conv.Padded(x, k, k, padding), w.shape)
+    assert dw.dtype == db.dtype == dtype and dw.shape == w.shape and db.shape == (w.shape[0],)
+    expected_db = [sum(float(v) for v in d[:, fi].ravel()) for fi in range(w.shape[0])]
+    assert_close(db, np.array(expected_db), rtol=0, atol=max_norm_atol(TOL[dtype] * 5, np.array(expected_db)),
+                 name="db")
     expected = np.zeros(w.shape)
     for fi in range(w.shape[0]):
         for ci in range(c):
@@ -144,11 +147,12 @@ def test_the_weight_gradient_sums_the_images_in_order_whatever_the_threads(rng):
     for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
         numba.set_num_threads(threads)
         try:
-            results.append(direct_conv.conv2d_weight_gradient(d, padded, w.shape))
+            results.append(direct_conv.conv2d_parameter_gradients(d, padded, w.shape))
         finally:
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for other in results[1:]:
-        np.testing.assert_array_equal(other, results[0])
+        np.testing.assert_array_equal(other[0], results[0][0])  # dw
+        np.testing.assert_array_equal(other[1], results[0][1])  # db
 
 
 @pytest.mark.parametrize("stride, k, padding, direct", [(1, 5, 2, True), (1, 3, 0, True), (2, 3, 1, False),

@@ -366,6 +366,20 @@ def test_unrolled_2x2_pool_equals_the_generic_kernel(shape, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_forward_kernel_equals_the_reference_bit_for_bit(dtype, rng):
+    wide = rng.standard_normal((33, 48)).astype(dtype)
+    wide[0, :6] = [0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan]
+    for x in (wide[:, :47], np.ascontiguousarray(wide[:, 1:]), np.asfortranarray(wide), wide[None, None]):
+        (got, got_cache), (expected, _) = fast_ops.relu_forward(x), reference_ops.relu_forward(x)
+        assert got.dtype == expected.dtype == dtype and got.shape == expected.shape
+        assert got_cache is got
+        np.testing.assert_array_equal(np.ascontiguousarray(got).view(np.uint8),
+                                      np.ascontiguousarray(expected).view(np.uint8))
+    with pytest.raises(TypeError, match="relu_forward"):
+        fast_ops.relu_forward(wide.astype(np.float16))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_backward_kernel_equals_the_reference_bit_for_bit(dtype, rng):
     x = rng.standard_normal((33, 47)).astype(dtype)
     x[0, :5] = [0.0, -0.0, np.inf, -np.inf, np.nan]

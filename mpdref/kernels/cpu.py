@@ -162,6 +162,15 @@ def sgd_momentum_update(w, v, g, mask, lr, momentum, weight_decay):
 
 
 @numba.njit(**SERIAL)
+def relu_forward(x, out):
+    """out = max(x, 0) (flat arrays) as np.maximum(x, 0) gives it, bit for bit: NaN passes through
+    with its bits, and -0.0 becomes +0.0."""
+    for i in range(x.size):
+        xi = x[i]
+        out[i] = xi if xi > 0 or xi != xi else 0
+
+
+@numba.njit(**SERIAL)
 def relu_backward(dout, y, out):
     """out = dout where y > 0, else 0 (flat arrays): `mpdref.ops.relu_backward`'s np.where in one pass."""
     for i in range(dout.size):

@@ -5,23 +5,31 @@ gathered into a patch matrix.
 
 The reference (`mpdref.ops.conv2d_forward`) writes every patch out (im2col: KH·KW copies of
 the input, 642 MB for Deep MNIST's conv2 at batch 1024) and multiplies once. Here each
-image is zero-padded once into x̃ (C, Hp, Wp), and the outputs are computed on the grid of
-x̃'s width: output pixel P = i·Wp + j, for j < Wp rather than j < OW. On that grid the input
-that weight (c, p, q) meets at pixel P is x̃ₙ[c·Hp·Wp + p·Wp + q + P]: for every weight a
-run of consecutive pixels reads a run of consecutive inputs, which is what a register tile
-wants (`mpdref.kernels.intrinsics.gathered_tile_product`: TILE_ROWS filters × NR pixels in
-vector registers, the weights' offsets in a table). The Wp − OW columns past each output row
-are computed and dropped: (Wp / OW − 1) more arithmetic (29% for Deep MNIST's conv2, 50% for
-LeNet-5's), against no patch matrix at all.
+image is zero-padded once into x̃, and the outputs are computed on the grid of x̃'s width:
+output pixel P = i·Wg + j, for j < Wg rather than j < OW. On that grid the input that weight
+(c, p, q) meets at pixel P is x̃ₙ[c·Hp·Wg + p·Wg + q + P]: for every weight a run of
+consecutive pixels reads a run of consecutive inputs, which is what a register tile wants
+(`mpdref.kernels.intrinsics.gathered_tile_product`: TILE_ROWS filters × NR pixels in vector
+registers, the weights' offsets in a table).
+
+The rows of x̃ are Wg = W + padding wide, not W + 2·padding: each row holds its W inputs and
+then `padding` zeros, which serve as that row's right padding and, read one row on, as the
+next row's left padding (a window that starts `padding` columns left of a row's first input
+reads the end of the row above: zeros). Hp = H + 2·padding rows, zeros above and below,
+and `padding` zeros before the first row, where the first window starts. The Wg − OW =
+KW − 1 − padding columns past each output row are computed and dropped: (Wg / OW − 1) more
+arithmetic (14% for Deep MNIST's conv2, 50% for LeNet-5's), against no patch matrix at all.
+Every output still sums the same terms in the same order as on a grid of W + 2·padding.
 
 The gradient with respect to the input is the same kernel: for stride 1,
 
     dx[n, c, h, w] = Σ_{f, p, q} w[f, c, KH−1−p, KW−1−q] · dỹ[n, f, h + p, w + q]
 
 with dỹ = dy zero-padded by KH−1−padding (a "full" correlation with the flipped, transposed
-weights). The gradient of the weights is the same tile turned around (`conv2d_weight_gradient`):
+weights; its grid is W + padding wide, the columns past W dropped). The gradient of the
+weights is the same tile turned around (`conv2d_parameter_gradients`):
 
-    dw[f, c, p, q] = Σ_n Σ_P dyₙ[f, P] · x̃ₙ[c·Hp·Wp + p·Wp + q + P]
+    dw[f, c, p, q] = Σ_n Σ_P dyₙ[f, P] · x̃ₙ[c·Hp·Wg + p·Wg + q + P]
 
 over the grid's pixels P (dy is 0 on the dropped columns), TILE_ROWS weights (c, p, q) × NR
 filters per tile, its rows read from the padded image at the weights' offsets.
@@ -32,7 +40,8 @@ threads; each weight gradient is one running sum over the images in order, then 
 pixels, whatever the threads. All differ from the reference's BLAS sums in rounding only
 (tests/test_direct_conv.py and tests/test_ops.py hold both to the loop oracles of
 tests/naive.py). The threads share the images (forward, input gradient) or the weights
-(weight gradient), with `prange`.
+(weight gradient), with `prange`. The bias gradient comes with the weight gradient's layout pass:
+each image's running sum, then the images' in order (the reference sums them pairwise).
 """
 from __future__ import annotations
 
@@ -54,29 +63,30 @@ def supported(w_shape: tuple, stride: int, padding: int) -> bool:
 
 
 def _grid(h, w, kh, kw, padding, nr):
-    """(Hp, Wp, OH, OW, pixels on the grid rounded up to whole tiles of nr)."""
-    hp, wp = h + 2 * padding, w + 2 * padding
-    oh, ow = hp - kh + 1, wp - kw + 1
-    return hp, wp, oh, ow, -(-oh * wp // nr) * nr
+    """(Hp, Wg, OH, OW, pixels on the grid rounded up to whole tiles of nr)."""
+    hp, wg = h + 2 * padding, w + padding
+    oh, ow = hp - kh + 1, w + 2 * padding - kw + 1
+    return hp, wg, oh, ow, -(-oh * wg // nr) * nr
 
 
 @numba.njit(**PARALLEL)
 def _pad_images(x, padding, image_len):
-    """x (N, C, H, W) -> (N · image_len,) with image n at [n · image_len:], channel c at c·Hp·Wp of
-    it, zero-padded by `padding` on each side, zeros after the last channel."""
+    """x (N, C, H, W) -> (N · image_len,): image n at [n · image_len:], `padding` zeros, then
+    channel c at padding + c·Hp·Wg, its input row h at row h + padding of Hp = H + 2·padding,
+    each row Wg = W + padding wide (W inputs, then zeros); zeros after the last channel."""
     n_batch, channels, height, width = x.shape
-    hp, wp = height + 2 * padding, width + 2 * padding
+    hp, wg = height + 2 * padding, width + padding
     out = np.zeros(n_batch * image_len, dtype=x.dtype)
     for n in prange(n_batch):
         for c in range(channels):
             for h in range(height):
-                start = n * image_len + c * hp * wp + (h + padding) * wp + padding
+                start = n * image_len + padding + c * hp * wg + (h + padding) * wg
                 out[start:start + width] = x[n, c, h]
     return out
 
 
 @numba.njit(**PARALLEL)
-def _direct_conv(xp, image_len, w_rows, row_starts, steps, bias, n_batch, filters, oh, ow, wp, pixels, nr):
+def _direct_conv(xp, image_len, w_rows, row_starts, steps, bias, n_batch, filters, oh, ow, wg, pixels, nr):
     """y (N, F, OH, OW) from the padded images xp (see _pad_images): for each image, every tile of
     TILE_ROWS filters (w_rows: the weights, (F rounded up to whole tiles) × C·KH·KW, row f at
     row_starts[f]) against every run of nr grid pixels, through the register tile."""
@@ -91,7 +101,7 @@ def _direct_conv(xp, image_len, w_rows, row_starts, steps, bias, n_batch, filter
                                       grid, f0 * pixels + p0, pixels, depth, False)
         for f in range(filters):
             for i in range(oh):
-                src = f * pixels + i * wp
+                src = f * pixels + i * wg
                 for j in range(ow):
                     y[n, f, i, j] = grid[src + j] + bias[f]
     return y
@@ -119,34 +129,47 @@ def _weight_gradient(xp, image_len, offsets, dyg, pixels, f_pad, nr, chunks):
 
 
 @numba.njit(**PARALLEL)
-def _dy_on_grid(dout, wp, pixels, f_pad):
-    """dy (N, F, OH, OW) -> (N · pixels · f_pad,): image n's pixel P = i·Wp + j, filter f at
-    [(n·pixels + P)·f_pad + f]; zero on the dropped columns j >= OW, past the grid and past F."""
+def _dy_on_grid(dout, wg, pixels, f_pad):
+    """dy (N, F, OH, OW) -> (dyg, db): dyg (N · pixels · f_pad,) holds image n's pixel P = i·Wg + j,
+    filter f at [(n·pixels + P)·f_pad + f], zero on the dropped columns j >= OW, past the grid
+    and past F; db (F,) = Σ_n Σ_{i,j} dy[n, f, i, j], each image's sum a running sum over its
+    pixels in order, then the images' sums added in order (the same bits whatever the threads)."""
     n_batch, filters, oh, ow = dout.shape
     out = np.zeros(n_batch * pixels * f_pad, dtype=dout.dtype)
+    per_image = np.empty((n_batch, filters), dtype=dout.dtype)
     for n in prange(n_batch):
         for f in range(filters):  # dy read in order; the image's grid (pixels × f_pad) stays in cache
+            total = dout.dtype.type(0)
             for i in range(oh):
-                row = (n * pixels + i * wp) * f_pad + f
+                row = (n * pixels + i * wg) * f_pad + f
                 for j in range(ow):
-                    out[row + j * f_pad] = dout[n, f, i, j]
-    return out
+                    value = dout[n, f, i, j]
+                    out[row + j * f_pad] = value
+                    total += value
+            per_image[n, f] = total
+    db = np.zeros(filters, dtype=dout.dtype)
+    for n in range(n_batch):
+        for f in range(filters):
+            db[f] += per_image[n, f]
+    return out, db
 
 
 class Padded:
     """Images zero-padded for the direct kernels, and the weights' offsets in them.
 
-    x (N, C, H, W), a kernel of KH × KW, `padding`: `flat` holds image n at [n · image_len:],
-    channel c at c·Hp·Wp of it, zeros after the last channel; `offsets[r]` is where weight r
-    (of C·KH·KW, in (c, p, q) row-major order: the order of the sums) meets output pixel 0.
+    x (N, C, H, W), a kernel of KH × KW, `padding`: `flat` holds image n at [n · image_len:] as
+    `_pad_images` lays it out (rows Wg = W + padding wide); `offsets[r]` is where weight r (of
+    C·KH·KW, in (c, p, q) row-major order: the order of the sums) meets output pixel 0: the
+    window of output (0, 0) starts `padding` columns left of the first input row, at the
+    `padding` zeros before channel 0 (for c > 0, at the end of channel c − 1's last row: zeros).
     """
 
     def __init__(self, x: np.ndarray, kh: int, kw: int, padding: int):
         self.n, channels, h, w = x.shape
         self.nr = tile_columns(x.dtype)
-        self.hp, self.wp, self.oh, self.ow, self.pixels = _grid(h, w, kh, kw, padding, self.nr)
+        self.hp, self.wg, self.oh, self.ow, self.pixels = _grid(h, w, kh, kw, padding, self.nr)
         c_idx, p_idx, q_idx = np.meshgrid(np.arange(channels), np.arange(kh), np.arange(kw), indexing="ij")
-        self.offsets = (c_idx * self.hp * self.wp + p_idx * self.wp + q_idx).ravel().astype(np.int64)
+        self.offsets = (c_idx * self.hp * self.wg + p_idx * self.wg + q_idx).ravel().astype(np.int64)
         self.image_len = int(self.offsets[-1]) + self.pixels  # the last tile of pixels reads up to here
         self.flat = _pad_images(np.ascontiguousarray(x), padding, self.image_len)
 
@@ -163,11 +186,12 @@ def conv2d_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int, pad
     w_rows[:f] = w.reshape(f, -1)
     row_starts = np.arange(f_pad, dtype=np.int64) * depth
     return _direct_conv(xp.flat, xp.image_len, w_rows.ravel(), row_starts, xp.offsets, np.ascontiguousarray(b),
-                        xp.n, f, xp.oh, xp.ow, xp.wp, xp.pixels, xp.nr)
+                        xp.n, f, xp.oh, xp.ow, xp.wg, xp.pixels, xp.nr)
 
 
-def conv2d_weight_gradient(dout: np.ndarray, padded: Padded, w_shape: tuple) -> np.ndarray:
-    """dw (F, C, KH, KW) of a stride-1 convolution from dy (N, F, OH, OW) and its input as `padded`."""
+def conv2d_parameter_gradients(dout: np.ndarray, padded: Padded, w_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(dw (F, C, KH, KW), db (F,)) of a stride-1 convolution from dy (N, F, OH, OW) and its input as
+    `padded`; db is summed in the pass that lays dy out for dw (`_dy_on_grid`)."""
     f = w_shape[0]
     nr = padded.nr
     f_pad = -(-f // nr) * nr
@@ -175,10 +199,10 @@ def conv2d_weight_gradient(dout: np.ndarray, padded: Padded, w_shape: tuple) -> 
     rows_pad = -(-rows // TILE_ROWS) * TILE_ROWS
     offsets = np.zeros(rows_pad, dtype=np.int64)  # rows past the weights read offset 0 and are dropped
     offsets[:rows] = padded.offsets
-    dyg = _dy_on_grid(np.ascontiguousarray(dout), padded.wp, padded.pixels, f_pad)
+    dyg, db = _dy_on_grid(np.ascontiguousarray(dout), padded.wg, padded.pixels, f_pad)
     chunks = min(rows_pad // TILE_ROWS, numba.get_num_threads())
     dwt = _weight_gradient(padded.flat, padded.image_len, offsets, dyg, padded.pixels, f_pad, nr, chunks)
-    return np.ascontiguousarray(dwt.reshape(rows_pad, f_pad)[:rows, :f].T).reshape(w_shape)
+    return np.ascontiguousarray(dwt.reshape(rows_pad, f_pad)[:rows, :f].T).reshape(w_shape), db
 
 
 def conv2d_input_gradient(dout: np.ndarray, w: np.ndarray, padding: int) -> np.ndarray:
