@@ -47,6 +47,9 @@ def _add_dask_options(p):
                        help="a running Dask scheduler (tcp://HOST:PORT) instead; DIR must be on a filesystem "
                             "that every worker sees")
     p.add_argument("--retry-failed", action="store_true", help="run the failed runs again (from their checkpoints)")
+    p.add_argument("--no-share", action="store_true",
+                   help="run every stage of every run, even the first stages several runs have in common "
+                        "(by default those run once and the other runs copy them: the same bits)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar: a line per run")
 
 
@@ -351,16 +354,19 @@ def cmd_sweep(args) -> int:
     a LocalCluster of one-thread workers on this machine, or the workers of a running scheduler
     (--scheduler; DIR must then be on a filesystem that every worker sees). Finished runs are not
     run again; unfinished ones resume from their checkpoints, also after a worker died; a failed
-    run is recorded and the others go on, so calling the command again continues the sweep. At
-    the end: DIR/results.csv and DIR/results.json, one row per run, and the table that `mpdref show
-    DIR` prints. Needs Dask: pip install -e '.[sweep]'.
+    run is recorded and the others go on, so calling the command again continues the sweep. Runs
+    that begin with the same stages (the same model, seed, data and first stages: the dense
+    training before each pruning setting) run them once, and the others start from a copy
+    (DIR/shared/; the same bits; --no-share runs them all). At the end: DIR/results.csv and
+    DIR/results.json, one row per run, and the table that `mpdref show DIR` prints. Needs Dask:
+    pip install -e '.[sweep]'.
     """
     from mpdref.sweep import run_sweep, show_sweep
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers: expected an integer >= 1, got {args.workers}")
     out, counts = run_sweep(args.sweep_file, args.out, workers=args.workers, scheduler=args.scheduler,
-                            progress=not args.no_progress, retry_failed=args.retry_failed)
+                            progress=not args.no_progress, retry_failed=args.retry_failed, share=not args.no_share)
     print(show_sweep(out))
     print(f"results: {out}/results.csv, {out}/results.json", file=sys.stderr)
     if counts["failed"] or counts["unfinished"] or counts["pending"]:
@@ -376,8 +382,9 @@ def cmd_reproduce(args) -> int:
     Run every config in configs/ that a paper's claim names (mpdref.reproduce.CLAIMS: Deep
     Compression, MPDCompress, the ADMM papers, DARB, the dense baselines) through the sweep
     engine, as run directories DIR/runs/NAME (NAME the config's file name without .toml) on
-    Dask, as `mpdref sweep` runs them (--workers, --scheduler, --retry-failed; calling again
-    continues). Then DIR/results.csv and results.json (a row per run), the papers' figures in
+    Dask, as `mpdref sweep` runs them (--workers, --scheduler, --retry-failed, --no-share; calling
+    again continues; configs that begin alike, such as the dense training most start with, run
+    those stages once). Then DIR/results.csv and results.json (a row per run), the papers' figures in
     DIR/figures/, and DIR/REPRODUCTION.md: per paper a table of its claims with the paper's
     number, mpdref's number read from the run directories, the config that measured it, and
     met / not met / failed / unfinished / not run. Numbers are compared at the decimals the
@@ -394,7 +401,7 @@ def cmd_reproduce(args) -> int:
         raise ValueError(f"--workers: expected an integer >= 1, got {args.workers}")
     path, outcomes, counts = reproduce(args.out, quick=args.quick, only=args.only, workers=args.workers,
                                        scheduler=args.scheduler, progress=not args.no_progress,
-                                       retry_failed=args.retry_failed)
+                                       retry_failed=args.retry_failed, share=not args.no_share)
     print(path.read_text())
     print(f"mpdref reproduce: {summary(outcomes)}; report: {path}", file=sys.stderr)
     if counts["failed"] or counts["unfinished"] or counts["pending"]:

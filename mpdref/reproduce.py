@@ -583,7 +583,7 @@ def draw_figures(out: Path, names) -> list[tuple]:
 
 
 def reproduce(out=None, quick: bool = False, only=None, workers: int | None = None, scheduler: str | None = None,
-              progress: bool = True, retry_failed: bool = False) -> tuple[Path, list[Outcome], dict]:
+              progress: bool = True, retry_failed: bool = False, share: bool = True) -> tuple[Path, list[Outcome], dict]:
     """Run the claims' configs (shrunk when `quick`) as a sweep into `out` (default runs/reproduce, or
     runs/reproduce-quick), then write DIR/results.csv and .json, DIR/figures/ and DIR/REPRODUCTION.md;
     return (the report's path, the claims' outcomes, {run status: number of runs})."""
@@ -594,7 +594,7 @@ def reproduce(out=None, quick: bool = False, only=None, workers: int | None = No
         data.find_or_fetch_mnist(log=lambda line: print(f"mpdref reproduce: {line}", file=sys.stderr))
     prepare_sweep_directory(out, sweep)
     run_points(sweep, out, workers, scheduler, progress, retry_failed, command="reproduce",
-               heading=f"{len(sweep.points)} runs -> {out}/runs")
+               heading=f"{len(sweep.points)} runs -> {out}/runs", share=share)
     _, rows = write_results(out)
     figures = draw_figures(out, [p.name for p in sweep.points])
     path, outcomes = write_report(out, quick, figures)

@@ -26,6 +26,8 @@ file; every run is validated before any starts.
                                 ``quantize.bits_all=4``); plus output.log (what the run printed)
                                 and, for a run that failed, failed.json (its error); .lock
                                 is held by the worker running it
+    DIR/shared/KEY/             a snapshot of a run after the stages it shares with other runs
+                                (mpdref.runner.shared): the others begin from it, not from scratch
     DIR/results.csv, .json      one row per run: its values, status, errors, ratio, file bytes,
                                 fraction of weights kept, seconds (start to end) and training seconds
 
@@ -33,8 +35,11 @@ Runs go to Dask (`run_sweep`): a LocalCluster of one-thread workers, or a runnin
 address. Each worker calls the runner on a run directory: a finished run is never run again, an
 unfinished one resumes from its checkpoint (also when Dask reschedules it after its worker
 died), a failed one is recorded and the others go on. Results are read back from the run
-directories, never from the workers' memory. Dask is imported only to run a sweep
-(pip install -e '.[sweep]').
+directories, never from the workers' memory. Runs that begin with the same stages (the dense
+training before each pruning setting, at one seed) run them once: the first to finish them
+publishes a snapshot, and the runs that start later copy it and go on, ending with the same bits
+as if they had run those stages themselves (`--no-share` runs every stage of every run). Dask
+is imported only to run a sweep (pip install -e '.[sweep]').
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ from mpdref.runner import resume_experiment, run_experiment
 from mpdref.runner.config import ConfigError, config_digest, resolve_config
 from mpdref.runner.files import RunDirectoryError, read_json, write_json
 from mpdref.runner.report import format_table, percent
+from mpdref.runner.shared import SharedStages, shared_prefixes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -72,6 +78,7 @@ RESULTS_FORMAT = ("mpdref-sweep-results", 1)  # DIR/results.json
 SWEEP_KEYS = ("config", "set", "grid", "points")
 OUTPUT = "output.log"  # what a run printed in its worker
 FAILED = "failed.json"  # {"error": exception type, "message": ...}: the run failed
+SHARED_DIR = "shared"  # DIR/shared/KEY: snapshots of the stages runs share (mpdref.runner.shared)
 RESULT_COLUMNS = ("status", "test_error", "val_error", "ratio", "file_bytes", "weights_kept", "seconds",
                   "train_seconds", "run_dir", "message")
 #: task errors (not worker deaths) that Dask retries; a run's own failure is recorded, not raised
@@ -336,9 +343,11 @@ def _exclusive(run_dir: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def run_point(run_dir: str, config: dict) -> str:
+def run_point(run_dir: str, config: dict, shared_root: str | None = None, publish: tuple = ()) -> str:
     """Run one sweep run in this process (a Dask worker): start it, or resume it from its
-    checkpoint, or nothing if it is finished; return "finished" or "failed".
+    checkpoint, or nothing if it is finished; return "finished" or "failed". With `shared_root`,
+    the run begins from the longest snapshot of its first stages there (and publishes the stages
+    whose keys are in `publish`: mpdref.runner.shared).
 
     A run's own error (a setting found bad late, training that diverged) is written to
     RUN_DIR/failed.json and returned as "failed", so that Dask does not run it again. Numba uses
@@ -347,6 +356,7 @@ def run_point(run_dir: str, config: dict) -> str:
     import numba
 
     numba.set_num_threads(1)
+    shared = None if shared_root is None else SharedStages(shared_root, publish)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(run_dir), open(run_dir / OUTPUT, "a") as output, \
@@ -358,10 +368,10 @@ def run_point(run_dir: str, config: dict) -> str:
             if (run_dir / "config.json").exists():
                 where = "its checkpoint" if (run_dir / "checkpoint.h5").exists() else "the start (no checkpoint yet)"
                 print(f"mpdref sweep: resuming {run_dir} from {where} (pid {os.getpid()})", flush=True)
-                resume_experiment(run_dir, progress=False)
+                resume_experiment(run_dir, progress=False, shared=shared)
             else:
                 print(f"mpdref sweep: starting {run_dir} (pid {os.getpid()})", flush=True)
-                run_experiment(config, run_dir, progress=False)
+                run_experiment(config, run_dir, progress=False, shared=shared)
         except Exception as e:
             traceback.print_exc()
             write_json(run_dir / FAILED, {"error": type(e).__name__, "message": str(e)})
@@ -443,27 +453,31 @@ def _failure_message(run_dir: Path) -> str:
 
 
 def run_sweep(path, out=None, workers: int | None = None, scheduler: str | None = None, progress: bool = True,
-              retry_failed: bool = False) -> tuple[Path, dict]:
+              retry_failed: bool = False, share: bool = True) -> tuple[Path, dict]:
     """Validate the sweep file at `path`, run its unfinished runs on Dask into `out` (default
     runs/STEM) and write DIR/results.csv and results.json; return (DIR, {status: number of runs}).
 
     Finished runs are not run again, nor failed ones unless `retry_failed` (they resume from their
-    checkpoints).
+    checkpoints). With `share`, runs that begin with the same stages run them once (run_points).
     """
     _distributed()  # a missing extra is said before anything else
     sweep = load_sweep(path)
     out = prepare_sweep_directory(out if out is not None else Path("runs") / sweep.path.stem, sweep)
     run_points(sweep, out, workers, scheduler, progress, retry_failed, command="sweep",
-               heading=f"{sweep.path} -> {out}: {len(sweep.points)} runs")
+               heading=f"{sweep.path} -> {out}: {len(sweep.points)} runs", share=share)
     _, rows = write_results(out)
     return out, {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "unfinished", "pending")}
 
 
 def run_points(sweep: Sweep, out: Path, workers: int | None, scheduler: str | None, progress: bool,
-               retry_failed: bool, command: str, heading: str) -> None:
+               retry_failed: bool, command: str, heading: str, share: bool = True) -> None:
     """Run the unfinished runs of `sweep` on Dask into OUT/runs/NAME (a prepared sweep directory):
     finished runs are not run again, nor failed ones unless `retry_failed`. `command` and `heading`
-    begin the line that says what there is to do ("mpdref COMMAND: HEADING; ...")."""
+    begin the line that says what there is to do ("mpdref COMMAND: HEADING; ...").
+
+    With `share`, the last stage of the longest run of first stages that two or more runs have in
+    common is published once run, as a snapshot in OUT/shared/, and the other runs begin from it
+    (mpdref.runner.shared): the same bits, without running those stages again."""
     status = {p.name: run_status(out / "runs" / p.name) for p in sweep.points}
     todo = [p for p in sweep.points if status[p.name] != "finished" and (retry_failed or status[p.name] != "failed")]
     finished = sum(s == "finished" for s in status.values())
@@ -475,8 +489,10 @@ def run_points(sweep: Sweep, out: Path, workers: int | None, scheduler: str | No
         return
     with dask_client(workers, scheduler) as (dask, where):
         print(f"mpdref {command}: running on {where}", file=sys.stderr)
-        futures = {dask.submit(run_point, str(out / "runs" / p.name), p.config, retries=RETRIES,
-                               key=_task_key(out / "runs" / p.name, p.config)): p for p in todo}
+        shared_root = str(out / SHARED_DIR) if share else None
+        publish = tuple(sorted(shared_prefixes([p.config for p in sweep.points]))) if share else ()
+        futures = {dask.submit(run_point, str(out / "runs" / p.name), p.config, shared_root, publish,
+                               retries=RETRIES, key=_task_key(out / "runs" / p.name, p.config)): p for p in todo}
         _follow(dask, futures, out, len(sweep.points), {"done": finished, "failed": failed}, progress)
 
 

@@ -306,8 +306,8 @@ def test_a_teacher_stage_trains_a_network_for_later_stages(tmp_path, mnist_dir):
     assert stages["teacher"]["teacher"]["epochs"] == 1 and "test_error" not in stages["teacher"]
     # The teacher trained with lenet-300-100's default recipe where the stage left it unset.
     assert stages["teacher"]["teacher"]["recipe"]["lr"] == 0.05
-    assert stages["train"]["teacher"]["file"] == str(tmp_path / "run" / "teachers" / "teacher.h5")
-    assert stages["quantize"]["teacher"]["file"] == str(tmp_path / "run" / "stages" / "03-train.h5")
+    assert stages["train"]["teacher"]["file"] == str(Path("teachers") / "teacher.h5")  # in the run directory
+    assert stages["quantize"]["teacher"]["file"] == str(Path("stages") / "03-train.h5")
     assert stages["train"]["teacher"]["test_error"] == stages["teacher"]["teacher"]["test_error"]
     assert not teacher.masks  # the teacher is not the run's network: no MPD masks
     # Its epochs are logged apart from the run's own: the run's curves have only train's and quantize's.
@@ -361,3 +361,99 @@ def test_a_missing_teacher_file_is_named(tmp_path, mnist_dir):
         "stages": [{"type": "train", "epochs": 1, "teacher": str(tmp_path / "none.h5")}]})
     with pytest.raises(FileNotFoundError, match="teacher '.*none.h5': no model file at"):
         run_experiment(config, tmp_path / "run", progress=False)
+
+
+# ----------------------------------------------------------------------------- shared stages
+
+
+def _sharing_configs(mnist_dir, keeps=(0.5, 0.3), names=("a", "b")):
+    """Runs that agree up to their prune stage: a dense training, then a kept fraction each, then a
+    distilled retraining whose teacher is the shared stage's network."""
+    return [resolve_config({
+        "experiment": {"name": name, "model": "lenet-300-100", "seed": 3},
+        "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
+        "stages": [{"type": "train", "epochs": 2, "batch_size": 32, "lr": 0.05},
+                   {"type": "prune", "keep": {"fc1.weight": keep, "fc2.weight": keep}},
+                   {"type": "train", "name": "retrain", "epochs": 1, "batch_size": 32, "teacher": "train"}]})
+        for name, keep in zip(names, keeps)]
+
+
+def test_shared_prefixes_are_the_ends_of_the_longest_runs_of_stages_in_common(mnist_dir):
+    from mpdref.runner.shared import prefix_keys, shared_prefixes
+
+    a, b = _sharing_configs(mnist_dir)
+    ka, kb = prefix_keys(a), prefix_keys(b)
+    assert ka[0] == kb[0] and ka[1] != kb[1]  # the experiment's name is not part of the key
+    assert shared_prefixes([a, b]) == {ka[0]}
+    assert shared_prefixes([a]) == set()
+    other_seed = resolve_config({**a, "experiment": {**a["experiment"], "seed": 4}})
+    assert prefix_keys(other_seed)[0] != ka[0] and shared_prefixes([a, other_seed]) == set()
+    # three runs: the dense stage is shared by all three, stages 0..1 by two (a and its twin)
+    twin = resolve_config({**a, "experiment": {**a["experiment"], "name": "twin"}})
+    assert shared_prefixes([a, b, twin]) == {ka[0], ka[2]}  # the twin shares a's whole run
+
+
+@pytest.mark.mnist
+def test_a_run_from_a_shared_snapshot_ends_with_the_bits_of_a_run_of_its_own(tmp_path, mnist_dir):
+    from mpdref.runner.shared import SharedStages, shared_prefixes
+
+    a, b = _sharing_configs(mnist_dir)
+    shared = SharedStages(tmp_path / "shared", shared_prefixes([a, b]))
+    run_experiment(a, tmp_path / "a", progress=False, shared=shared)
+    assert len(list((tmp_path / "shared").iterdir())) == 1  # the dense stage, published by a
+    calls = []
+    import mpdref.runner.stages.train as train_stage
+
+    original = train_stage.TrainStage.run
+
+    def counting(self, ctx, settings, resume):
+        calls.append(ctx.config["stages"][ctx.stage_index]["name"])
+        return original(self, ctx, settings, resume)
+
+    train_stage.TrainStage.run = counting
+    try:
+        metrics = run_experiment(b, tmp_path / "b", progress=False, shared=shared)
+    finally:
+        train_stage.TrainStage.run = original
+    assert calls == ["retrain"]  # the dense training was copied, not run
+    assert metrics["shared_stages"] == {"stages": 1, "from": str(tmp_path / "a")}
+    shown = show_run(tmp_path / "b")
+    assert f"stages 1-1 copied from {tmp_path / 'a'}" in shown and shown.count("copied") == 2  # + its row
+    alone = run_experiment(b, tmp_path / "alone", progress=False)
+    assert "shared_stages" not in alone
+    for name in ("model.h5", "stages/01-train.h5", "stages/02-prune.h5"):
+        mine, theirs = _weights(tmp_path / "b" / name), _weights(tmp_path / "alone" / name)
+        assert mine.keys() == theirs.keys()
+        for k in mine:
+            assert np.array_equal(mine[k], theirs[k]), (name, k)
+    assert _epoch_records(tmp_path / "b") == _epoch_records(tmp_path / "alone")
+    assert {k: v for k, v in metrics.items() if k not in ("shared_stages", "train_seconds")} == \
+        {k: v for k, v in alone.items() if k != "train_seconds"}
+    # a finished run resumes nothing; one stopped after the copy goes on from it
+    (tmp_path / "b" / "metrics.json").unlink()
+    (tmp_path / "b" / "model.h5").unlink()
+    assert resume_experiment(tmp_path / "b", progress=False, shared=shared)["test_error"] == alone["test_error"]
+
+
+def test_a_snapshot_is_published_once_and_never_half_written(tmp_path, mnist_dir, monkeypatch):
+    from mpdref.runner import shared as shared_module
+    from mpdref.runner.shared import SharedStages, prefix_keys
+
+    a, _ = _sharing_configs(mnist_dir)
+    key = prefix_keys(a)[0]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "stages").mkdir()
+    (out / "stages" / "01-train.h5").write_bytes(b"x")
+    (out / "log.jsonl").write_text("{}\n")
+    (out / "config.json").write_text("{}")
+    store = SharedStages(tmp_path / "shared", {key})
+    assert not store.publish(a, out, 1, "digest")  # a stage no other run shares
+    assert store.publish(a, out, 0, "digest")
+    snapshot = tmp_path / "shared" / key
+    assert sorted(p.name for p in snapshot.iterdir()) == ["log.jsonl", "snapshot.json", "stages"]
+    assert not store.publish(a, out, 0, "digest")  # there already
+    # a second publisher that loses the race leaves nothing behind
+    monkeypatch.setattr(shared_module.os, "rename", lambda *_: (_ for _ in ()).throw(OSError("exists")))
+    assert not SharedStages(tmp_path / "other", {key}).publish(a, out, 0, "digest")
+    assert list((tmp_path / "other").iterdir()) == []

@@ -309,6 +309,31 @@ def loopback_cluster(tmp_path_factory):
 
 @pytest.mark.mnist
 @pytest.mark.slow
+def test_runs_that_begin_alike_share_their_first_stages_and_end_with_their_own_bits(capsys, tmp_path, mnist_dir):
+    """Three pruning settings at one seed: the dense training runs once (the first run publishes it,
+    the two after it begin from the copy), and each run's files are those of the sweep run with
+    --no-share, whose runs run every stage (one-thread workers both: BLAS's sums may depend on its
+    threads)."""
+    keeps = '[{ "fc1.weight" = 0.3 }, { "fc1.weight" = 0.2 }, { "fc1.weight" = 0.1 }]'
+    path = write_sweep(tmp_path, f'[grid]\n"stages[1].keep" = {keeps}\n', root=mnist_dir)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "sweep", path, "--out", out, "--workers", "1", "--no-progress")
+    assert code == 0, err
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == 3 and len(list((out / "shared").iterdir())) == 1
+    taken = [json.loads((run / "shared.json").read_text()) for run in runs if (run / "shared.json").exists()]
+    assert len(taken) == 2 and all(t["stages"] == 1 for t in taken)
+    unshared = tmp_path / "unshared"
+    code, _, err = run_cli(capsys, "sweep", path, "--out", unshared, "--workers", "1", "--no-progress", "--no-share")
+    assert code == 0, err
+    assert not (unshared / "shared").exists() and not list((unshared / "runs").glob("*/shared.json"))
+    for run in runs:
+        assert_same_model_files(run, unshared / "runs" / run.name)
+
+
+
+@pytest.mark.mnist
+@pytest.mark.slow
 def test_a_sweep_on_a_scheduler_and_retry_failed(capsys, tmp_path, mnist_dir, loopback_cluster):
     path = write_sweep(tmp_path, '[grid]\n"stages[0].lr" = [0.05, 1e6]\n', root=mnist_dir)
     out = tmp_path / "out"

@@ -7,6 +7,8 @@
     RUN_DIR/model.h5            the final model (mpdref.models.load reads it)
     RUN_DIR/metrics.json        the final numbers; its presence marks a finished run
     RUN_DIR/figures/            training curves
+    RUN_DIR/shared.json         where the run's first stages came from, if from another run's
+                                snapshot (mpdref.runner.shared; sweeps share stages)
 
 `run_experiment(config, out)` runs a resolved config (see mpdref.runner.config);
 `resume_experiment(out)` continues an interrupted run from its checkpoint and
@@ -28,9 +30,10 @@ from mpdref.runner.checkpoint import read_checkpoint, write_checkpoint
 from mpdref.runner.files import RunDirectoryError, read_json, read_log, write_json
 from mpdref.runner.config import ConfigError, config_digest, resolve_config
 from mpdref.runner.registry import STAGES
+from mpdref.runner.shared import SHARED, SharedStages, shared_record
 from mpdref.streams import random_stream
 
-RUN_FILES = ("config.json", "log.jsonl", "checkpoint.h5", "model.h5", "metrics.json")
+RUN_FILES = ("config.json", "log.jsonl", "checkpoint.h5", "model.h5", "metrics.json", SHARED)
 RUN_FOLDERS = ("stages", "figures")
 
 
@@ -133,18 +136,22 @@ def prepare_run_directory(out, force: bool) -> Path:
     return out
 
 
-def run_experiment(config: dict, out, force: bool = False, progress: bool = True) -> dict:
-    """Run a resolved config into a new run directory; return the final metrics."""
+def run_experiment(config: dict, out, force: bool = False, progress: bool = True,
+                   shared: SharedStages | None = None) -> dict:
+    """Run a resolved config into a new run directory; return the final metrics. With `shared`
+    (mpdref.runner.shared), begin from the longest snapshot of this run's first stages there is,
+    and publish the stages it asks for."""
     out = prepare_run_directory(out, force)
     write_json(out / "config.json", config)
     (out / "log.jsonl").touch()
     e = config["experiment"]
     net = models.build(e["model"], dtype=np.dtype(e["dtype"]), seed=e["seed"])
-    return _run_stages(config, out, RunContext(config, out, net, progress, 0, []), None)
+    return _run_stages(config, out, RunContext(config, out, net, progress, 0, []), None, shared)
 
 
-def resume_experiment(out, progress: bool = True) -> dict:
-    """Continue the run in `out` from its last checkpoint (or from the start if it has none)."""
+def resume_experiment(out, progress: bool = True, shared: SharedStages | None = None) -> dict:
+    """Continue the run in `out` from its last checkpoint (or from the start if it has none);
+    `shared` as for run_experiment (a snapshot is taken only at a stage's end, never inside one)."""
     out = Path(out)
     if (out / "metrics.json").exists():
         raise RunDirectoryError(f"{out}: the run is already finished; nothing to resume")
@@ -160,11 +167,12 @@ def resume_experiment(out, progress: bool = True) -> dict:
         e = config["experiment"]
         net = models.build(e["model"], dtype=np.dtype(e["dtype"]), seed=e["seed"])
         (out / "log.jsonl").write_text("")
-        return _run_stages(config, out, RunContext(config, out, net, progress, 0, [], digest), None)
+        (out / SHARED).unlink(missing_ok=True)
+        return _run_stages(config, out, RunContext(config, out, net, progress, 0, [], digest), None, shared)
     state = read_checkpoint(out / "checkpoint.h5", digest)
     _truncate_log(out / "log.jsonl", state["log_lines"])
     ctx = RunContext(config, out, state["net"], progress, state["log_lines"], list(state["results"]), digest)
-    return _run_stages(config, out, ctx, state)
+    return _run_stages(config, out, ctx, state, shared)
 
 
 def _truncate_log(path: Path, keep: int) -> None:
@@ -175,7 +183,7 @@ def _truncate_log(path: Path, keep: int) -> None:
     write_bytes_atomic(path, b"".join(line + b"\n" for line in complete[:keep]))
 
 
-def _run_stages(config: dict, out: Path, ctx: RunContext, state: dict | None) -> dict:
+def _run_stages(config: dict, out: Path, ctx: RunContext, state: dict | None, shared: SharedStages | None = None) -> dict:
     stages = config["stages"]
     first = 0
     resume = None
@@ -183,6 +191,11 @@ def _run_stages(config: dict, out: Path, ctx: RunContext, state: dict | None) ->
         first = state["stage_index"] + (1 if state["finished"] else 0)
         if not state["finished"]:
             resume = state
+    if shared is not None and resume is None and shared.restore(config, out, ctx._digest, first) is not None:
+        state = read_checkpoint(out / "checkpoint.h5", ctx._digest)  # as a resume at that stage's end
+        ctx = RunContext(config, out, state["net"], ctx.progress, state["log_lines"], list(state["results"]),
+                         ctx._digest)
+        first = state["stage_index"] + 1
     for i in range(first, len(stages)):
         stage = stages[i]
         ctx.stage_index = i
@@ -193,6 +206,8 @@ def _run_stages(config: dict, out: Path, ctx: RunContext, state: dict | None) ->
         models.save(ctx.net, out / "stages" / f"{i + 1:02d}-{stage['name']}.h5", {"stage": stage["name"]})
         ctx.log({"result": result})
         ctx.checkpoint(epochs_done=result.get("epochs", 0), finished=True)
+        if shared is not None:
+            shared.publish(config, out, i, ctx._digest)
     return _finish(config, out, ctx)
 
 
@@ -203,6 +218,9 @@ def _finish(config: dict, out: Path, ctx: RunContext) -> dict:
     metrics = {"name": e["name"], "model": e["model"], "seed": e["seed"], "parameters": ctx.net.num_parameters(),
                "stages": ctx.results, "test_error": last.get("test_error"), "val_error": last.get("val_error"),
                "train_seconds": sum(r.get("seconds", 0.0) for r in read_log(out))}
+    taken = shared_record(out)
+    if taken is not None:  # the first stages' files (log lines, seconds included) came from another run
+        metrics["shared_stages"] = {"stages": taken["stages"], "from": taken["from"]}
     plot_training_curves([r for r in read_log(out) if "epoch" in r], f"{e['name']} ({e['model']})",
                          out / "figures" / "training.png")
     write_json(out / "metrics.json", metrics)

@@ -65,3 +65,15 @@ def read_checkpoint(path, config_digest: str) -> dict:
     net.rng.bit_generator.state = rng["dropout"]
     groups = {name: content[name] for name in STAGE_GROUPS if name in content}
     return {"net": net, "velocity": content["velocity"], **groups, **progress}
+
+
+def rebind_checkpoint(source, target, config_digest_from: str, config_digest_to: str) -> None:
+    """Write checkpoint `source` of one config as `target` of another (its fingerprint
+    `config_digest_to`): the same network, velocity, progress and stage state. For runs whose
+    configs agree up to the checkpoint's stage (mpdref.runner.shared)."""
+    state = read_checkpoint(source, config_digest_from)
+    progress = {key: state[key] for key in _PROGRESS_FIELDS} | {"config_digest": config_digest_to}
+    if "stage_state" in state:
+        progress["stage_state"] = state["stage_state"]
+    write_checkpoint(target, state["net"], state["velocity"], progress,
+                     {name: state[name] for name in STAGE_GROUPS if name in state})

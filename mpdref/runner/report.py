@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mpdref.runner.files import read_json, read_log
+from mpdref.runner.shared import shared_record
 
 
 def percent(v):
@@ -36,6 +37,8 @@ def show_run(out) -> str:
     e = config["experiment"]
     lines = [f"run {out}: {e['name']}, {status}",
              f"network {e['model']} ({e['dtype']}), seed {e['seed']}, mpdref {config.get('mpdref_version', '?')}", ""]
+    taken = shared_record(out)
+    copied = taken["stages"] if taken else 0
     rows = []
     for i, stage in enumerate(config["stages"]):
         epochs = [r for r in log if r.get("stage_index") == i and "epoch" in r]
@@ -52,9 +55,13 @@ def show_run(out) -> str:
                      f"{last['train_loss']:.4f}" if "train_loss" in last else "-",
                      percent((result or last).get("val_error")), percent((result or last).get("test_error")),
                      f"{sum(r['seconds'] for r in epochs):.0f} s" if epochs else "-",
-                     "done" if result is not None else ("in progress" if epochs else "pending")))
+                     ("copied" if i < copied else "done") if result is not None
+                     else ("in progress" if epochs else "pending")))
     lines.append(format_table(("#", "stage", "type", "epochs", "train loss", "val error", "test error", "time",
                                "state"), rows))
+    if taken:
+        lines += ["", f"stages 1-{copied} copied from {taken['from']} (the stages the two runs share, "
+                      f"run once: the same bits)"]
     if metrics is not None:
         lines += ["", f"final: test error {percent(metrics['test_error'])}, val error {percent(metrics['val_error'])}, "
                       f"{metrics['parameters']:,} parameters"]

@@ -102,8 +102,11 @@ def distillation_from(ctx, settings: dict) -> tuple[Distillation | None, dict]:
         except FormatError as e:
             raise FormatError(f"teacher {settings['teacher']!r}: {e}") from None
         train_images = ctx.datasets()[0][0]
+        # a file of the run itself is named relative to its directory: the report holds wherever the
+        # run directory goes (and whichever run made a shared stage, mpdref.runner.shared)
+        shown = path.relative_to(ctx.out) if path.is_relative_to(ctx.out) else path
         ctx.teachers[str(path)] = (teacher.logits(train_images.astype(teacher.dtype, copy=False)),
-                                   {"file": str(path), "model": teacher.name, **ctx.errors(teacher)})
+                                   {"file": str(shown), "model": teacher.name, **ctx.errors(teacher)})
     logits, report = ctx.teachers[str(path)]
     distill = Distillation(logits.astype(ctx.net.dtype), settings["temperature"], settings["teacher_weight"])
     return distill, report
