@@ -66,7 +66,7 @@ from mpdref.runner import resume_experiment, run_experiment
 from mpdref.runner.config import ConfigError, config_digest, resolve_config
 from mpdref.runner.files import RunDirectoryError, read_json, write_json
 from mpdref.runner.report import format_table, percent
-from mpdref.runner.shared import SharedStages, shared_prefixes
+from mpdref.runner.shared import SharedStages, prefix_keys, shared_prefixes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -492,8 +492,23 @@ def run_points(sweep: Sweep, out: Path, workers: int | None, scheduler: str | No
         shared_root = str(out / SHARED_DIR) if share else None
         publish = tuple(sorted(shared_prefixes([p.config for p in sweep.points]))) if share else ()
         futures = {dask.submit(run_point, str(out / "runs" / p.name), p.config, shared_root, publish,
-                               retries=RETRIES, key=_task_key(out / "runs" / p.name, p.config)): p for p in todo}
+                               retries=RETRIES, key=_task_key(out / "runs" / p.name, p.config)): p
+                   for p in leaders_first(todo, publish)}
         _follow(dask, futures, out, len(sweep.points), {"done": finished, "failed": failed}, progress)
+
+
+def leaders_first(points: list, publish) -> list:
+    """`points` in their order, except that a run sharing a published stage (`publish`: KEYs of
+    mpdref.runner.shared) with an earlier run goes after every run that shares none with an earlier
+    one: Dask starts tasks in the order they are given, so one run of each group starts first and
+    the others, started later, can begin from its snapshot instead of running the same stages
+    beside it."""
+    claimed, leaders, followers = set(), [], []
+    for point in points:
+        keys = set(prefix_keys(point.config)) & set(publish)
+        (followers if keys & claimed else leaders).append(point)
+        claimed |= keys
+    return leaders + followers
 
 
 def _follow(client, futures: dict, out: Path, total: int, counts: dict, progress: bool) -> None:

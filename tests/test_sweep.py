@@ -307,6 +307,21 @@ def loopback_cluster(tmp_path_factory):
         logs.close()
 
 
+def test_one_run_of_each_group_that_shares_stages_is_given_to_dask_first(tmp_path):
+    from mpdref.runner.shared import shared_prefixes
+    from mpdref.sweep import leaders_first
+
+    keeps = '[{ "fc1.weight" = 0.3 }, { "fc1.weight" = 0.2 }]'
+    sweep = load_sweep(write_sweep(tmp_path, f'[grid]\n"stages[1].keep" = {keeps}\n"experiment.seed" = [0, 1]\n'
+                                             '[[points]]\n"experiment.seed" = 7\n'))
+    publish = shared_prefixes([p.config for p in sweep.points])
+    assert len(publish) == 2  # the dense stage of each of seeds 0 and 1; seed 7 shares nothing
+    names = [p.name for p in leaders_first(sweep.points, publish)]
+    assert names[:3] == [sweep.points[0].name, sweep.points[1].name, sweep.points[4].name]  # seeds 0, 1, 7
+    assert sorted(names) == sorted(p.name for p in sweep.points)
+    assert leaders_first(sweep.points, ()) == list(sweep.points)
+
+
 @pytest.mark.mnist
 @pytest.mark.slow
 def test_runs_that_begin_alike_share_their_first_stages_and_end_with_their_own_bits(capsys, tmp_path, mnist_dir):
