@@ -183,7 +183,8 @@ def _truncate_log(path: Path, keep: int) -> None:
     write_bytes_atomic(path, b"".join(line + b"\n" for line in complete[:keep]))
 
 
-def _run_stages(config: dict, out: Path, ctx: RunContext, state: dict | None, shared: SharedStages | None = None) -> dict:
+def _run_stages(config: dict, out: Path, ctx: RunContext, state: dict | None,
+                shared: SharedStages | None = None) -> dict:
     stages = config["stages"]
     first = 0
     resume = None

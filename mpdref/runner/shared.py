@@ -77,9 +77,10 @@ class SharedStages:
                     target.mkdir(exist_ok=True)
                 elif source.name not in (SNAPSHOT, "checkpoint.h5"):
                     shutil.copy2(source, target)
-            # the checkpoint last, written whole under its name: a run stopped before it starts again
-            rebind_checkpoint(snapshot / "checkpoint.h5", out / "checkpoint.h5", record["config_digest"], digest)
             write_json(out / SHARED, {"stages": i + 1, "from": record["source"], "key": keys[i]})
+            # the checkpoint last, written whole under its name: a run stopped before it starts again
+            # (from the start: the resume of a run without a checkpoint clears the log and shared.json)
+            rebind_checkpoint(snapshot / "checkpoint.h5", out / "checkpoint.h5", record["config_digest"], digest)
             return i
         return None
 
