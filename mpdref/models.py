@@ -34,8 +34,8 @@ OP_BACKENDS = ("fast", "reference")
 def op_set(backend: str) -> ModuleType:
     """The functions a network's layers call: `mpdref.ops` ("reference") or `mpdref.kernels.fast_ops` ("fast").
 
-    Cached: every layer asks at every pass, and an import statement costs a microsecond or two
-    even when the module is loaded (a thousandth of a LeNet-300-100 training step each)."""
+    Cached: every layer asks at every pass, and an import statement costs about a microsecond
+    even when the module is loaded."""
     if backend == "reference":
         return ops
     if backend == "fast":

@@ -503,9 +503,10 @@ def leaders_first(points: list, publish) -> list:
     one: Dask starts tasks in the order they are given, so one run of each group starts first and
     the others, started later, can begin from its snapshot instead of running the same stages
     beside it."""
+    publish = set(publish)
     claimed, leaders, followers = set(), [], []
     for point in points:
-        keys = set(prefix_keys(point.config)) & set(publish)
+        keys = set(prefix_keys(point.config)) & publish
         (followers if keys & claimed else leaders).append(point)
         claimed |= keys
     return leaders + followers
