@@ -26,6 +26,7 @@ import numpy as np
 
 from mpdref import __version__, ops
 from mpdref.io.model_file import MODEL_FORMAT, read_network_file, write_network_file
+from mpdref.kernels.allocator import reuse_freed_memory
 
 OP_BACKENDS = ("fast", "reference")
 
@@ -230,16 +231,18 @@ class LayerStack(Classifier):
     label_position: np.ndarray | None = None
 
     @property
-    def parallel_kernels(self) -> bool:
-        """Whether a pass runs Numba's parallel kernels (the fast set's direct convolution, or a
-        subclass's own): then the pass runs in `mpdref.kernels.threads.numba_pass()`, NumPy's BLAS kept
-        to one thread and the fast set's dense products on Numba's threads (two spinning thread
-        pools on the same cores slow both)."""
-        return any(isinstance(layer, Conv2d) and layer.backend == "fast" for layer in self.layers)
+    def numba_threads(self) -> bool:
+        """Whether a pass runs on Numba's threads: every network on the fast set (`mpdref.kernels.threads`).
+        Its passes run in `numba_pass()`: NumPy's BLAS held to one thread, and the fast set's large dense
+        products, its direct convolution and its block products on Numba's threads, whose sums do not
+        depend on the number of threads. So a run gives the same bits in a one-thread sweep worker as
+        under `mpdref run` on all the cores; BLAS on two threads does not (OpenBLAS splits the depth of
+        LeNet-300-100's 64 × 784 @ 784 × 300 product between them)."""
+        return any(layer.backend == "fast" for layer in self.layers)
 
     def _threads(self):
-        """The thread-pool setting of a pass (see parallel_kernels)."""
-        if not self.parallel_kernels:
+        """The thread-pool setting of a pass (see numba_threads)."""
+        if not self.numba_threads:
             return contextlib.nullcontext()
         from mpdref.kernels.threads import numba_pass
 
@@ -247,6 +250,7 @@ class LayerStack(Classifier):
 
     def _run(self, x: np.ndarray, train: bool):
         """The last layer's output and every layer's cache."""
+        reuse_freed_memory()  # once per process: the next pass reuses this one's freed arrays (see there)
         caches = []
         with self._threads():
             for layer in self.layers:

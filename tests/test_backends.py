@@ -2,9 +2,10 @@
 
 The fast op set differs from the reference in data movement (gathers, scatters, window
 maxima, in the same order of additions) and in one op's arithmetic: the stride-1
-convolution, which `mpdref.kernels.direct_conv` sums in another order. So a network
-without convolutions agrees bit for bit, logits, losses and every gradient; one with
-them agrees to rounding (float64 1e-12, float32 1e-5 of the largest value, after the
+convolution, which `mpdref.kernels.direct_conv` sums in another order, and the large dense
+products, which `mpdref.kernels.gemm` sums on Numba's threads. So at a small batch (every
+product BLAS's, on one thread in both) a network without convolutions agrees bit for bit,
+logits, losses and every gradient; one with them agrees to rounding (float64 1e-12, float32 1e-5 of the largest value, after the
 rounding differences have passed through every later layer), for the networks, their
 MPD-masked versions and their block forms.
 """
@@ -13,7 +14,7 @@ import pytest
 
 from compare import assert_close
 from mpdref import models, ops
-from mpdref.kernels import fast_ops
+from mpdref.kernels import fast_ops, threads
 from mpdref.mpd import apply_mpd_masks, to_block_diagonal
 
 
@@ -58,10 +59,13 @@ def test_reference_and_fast_networks_agree(name, dtype, form, rng):
     tol = (1e-5 if dtype == np.float32 else 1e-12) if convolutions else 0.0
     x = rng.standard_normal((5, 1, 28, 28)).astype(dtype)
     y = rng.integers(0, 10, 5)
-    _same(fast.forward(x), reference.forward(x), "logits", tol)
-    # train=True: dropout draws from each network's own generator, which start equal
-    loss_f, grads_f, logits_f = fast.loss_grads_and_logits(x, y, train=True)
-    loss_r, grads_r, logits_r = reference.loss_grads_and_logits(x, y, train=True)
+    # At batch 5 every dense product is below gemm.SMALL_PRODUCT: the fast set leaves it to BLAS on one
+    # thread (its passes hold BLAS there); the reference, on one thread too, gives the same bits.
+    with threads.blas_on_one_thread():
+        _same(fast.forward(x), reference.forward(x), "logits", tol)
+        # train=True: dropout draws from each network's own generator, which start equal
+        loss_f, grads_f, logits_f = fast.loss_grads_and_logits(x, y, train=True)
+        loss_r, grads_r, logits_r = reference.loss_grads_and_logits(x, y, train=True)
     assert abs(loss_f - loss_r) <= tol * abs(loss_r)
     _same(logits_f, logits_r, "training logits", tol)
     assert list(grads_f) == list(grads_r) == list(fast.params)
@@ -97,19 +101,22 @@ def test_networks_and_block_forms_copy_as_data(rng):
         _same(twin.forward(x), original.forward(x), "logits of the copy")
 
 
-@pytest.mark.parametrize("name, limited", [("lenet-5", True), ("deep-mnist", True), ("lenet-300-100", False)])
-def test_passes_with_parallel_kernels_keep_blas_to_one_thread(name, limited, rng, monkeypatch):
-    """The direct convolution runs on Numba's threads: during a pass of a network that has one (and of
-    its block form), NumPy's BLAS is held to one thread (mpdref.kernels.threads), and given back after;
-    a network of dense layers only leaves BLAS as it is."""
+@pytest.mark.parametrize("name, backend", [("lenet-5", "fast"), ("deep-mnist", "fast"), ("lenet-300-100", "fast"),
+                                           ("lenet-300-100", "reference"), ("lenet-5", "reference")])
+def test_passes_on_the_fast_set_keep_blas_to_one_thread(name, backend, rng, monkeypatch):
+    """A fast-set network computes on Numba's threads: during its passes (and its block form's), NumPy's
+    BLAS is held to one thread (mpdref.kernels.threads), and given back after; the reference set
+    leaves BLAS as it is."""
+    limited = backend == "fast"
     from threadpoolctl import threadpool_info
 
     def blas_threads():
         return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
     before = blas_threads()
-    for net in (models.build(name, seed=0), to_block_diagonal(_both(name, np.float32, mpd=True)[0])):
-        assert net.parallel_kernels is limited
+    for net in (models.build(name, seed=0, backend=backend),
+                to_block_diagonal(_both(name, np.float32, mpd=True)[0 if limited else 1])):
+        assert net.numba_threads is limited
         seen = []
         layer = net.layers[-1]
         original = type(layer).forward
@@ -118,3 +125,41 @@ def test_passes_with_parallel_kernels_keep_blas_to_one_thread(name, limited, rng
         monkeypatch.undo()
         assert seen and all(threads == ([1] * len(before) if limited else before) for threads in seen), (seen, before)
         assert blas_threads() == before
+
+
+_TRAIN_A_LITTLE = """
+import hashlib, sys
+import numpy as np
+from mpdref import models
+from mpdref.train import Recipe, fit
+rng = np.random.default_rng(0)
+x = rng.standard_normal((256, 1, 28, 28)).astype(np.float32)
+y = rng.integers(0, 10, 256)
+net = models.build(sys.argv[1], seed=0)
+fit(net, (x, y), Recipe(epochs=1, batch_size=64, lr=0.05), progress=False)
+x_eval = rng.standard_normal((1000, 1, 28, 28)).astype(np.float32)
+digest = hashlib.sha256()
+for value in [*net.params.values(), net.forward(x_eval)]:
+    digest.update(np.ascontiguousarray(value).tobytes())
+print(digest.hexdigest())
+"""
+
+
+@pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])
+def test_training_gives_the_same_bits_on_one_thread_and_on_all_cores(name):
+    """A sweep worker runs with one thread (BLAS's and Numba's), `mpdref run` with all the cores: the same
+    training must give the same weights and logits in both. BLAS on two threads did not (OpenBLAS split
+    the depth of LeNet-300-100's 64 x 784 @ 784 x 300 product between them; see mpdref.kernels.threads)."""
+    import os
+    import subprocess
+    import sys
+
+    cores = max(2, os.cpu_count() or 1)
+    digests = {}
+    for count in (1, cores):
+        env = {**os.environ, **{v: str(count) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                          "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}}
+        out = subprocess.run([sys.executable, "-c", _TRAIN_A_LITTLE, name], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        digests[count] = out.stdout.strip().splitlines()[-1]
+    assert digests[1] == digests[cores], digests

@@ -11,8 +11,9 @@ from mpdref.ops import dense
 
 # (m, k, n): rows that end inside a tile, columns that end inside a panel, a depth shorter and
 # longer than a slice, vectors, and Deep MNIST's fc1 at batch 7
+# widths that end in half a panel (16, 48 and 784 float32; 8 and 24 float64) take the half tile
 SHAPES = [(1, 1, 1), (5, 3, 31), (6, 64, 32), (7, 300, 33), (13, 1000, 97), (64, 513, 100), (1, 40, 300),
-          (300, 2, 1), (7, 3136, 1024)]
+          (300, 2, 1), (7, 3136, 1024), (5, 7, 16), (9, 20, 48), (3, 5, 8), (11, 9, 24), (300, 64, 784)]
 TOL = {np.float32: 2e-6, np.float64: 1e-14}
 
 
@@ -46,7 +47,7 @@ def test_matmul_names_what_does_not_multiply():
         gemm.matmul(np.zeros((2, 3), np.int64), np.zeros((3, 5), np.int64))
 
 
-@pytest.mark.parametrize("shape", [(64, 3136, 100), (200, 64, 70)])
+@pytest.mark.parametrize("shape", [(64, 3136, 100), (200, 64, 70), (30, 64, 784)])
 def test_matmul_gives_the_same_bits_whatever_the_threads_and_slices(shape, rng, monkeypatch):
     """Each output is one running sum over the depth in order: neither the number of threads, nor how
     rows or panels are shared between them, nor the depth slices change a bit."""

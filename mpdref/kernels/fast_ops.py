@@ -6,9 +6,9 @@ reference op with that kernel put in: the arithmetic (the matrix products, the s
 is the reference's own, so the two sets agree bit for bit (the tests hold them to it).
 Two exceptions compute the same sums in another order, equal to the reference to
 rounding: the stride-1 convolution (`mpdref.kernels.direct_conv`, forward and backward;
-both held to the loop oracle of tests/naive.py), and a dense layer's products inside a pass
-on Numba's threads (`mpdref.kernels.threads.numba_pass`, the passes of a network with
-convolutions), which `mpdref.kernels.gemm` computes there instead of BLAS. Every other op
+both held to the loop oracle of tests/naive.py), and a dense layer's large products inside
+a pass on Numba's threads (`mpdref.kernels.threads.numba_pass`, every pass of a network on
+this set), which `mpdref.kernels.gemm` computes there instead of BLAS. Every other op
 is the reference itself. A network takes this set by default and the
 reference with ``backend="reference"`` (`mpdref.models.build`).
 """

@@ -1,17 +1,24 @@
-"""One thread pool at a time: Numba's, while Numba's parallel kernels do the work.
+"""One thread pool at a time, and sums that do not depend on it: Numba's, in every pass of a
+fast-set network.
 
 The fast paths have two thread pools: OpenBLAS's (NumPy's matrix products) and Numba's
-(the parallel kernels: the direct convolution, the block-diagonal product). Each pool's
-threads keep spinning for a while after their last task, so a network whose layers take
-turns between the two has four busy threads on a two-core machine: measured on the
-development machine (2 cores, batch 64), a LeNet-5 training step took 30.2 ms against
-9.3 ms with BLAS kept to one thread, and an MPD Deep MNIST forward pass at batch 64 ran at
-2,300 against 5,900 images/s. So a network with parallel kernels (`LayerStack.
-parallel_kernels`) runs its passes inside `numba_pass()`: BLAS on one thread, and the fast
-set's dense layers multiplying on Numba's threads too (`mpdref.kernels.gemm`), so that they
-do not run on one core while the other waits (Deep MNIST's fc1, 3136 → 1024, took 8.7 of a
-35 ms training step on one BLAS thread). A network without parallel kernels (LeNet-300-100:
-dense layers only) leaves BLAS its threads, which are its only parallelism.
+(the parallel kernels: the direct convolution, the block-diagonal product, `kernels.gemm`).
+Two reasons keep every pass of a network on the fast set (`models.LayerStack.numba_threads`)
+inside `numba_pass()`, with BLAS on one thread and the large dense products on Numba's threads
+(`mpdref.kernels.gemm`, whose sums are the same whatever the threads):
+
+- Bits. BLAS's sums depend on its threads: on two threads OpenBLAS (SkylakeX kernels, as on a
+  user's AVX-512 machine) splits the depth of LeNet-300-100's 64 × 784 @ 784 × 300 product
+  in two and adds the halves, so a LeNet-300-100 trained under `mpdref run` (BLAS on every
+  core) and in a sweep worker (one thread each) differed after two epochs. On Numba's threads
+  a run gives the same bits on one thread as on all the cores.
+- Speed. Each pool's threads keep spinning for a while after their last task, so a network
+  whose layers take turns between the two has four busy threads on a two-core machine:
+  measured on the development machine (2 cores, batch 64), a LeNet-5 training step took 30.2 ms
+  against 9.3 ms with BLAS kept to one thread, and an MPD Deep MNIST forward pass at batch 64
+  ran at 2,300 against 5,900 images/s.
+
+The products below `gemm.SMALL_PRODUCT` stay with BLAS, on its one thread.
 
 The limit goes through threadpoolctl, which finds the BLAS library NumPy loaded and calls
 its own set-threads function, and is undone on leaving the block.
@@ -40,7 +47,7 @@ def blas_on_one_thread():
 
 @contextlib.contextmanager
 def numba_pass():
-    """A context for a pass of a network with Numba's parallel kernels: BLAS on one thread
+    """A context for a pass of a fast-set network: BLAS on one thread
     (blas_on_one_thread), and `in_numba_pass()` true, which sends the fast set's dense products to
     Numba's threads (`kernels.fast_ops.dense_forward`, `dense_backward`)."""
     token = _IN_NUMBA_PASS.set(True)

@@ -135,11 +135,6 @@ class BlockNetwork(models.LayerStack):
         self.label_position[output_order] = np.arange(len(output_order))
         self.rng = rng
 
-    @property
-    def parallel_kernels(self) -> bool:
-        """A convolution on the fast set (`models.LayerStack.parallel_kernels`), in block form or not."""
-        return any(isinstance(layer, (models.Conv2d, BlockConv2d)) and layer.backend == "fast" for layer in self.layers)
-
     def stored_parameters(self) -> int:
         """Weights and biases actually stored (the padding of stacked blocks is not)."""
         return sum(int(self.masks[k].sum()) if k in self.masks else v.size for k, v in self.params.items())
