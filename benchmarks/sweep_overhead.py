@@ -21,9 +21,9 @@ command runs as a fresh process, as a user types it, and is timed by the wall cl
    thread: no process start, import or cluster per run; (4 - 5) / runs is what the sweep itself
    costs a run (its cluster's start shared among the runs).
 
-Then whether a sweep's run is the other runs', bit for bit (seed 0): it is the one-thread runs'
-(each worker runs the same loop); with more OpenBLAS threads it differs, as OpenBLAS's sums
-depend on its thread count.
+Then whether a sweep's run is the other runs', bit for bit (seed 0): it is, whatever their threads
+(each worker runs the same loop, and a fast-set network's passes give the same bits on one
+thread as on all the cores: mpdref.kernels.threads).
 
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset in this process and so in the commands it
 starts, as on a user's machine (benchmarks/blas_env.py; --keep-blas-env keeps them).

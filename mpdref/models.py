@@ -11,8 +11,10 @@ weights are zero (set when the mask is set) and training keeps them zero.
 
 A network computes with one of two op sets, its `backend`: "fast" (the default:
 `mpdref.kernels.fast_ops`, the reference with its data movement compiled) or
-"reference" (`mpdref.ops`, plain NumPy: what an audit reads). The two agree bit for
-bit; ``build(..., backend="reference")`` or ``net.use_backend("reference")`` chooses.
+"reference" (`mpdref.ops`, plain NumPy: what an audit reads). The two agree to rounding
+(bit for bit where both leave every product to BLAS on one thread: a network without
+convolutions at a small batch; `mpdref.kernels.fast_ops` says where they differ);
+``build(..., backend="reference")`` or ``net.use_backend("reference")`` chooses.
 """
 from __future__ import annotations
 
@@ -425,7 +427,7 @@ class Network(LayerStack):
 
 def build(name: str, dtype=np.float32, seed: int = 0, backend: str = "fast") -> Network:
     """A freshly initialized network: ``lenet-300-100``, ``lenet-5`` or ``deep-mnist``, computing with
-    op set `backend` ("fast" or "reference"; the same bits either way)."""
+    op set `backend` ("fast" or "reference"; equal to rounding, see the module's text)."""
     return Network(name, dtype=dtype, seed=seed, backend=backend)
 
 

@@ -1,14 +1,15 @@
-"""A matrix product on Numba's threads, for the dense layers of a network whose convolutions
-run Numba's parallel kernels.
+"""A matrix product on Numba's threads, for the dense layers of every network on the fast set.
 
     c[m, j] = Σ_p a[m, p] · b[p, j]        a (M, K), b (K, N), both row-major
 
-Why not BLAS: a network that runs the direct convolution (`mpdref.kernels.direct_conv`)
-keeps NumPy's BLAS to one thread during its passes (`mpdref.kernels.threads`: two
-spinning thread pools on the same cores slow both), so its dense layers would multiply on
-one core while the other waits. Deep MNIST's fc1 (3136 → 1024) was 8.7 of a 35 ms
-training step on one BLAS thread. Here the same products run on Numba's threads, the pool
-the convolutions already use.
+Why not BLAS: BLAS's sums depend on its threads (OpenBLAS on two threads splits the depth of
+LeNet-300-100's 64 × 784 @ 784 × 300 product in two), so every pass of a fast-set network
+keeps NumPy's BLAS to one thread (`mpdref.kernels.threads`; also: two spinning thread pools
+on the same cores slow both), and its dense layers would multiply on one core while the
+other waits. Deep MNIST's fc1 (3136 → 1024) was 8.7 of a 35 ms training step on one BLAS
+thread. Here the same products run on Numba's threads, the pool the convolutions already
+use, with sums that do not depend on them. (LeNet-300-100's training pays for it: two-thread
+BLAS multiplied its 784 × 300 layer faster.)
 
 The product is a GEMM in the style of Goto and van de Geijn (2008), as in
 `mpdref.kernels.blockdiag`, without packing: the register tile
@@ -37,7 +38,9 @@ TILE_ROWS = CPU_TILE.rows
 #: the tile one vector narrower, for a last panel half as wide: a product whose width is a whole number
 #: of half panels (LeNet-300-100's dw = dyᵀ x, 784 = 24.5 panels of 32 float32) then needs no padded
 #: copy of b and c (40 of its 250 µs at batch 64)
-HALF_TILE = CpuTile(CPU_TILE.rows, CPU_TILE.vector_bytes, CPU_TILE.vectors_per_row // 2)
+#: (both of config.CPU_TILES have two vectors a row; a tile of an odd number would pad whole panels)
+HALF_TILE = (CpuTile(CPU_TILE.rows, CPU_TILE.vector_bytes, CPU_TILE.vectors_per_row // 2)
+             if CPU_TILE.vectors_per_row % 2 == 0 else CPU_TILE)
 half_tile_product = make_gathered_tile_product(HALF_TILE)
 #: bytes of one depth slice of a panel of b (NR columns): half of L1, the product's share
 SLICE_BYTES = 16 * 1024
@@ -106,7 +109,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     m, k = a.shape
     n = b.shape[1]
     nr = tile_columns(a.dtype)
-    half = tile_columns(a.dtype, HALF_TILE)
+    half = tile_columns(a.dtype, HALF_TILE)  # nr itself where the tile cannot be halved
     n_pad = -(-n // half) * half  # whole panels, and a half one at the end where that is enough
     m_pad = -(-m // TILE_ROWS) * TILE_ROWS
     if m == 0 or n == 0 or k == 0:
