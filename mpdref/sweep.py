@@ -491,10 +491,13 @@ def run_points(sweep: Sweep, out: Path, workers: int | None, scheduler: str | No
         print(f"mpdref {command}: running on {where}", file=sys.stderr)
         shared_root = str(out / SHARED_DIR) if share else None
         publish = tuple(sorted(shared_prefixes([p.config for p in sweep.points]))) if share else ()
-        futures = {dask.submit(run_point, str(out / "runs" / p.name), p.config, shared_root, publish,
-                               retries=RETRIES, key=_task_key(out / "runs" / p.name, p.config)): p
-                   for p in leaders_first(todo, publish)}
-        _follow(dask, futures, out, len(sweep.points), {"done": finished, "failed": failed}, progress)
+
+        def submit(p):
+            return dask.submit(run_point, str(out / "runs" / p.name), p.config, shared_root, publish,
+                               retries=RETRIES, key=_task_key(out / "runs" / p.name, p.config))
+
+        _follow(dask, submit, leaders_first(todo, publish), out, len(sweep.points),
+                {"done": finished, "failed": failed}, progress)
 
 
 def leaders_first(points: list, publish) -> list:
@@ -512,19 +515,30 @@ def leaders_first(points: list, publish) -> list:
     return leaders + followers
 
 
-def _follow(client, futures: dict, out: Path, total: int, counts: dict, progress: bool) -> None:
-    """Wait for the runs: one bar over them (done, failed, running) on a terminal, a line per
-    settled run otherwise; `counts`: {"done": n, "failed": n} before these. A task that Dask gave
-    up on (its workers kept dying) is recorded as failed."""
+def _follow(client, submit, points: list, out: Path, total: int, counts: dict, progress: bool) -> None:
+    """Run `points` (`submit(point)` -> a future) and wait for them: one bar over them (done, failed,
+    running) on a terminal, a line per settled run otherwise; `counts`: {"done": n, "failed": n}
+    before these. A task that Dask gave up on (its workers kept dying) is recorded as failed.
+
+    At most as many runs are given to the cluster as its workers have threads, the next one as one
+    settles, in the order of `points`: Dask hands independent tasks to workers as they are
+    submitted, expecting them to take half a second, so a sweep given all at once left one of two
+    workers idle for half an hour while the other held the rest of the runs (mpdref reproduce,
+    session 12). So a run that follows another's shared stages also starts after it has begun."""
     from tqdm import tqdm
 
     settled = sum(counts.values())
     bar = tqdm(total=total, initial=settled, unit="run", desc="sweep", file=sys.stderr, dynamic_ncols=True,
                disable=not (progress and sys.stderr.isatty()))
-    pending = dict(futures)
-    keys = {f.key for f in futures}
+    waiting = list(points)
+    pending = {}
     with bar:
-        while pending:
+        while pending or waiting:
+            slots = max(1, sum(client.nthreads().values())) - len(pending)
+            while waiting and slots > 0:
+                point = waiting.pop(0)
+                pending[submit(point)] = point
+                slots -= 1
             settled_now = [f for f in pending if f.done()]
             for future in settled_now:
                 point = pending.pop(future)
@@ -548,11 +562,7 @@ def _follow(client, futures: dict, out: Path, total: int, counts: dict, progress
                     bar.write(line, file=sys.stderr)
                 bar.update(1)
             if not bar.disable:
-                # a worker holds more tasks than it has threads (Dask's queuing): those beyond wait
-                threads = client.nthreads()
-                running = sum(min(sum(k in keys for k in ks), threads.get(w, 1))
-                              for w, ks in client.processing().items())
-                bar.set_postfix(done=counts["done"], failed=counts["failed"], running=running)
+                bar.set_postfix(done=counts["done"], failed=counts["failed"], running=len(pending))
             if pending and not settled_now:
                 time.sleep(0.2)
 

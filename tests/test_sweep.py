@@ -410,3 +410,56 @@ def test_a_worker_killed_mid_run_resumes_and_the_models_are_bit_identical(tmp_pa
         records = [[{k: v for k, v in json.loads(line).items() if k not in drop}
                     for line in (d / "runs" / name / "log.jsonl").read_text().splitlines()] for d in (reference, out)]
         assert records[0] == records[1]
+
+
+def test_the_cluster_is_given_no_more_runs_than_its_threads(tmp_path, capsys):
+    """Dask hands independent tasks to workers as they come, expecting each to take half a second: a
+    sweep given all at once left one worker idle while the other held the rest. _follow gives the
+    cluster at most as many runs as it has threads, the next as one settles, in the points' order."""
+    from types import SimpleNamespace
+
+    from mpdref import sweep as sweep_module
+
+    class Future:
+        def __init__(self, name):
+            self.name, self.polls = name, 0
+
+        def done(self):
+            self.polls += 1
+            return self.polls > 2
+
+        status = "finished"
+
+        def result(self):
+            return "failed"  # "failed" reads no metrics.json: the test needs no run directory
+
+    class Client:
+        def nthreads(self):
+            return {"tcp://a": 1, "tcp://b": 2}  # 3 threads
+
+    submitted, in_flight = [], []
+    live = set()
+
+    def submit(point):
+        submitted.append(point.name)
+        live.add(point.name)
+        in_flight.append(len(live))
+        future = Future(point.name)
+        original = future.done
+
+        def done():
+            finished = original()
+            if finished:
+                live.discard(point.name)
+            return finished
+
+        future.done = done
+        return future
+
+    points = [SimpleNamespace(name=f"run{i}") for i in range(7)]
+    counts = {"done": 0, "failed": 0}
+    sweep_module._follow(Client(), submit, points, tmp_path, len(points), counts, progress=False)
+    assert submitted == [p.name for p in points]
+    assert max(in_flight) == 3 and in_flight[:3] == [1, 2, 3]
+    assert counts == {"done": 0, "failed": 7}
+    assert capsys.readouterr().err.count("mpdref sweep: [") == 7
