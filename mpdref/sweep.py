@@ -534,8 +534,8 @@ def _follow(client, submit, points: list, out: Path, total: int, counts: dict, p
     pending = {}
     with bar:
         while pending or waiting:
-            slots = max(1, sum(client.nthreads().values())) - len(pending)
-            while waiting and slots > 0:
+            slots = max(1, sum(client.nthreads().values())) - len(pending) if waiting else 0
+            while slots > 0 and waiting:
                 point = waiting.pop(0)
                 pending[submit(point)] = point
                 slots -= 1

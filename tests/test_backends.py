@@ -5,8 +5,9 @@ maxima, in the same order of additions) and in one op's arithmetic: the stride-1
 convolution, which `mpdref.kernels.direct_conv` sums in another order, and the large dense
 products, which `mpdref.kernels.gemm` sums on Numba's threads. So at a small batch (every
 product BLAS's, on one thread in both) a network without convolutions agrees bit for bit,
-logits, losses and every gradient; one with them agrees to rounding (float64 1e-12, float32 1e-5 of the largest value, after the
-rounding differences have passed through every later layer), for the networks, their
+logits, losses and every gradient; one with them agrees to rounding (float64 1e-12, float32
+1e-5 of the largest value, after the rounding differences have passed through every later
+layer), for the networks, their
 MPD-masked versions and their block forms.
 """
 import numpy as np

@@ -420,15 +420,20 @@ def test_the_cluster_is_given_no_more_runs_than_its_threads(tmp_path, capsys):
 
     from mpdref import sweep as sweep_module
 
+    submitted, in_flight = [], []
+    live = set()  # runs submitted and not yet seen done
+
     class Future:
+        status = "finished"
+
         def __init__(self, name):
             self.name, self.polls = name, 0
 
-        def done(self):
+        def done(self):  # done at the third look
             self.polls += 1
+            if self.polls > 2:
+                live.discard(self.name)
             return self.polls > 2
-
-        status = "finished"
 
         def result(self):
             return "failed"  # "failed" reads no metrics.json: the test needs no run directory
@@ -437,24 +442,11 @@ def test_the_cluster_is_given_no_more_runs_than_its_threads(tmp_path, capsys):
         def nthreads(self):
             return {"tcp://a": 1, "tcp://b": 2}  # 3 threads
 
-    submitted, in_flight = [], []
-    live = set()
-
     def submit(point):
         submitted.append(point.name)
         live.add(point.name)
         in_flight.append(len(live))
-        future = Future(point.name)
-        original = future.done
-
-        def done():
-            finished = original()
-            if finished:
-                live.discard(point.name)
-            return finished
-
-        future.done = done
-        return future
+        return Future(point.name)
 
     points = [SimpleNamespace(name=f"run{i}") for i in range(7)]
     counts = {"done": 0, "failed": 0}

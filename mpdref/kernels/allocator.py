@@ -8,9 +8,9 @@ grow: it is the same working set, only not returned between batches.
 
 Every network pass (`mpdref.models.LayerStack`, inference included), `mpdref.train.fit` and
 the block-diagonal product set it, for the whole process: a PyTorch model timed in the same
-process (benchmarks/mpd_inference.py) gets the same setting. Inference needs it as much as training: an MPD Deep MNIST
-forward pass at batch 1024 faulted in 65,000 pages (256 MiB) per call and took 300 ms
-without it, none and 190 ms with it (2-core development machine).
+process (benchmarks/mpd_inference.py) gets the same setting. Inference needs it as much as
+training: an MPD Deep MNIST forward pass at batch 1024 faulted in 65,000 pages (256 MiB) per
+call and took 300 ms without it, none and 190 ms with it (2-core development machine).
 """
 from __future__ import annotations
 
