@@ -133,3 +133,43 @@ def test_a_half_last_panel_gives_the_bits_of_the_padded_product(shape, dtype, rn
     padded = np.zeros((k, -(-n // nr) * nr), dtype=dtype)
     padded[:, :n] = b
     np.testing.assert_array_equal(gemm.matmul(a, b), gemm.matmul(a, padded)[:, :n])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (11, 64, 72, 28), (3, 7, 5, 16), (4, 13, 300, 10), (5, 6, 9, 48),
+                                   (2, 0, 3, 4)])
+def test_batched_matmul_is_matmul_on_each_product(shape, dtype, rng):
+    """B products at once (MPD's stacked blocks): each the bits of `matmul` on that product alone, and
+    NumPy's float64 product to rounding."""
+    batches, m, k, n = shape
+    a = rng.standard_normal((batches, m, k)).astype(dtype)
+    b = rng.standard_normal((batches, k, n)).astype(dtype)
+    c = gemm.batched_matmul(a, b)
+    assert c.shape == (batches, m, n) and c.dtype == dtype and c.flags.c_contiguous
+    for i in range(batches):
+        np.testing.assert_array_equal(c[i], gemm.matmul(a[i], b[i]))
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    assert_close(c, expected, rtol=0, atol=max_norm_atol(TOL[dtype] * max(1.0, np.sqrt(k)), expected),
+                 name="batched_matmul")
+
+
+def test_batched_matmul_gives_the_same_bits_whatever_the_threads(rng):
+    a = rng.standard_normal((11, 300, 72)).astype(np.float32)
+    b = rng.standard_normal((11, 72, 28)).astype(np.float32)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for count in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(count)
+            results.append(gemm.batched_matmul(a, b))
+    finally:
+        numba.set_num_threads(before)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+def test_batched_matmul_names_what_does_not_multiply():
+    with pytest.raises(ValueError, match=r"\(2, 3, 4\).*\(3, 4, 5\)"):
+        gemm.batched_matmul(np.zeros((2, 3, 4)), np.zeros((3, 4, 5)))
+    with pytest.raises(ValueError, match="batched_matmul"):
+        gemm.batched_matmul(np.zeros((3, 4)), np.zeros((4, 5)))

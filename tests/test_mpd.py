@@ -468,6 +468,49 @@ def test_mpd_after_dense_training_fine_tunes_without_rescaling(tmp_path, mnist_d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_block_layer_in_a_numba_pass_equals_the_reference_and_ignores_the_threads(dtype, rng):
+    """Inside numba_pass the fast set's block layer multiplies its stacked blocks on Numba's threads
+    (kernels.gemm.batched_matmul, where not small): the reference's products to rounding, and the same
+    bits on one thread as on all."""
+    import numba
+
+    from mpdref.kernels import fast_ops, gemm, threads
+    from mpdref.mpd import BlockDense
+    from mpdref.ops import block
+
+    n, k, col_sizes, row_sizes = 300, 11, (72,) * 10 + (64,), (28,) * 10 + (20,)  # MPD LeNet-300-100's fc1
+    cols, rows, c_max, r_max = sum(col_sizes), sum(row_sizes), 72, 28
+    assert not gemm.is_small(k * n, c_max, r_max)
+    layer = BlockDense("fc", k, rng.permutation(cols), row_sizes, col_sizes)
+    x = rng.standard_normal((n, cols)).astype(dtype)
+    w = rng.standard_normal((k, r_max, c_max)).astype(dtype)
+    for b, (r, c) in enumerate(zip(row_sizes, col_sizes)):
+        w[b, r:], w[b, :, c:] = 0, 0  # the padding, zero as BlockNetwork's masks keep it
+    bias = rng.standard_normal(rows).astype(dtype)
+    dout = rng.standard_normal((n, rows)).astype(dtype)
+    gather, valid = layer.padded_gather, layer.valid_rows
+    y_ref, cache_ref = block.block_dense_forward(x, w, bias, gather, valid)
+    want = [y_ref, *block.block_dense_backward(dout, cache_ref)]
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for count in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(count)
+            with threads.numba_pass():
+                y, cache = fast_ops.block_dense_forward(x, w, bias, gather, valid)
+                results.append([y, *fast_ops.block_dense_backward(dout, cache)])
+    finally:
+        numba.set_num_threads(before)
+    tol = 2e-6 if dtype == np.float32 else 1e-14
+    for name, got, expected in zip(["y", "dx", "dw", "db"], results[0], want):
+        assert got.shape == expected.shape and got.dtype == dtype, name
+        assert_close(got, expected, rtol=0, atol=max_norm_atol(tol * np.sqrt(n), expected), name=name)
+    for other in results[1:]:
+        for got, first in zip(other, results[0]):
+            np.testing.assert_array_equal(got, first)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_block_layout_kernels_equal_the_reference_ops(dtype, rng):
     from mpdref.kernels import fast_ops
     from mpdref.mpd import BlockDense

@@ -6,9 +6,10 @@ reference op with that kernel put in: the arithmetic (the matrix products, the s
 is the reference's own, so the two sets agree bit for bit (the tests hold them to it).
 Two exceptions compute the same sums in another order, equal to the reference to
 rounding: the stride-1 convolution (`mpdref.kernels.direct_conv`, forward and backward;
-both held to the loop oracle of tests/naive.py), and a dense layer's large products inside
-a pass on Numba's threads (`mpdref.kernels.threads.numba_pass`, every pass of a network on
-this set), which `mpdref.kernels.gemm` computes there instead of BLAS. Every other op
+both held to the loop oracle of tests/naive.py), and a dense layer's large products and the
+block form's large stacked products inside a pass on Numba's threads
+(`mpdref.kernels.threads.numba_pass`, every pass of a network on this set), which
+`mpdref.kernels.gemm` computes there instead of BLAS. Every other op
 is the reference itself. A network takes this set by default and the
 reference with ``backend="reference"`` (`mpdref.models.build`).
 """
@@ -168,13 +169,23 @@ def _scatter_blocks(dxs, padded_gather, cols):
     return dx
 
 
+def _stacked_matmul(a, b):
+    """The stacked product of the block form: inside `threads.numba_pass()` on Numba's threads
+    (`kernels.gemm.batched_matmul`) unless small (`gemm.is_small` of all k products), else NumPy's."""
+    if not threads.in_numba_pass() or gemm.is_small(a.shape[0] * a.shape[1], a.shape[2], b.shape[2]):
+        return np.matmul(a, b)
+    return gemm.batched_matmul(a, b)
+
+
 def block_dense_forward(x, w, b, padded_gather, valid_rows):
-    """`mpdref.ops.block_dense_forward` with the gather and the bias pass in `kernels.cpu`."""
+    """`mpdref.ops.block_dense_forward` with the gather and the bias pass in `kernels.cpu`, and inside
+    `threads.numba_pass()` the stacked product on Numba's threads (`_stacked_matmul`)."""
     return block.block_dense_forward(x, w, b, padded_gather, valid_rows, gather_blocks=_gather_blocks,
-                                     rows_from_blocks=_rows_from_blocks)
+                                     rows_from_blocks=_rows_from_blocks, matmul=_stacked_matmul)
 
 
 def block_dense_backward(dout, cache, need_dx=True):
-    """`mpdref.ops.block_dense_backward` with the two layout moves in `kernels.cpu`."""
+    """`mpdref.ops.block_dense_backward` with the two layout moves in `kernels.cpu`, and the stacked
+    products as in block_dense_forward."""
     return block.block_dense_backward(dout, cache, need_dx, blocks_from_rows=_blocks_from_rows,
-                                      scatter_blocks=_scatter_blocks)
+                                      scatter_blocks=_scatter_blocks, matmul=_stacked_matmul)

@@ -27,6 +27,8 @@ only. Held to NumPy's product in tests/test_gemm.py.
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numba import prange
@@ -73,14 +75,18 @@ def is_small(m: int, k: int, n: int) -> bool:
 
 
 @numba.njit(**PARALLEL)
-def _gemm(a, a_rows, b, ldb, c, ldc, nr, panels, depth, slice_depth, chunks, by_rows, half_last):
-    """c[m·ldc + j] = Σ_p a[a_rows[m] + p] · b[p·ldb + j] for m < len(a_rows), j < panels · nr (the
-    last panel nr / 2 wide with `half_last`). The work, (row tiles) × (panels), is cut into `chunks`
-    runs of row tiles (by_rows) or of panels, one per unit of work; within one, slice by slice of the
-    depth, every tile."""
+def _gemm(a, a_rows, a_batch, b, ldb, b_batch, c, ldc, c_batch, nr, panels, depth, slice_depth, batches, chunks,
+          by_rows, half_last):
+    """For each product i < batches: c[i·c_batch + m·ldc + j] = Σ_p a[i·a_batch + a_rows[m] + p] ·
+    b[i·b_batch + p·ldb + j] for m < len(a_rows), j < panels · nr (the last panel nr / 2 wide with
+    `half_last`). The work of each product, (row tiles) × (panels), is cut into `chunks` runs of row
+    tiles (by_rows) or of panels; the units of work are the (product, chunk) pairs. Within one, slice
+    by slice of the depth, every tile."""
     tiles = len(a_rows) // TILE_ROWS
     steps = np.arange(slice_depth) * ldb
-    for chunk in prange(chunks):
+    for unit in prange(batches * chunks):
+        i, chunk = unit // chunks, unit % chunks
+        a0, b0, c0 = i * a_batch, i * b_batch, i * c_batch
         if by_rows:
             t0, t1 = chunk * tiles // chunks, (chunk + 1) * tiles // chunks
             q0, q1 = 0, panels
@@ -92,11 +98,11 @@ def _gemm(a, a_rows, b, ldb, c, ldc, nr, panels, depth, slice_depth, chunks, by_
             for q in range(q0, q1):
                 for t in range(t0, t1):
                     if half_last and q == panels - 1:
-                        half_tile_product(a, k0, a_rows, t * TILE_ROWS, b, k0 * ldb + q * nr, steps,
-                                          c, t * TILE_ROWS * ldc + q * nr, ldc, d, k0 > 0)
+                        half_tile_product(a, a0 + k0, a_rows, t * TILE_ROWS, b, b0 + k0 * ldb + q * nr, steps,
+                                          c, c0 + t * TILE_ROWS * ldc + q * nr, ldc, d, k0 > 0)
                     else:
-                        gathered_tile_product(a, k0, a_rows, t * TILE_ROWS, b, k0 * ldb + q * nr, steps,
-                                              c, t * TILE_ROWS * ldc + q * nr, ldc, d, k0 > 0)
+                        gathered_tile_product(a, a0 + k0, a_rows, t * TILE_ROWS, b, b0 + k0 * ldb + q * nr, steps,
+                                              c, c0 + t * TILE_ROWS * ldc + q * nr, ldc, d, k0 > 0)
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -104,29 +110,46 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     of one float dtype. Equals `a @ b` to rounding, and the same bits whatever the threads."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0] or a.dtype != b.dtype:
         raise ValueError(f"gemm.matmul: a {a.shape} {a.dtype} and b {b.shape} {b.dtype} do not multiply")
+    return _products(a[None], b[None])[0]
+
+
+def batched_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (B, M, K) @ b (B, K, N) -> (B, M, N), C-contiguous: B products as `matmul` computes one (each
+    product's outputs the same running sums, so the bits of `matmul` on that product), all B on
+    Numba's threads at once (the stacked blocks of MPD's block form: k small products)."""
+    if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1] or a.dtype != b.dtype:
+        raise ValueError(f"gemm.batched_matmul: a {a.shape} {a.dtype} and b {b.shape} {b.dtype} do not multiply")
+    return _products(a, b)
+
+
+def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.dtype not in (np.float32, np.float64):
         raise TypeError(f"gemm.matmul: float32 or float64, not {a.dtype}")
-    m, k = a.shape
-    n = b.shape[1]
+    batches, m, k = a.shape
+    n = b.shape[2]
     nr = tile_columns(a.dtype)
     half = tile_columns(a.dtype, HALF_TILE)  # nr itself where the tile cannot be halved
     n_pad = -(-n // half) * half  # whole panels, and a half one at the end where that is enough
     m_pad = -(-m // TILE_ROWS) * TILE_ROWS
-    if m == 0 or n == 0 or k == 0:
-        return np.zeros((m, n), dtype=a.dtype)
+    if batches == 0 or m == 0 or n == 0 or k == 0:
+        return np.zeros((batches, m, n), dtype=a.dtype)
     a = np.ascontiguousarray(a)
     if n_pad == n:
         b = np.ascontiguousarray(b)
     else:  # the last panel reads its whole width: give it zeros to read
-        b_padded = np.zeros((k, n_pad), dtype=a.dtype)
-        b_padded[:, :n] = b
+        b_padded = np.zeros((batches, k, n_pad), dtype=a.dtype)
+        b_padded[:, :, :n] = b
         b = b_padded
     a_rows = np.minimum(np.arange(m_pad), m - 1).astype(np.int64) * k  # rows past M read row M − 1; dropped
-    c = np.empty((m_pad, n_pad), dtype=a.dtype)
+    c = np.empty((batches, m_pad, n_pad), dtype=a.dtype)
     tiles, panels = m_pad // TILE_ROWS, -(-n_pad // nr)
     by_rows = tiles >= panels
-    chunks = max(1, min(tiles if by_rows else panels, numba.get_num_threads()))
+    threads = numba.get_num_threads()
+    # enough chunks that the units of work (products × chunks) share out evenly between the threads
+    chunks = max(1, min(tiles if by_rows else panels, threads // math.gcd(batches, threads)))
     slice_depth = max(1, SLICE_BYTES // (nr * a.itemsize))
-    _gemm(a.reshape(-1), a_rows, b.reshape(-1), n_pad, c.reshape(-1), n_pad, nr, panels, k, min(slice_depth, k),
-          chunks, by_rows, n_pad % nr != 0)
-    return c[:m] if n_pad == n else np.ascontiguousarray(c[:m, :n])  # C order either way
+    _gemm(a.reshape(-1), a_rows, m * k, b.reshape(-1), n_pad, k * n_pad, c.reshape(-1), n_pad, m_pad * n_pad, nr,
+          panels, k, min(slice_depth, k), batches, chunks, by_rows, n_pad % nr != 0)
+    if n_pad == n and (m_pad == m or batches == 1):
+        return c[:, :m]  # C order: whole rows of each product
+    return np.ascontiguousarray(c[:, :m, :n])

@@ -70,35 +70,38 @@ def scatter_blocks(dxs: np.ndarray, padded_gather: np.ndarray, cols: int) -> np.
 
 
 def block_dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, padded_gather: np.ndarray,
-                        valid_rows: np.ndarray, gather_blocks=gather_blocks, rows_from_blocks=rows_from_blocks):
+                        valid_rows: np.ndarray, gather_blocks=gather_blocks, rows_from_blocks=rows_from_blocks,
+                        matmul=np.matmul):
     """x (N, cols), w (k, R, C) zero-padded blocks, b (rows,) in block order -> y (N, rows), cache:
 
         xs[b] = gathered columns of block b (N, C);   ys[b] = xs[b] · w[b]ᵀ (N, R);   y = ys's valid rows + b
 
-    `gather_blocks`, `rows_from_blocks`: the data movement (this module's, or compiled equals)."""
+    `gather_blocks`, `rows_from_blocks`: the data movement (this module's, or compiled equals); `matmul`:
+    the stacked product (NumPy's, or one on other threads, equal to rounding)."""
     common_float_dtype("block_dense_forward", x=x, w=w, b=b)
     k, r_max, c_max = w.shape
     if x.ndim != 2 or padded_gather.shape != (k * c_max,) or b.shape != valid_rows.shape:
         raise ValueError(f"block_dense_forward: shapes do not fit: x {x.shape}, w {w.shape}, b {b.shape}, "
                          f"padded_gather {padded_gather.shape}, valid_rows {valid_rows.shape}")
     xs = gather_blocks(np.ascontiguousarray(x), padded_gather, k)  # (k, N, C)
-    ys = np.matmul(xs, w.transpose(0, 2, 1))  # (k, N, R)
+    ys = matmul(xs, w.transpose(0, 2, 1))  # (k, N, R)
     return rows_from_blocks(ys, valid_rows, b), (xs, w, padded_gather, valid_rows, x.shape[1])
 
 
 def block_dense_backward(dout: np.ndarray, cache, need_dx: bool = True, blocks_from_rows=blocks_from_rows,
-                         scatter_blocks=scatter_blocks):
+                         scatter_blocks=scatter_blocks, matmul=np.matmul):
     """dout (N, rows) -> (dx (N, cols) or None, dw (k, R, C), db (rows,)):
 
         dys = dout in block layout (k, N, R);   dw[b] = dys[b]ᵀ · xs[b];   db = Σ_n dout
         dx = the gathered dxs[b] = dys[b] · w[b] scattered back to the input's columns
 
-    dw is zero on the padding (its rows of dys and columns of xs are zero)."""
+    dw is zero on the padding (its rows of dys and columns of xs are zero). `blocks_from_rows`,
+    `scatter_blocks`, `matmul`: as in block_dense_forward."""
     xs, w, padded_gather, valid_rows, cols = cache
     k, r_max, _ = w.shape
     dys = blocks_from_rows(np.ascontiguousarray(dout), valid_rows, k, r_max)  # (k, N, R)
-    dw = np.matmul(dys.transpose(0, 2, 1), xs)  # (k, R, C)
+    dw = matmul(dys.transpose(0, 2, 1), xs)  # (k, R, C)
     db = dout.sum(axis=0)
     if not need_dx:
         return None, dw, db
-    return scatter_blocks(np.matmul(dys, w), padded_gather, cols), dw, db
+    return scatter_blocks(matmul(dys, w), padded_gather, cols), dw, db
