@@ -19,6 +19,8 @@ depth is cut into slices of about SLICE_BYTES of a panel of b (NR columns), so t
 slice stays in L1 while every tile of rows of a passes over it; the rows of a that a thread
 works on stay in L2 across the panels. The threads share the tiles of rows of a, or the
 panels of b where there are more of those (a product with a short a, like dy·w at batch 64).
+`batched_matmul` computes B such products at once (MPD's block form: one per block), the
+threads sharing (product, tiles) pairs.
 
 Each output is one running sum over p = 0, 1, ..., K − 1 in order (the slices add to what
 the tile stored: the same float additions in the same order), so the result does not depend
