@@ -496,8 +496,34 @@ def run_points(sweep: Sweep, out: Path, workers: int | None, scheduler: str | No
             return dask.submit(run_point, str(out / "runs" / p.name), p.config, shared_root, publish,
                                retries=RETRIES, key=_task_key(out / "runs" / p.name, p.config))
 
-        _follow(dask, submit, leaders_first(todo, publish), out, len(sweep.points),
+        _follow(dask, submit, leaders_first(longest_first(todo), publish), out, len(sweep.points),
                 {"done": finished, "failed": failed}, progress)
+
+
+#: a training epoch of each network relative to LeNet-300-100's, to order runs by their length
+#: (`python benchmarks/train_speed.py`, session 13: 0.61 s, 7.34 s and 24.83 s an epoch)
+EPOCH_COST = {"lenet-300-100": 1, "lenet-5": 12, "deep-mnist": 41}
+
+
+def estimated_cost(config: dict) -> float:
+    """A run's length in LeNet-300-100 training epochs, from its resolved config: each training stage's
+    epochs (an ADMM stage's updates x epochs_per_update; a teacher stage's on its own network) times
+    the network's EPOCH_COST. Only an ordering: stages without epochs (pruning, encoding) count 0."""
+    own = EPOCH_COST.get(config["experiment"]["model"], 1)
+    total = 0.0
+    for stage in config["stages"]:
+        epochs = stage.get("epochs") or stage.get("updates", 0) * stage.get("epochs_per_update", 1)
+        total += (epochs or 0) * EPOCH_COST.get(stage.get("model"), own)
+    return total
+
+
+def longest_first(points: list) -> list:
+    """`points` from the longest run to the shortest (estimated_cost; ties keep their order): Dask
+    starts tasks in the order given, and the longest run started last is what keeps one worker busy
+    after the others are done (a full `mpdref reproduce` ran its longest chain, progressive ADMM then
+    quantization, among the last). Within a group sharing first stages (leaders_first), the longest
+    run then leads and publishes the stages the shorter ones begin from."""
+    return sorted(points, key=lambda p: -estimated_cost(p.config))
 
 
 def leaders_first(points: list, publish) -> list:

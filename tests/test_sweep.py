@@ -322,6 +322,32 @@ def test_one_run_of_each_group_that_shares_stages_is_given_to_dask_first(tmp_pat
     assert leaders_first(sweep.points, ()) == list(sweep.points)
 
 
+def test_the_longest_runs_are_given_to_dask_first_and_lead_their_group(tmp_path):
+    """Longest processing time first: the runs go to Dask by their estimated length, so the longest does
+    not start last; of runs that share their first stages, the longest runs them and publishes them."""
+    from mpdref.runner.shared import shared_prefixes
+    from mpdref.sweep import estimated_cost, leaders_first, longest_first
+
+    base = BASE.replace('type = "encode"', 'type = "train"\nname = "retrain"\nepochs = 1\nbatch_size = 32\nlr = 0.01')
+    (tmp_path / "base.toml").write_text(base.format(root="/nowhere", train_limit=320, epochs=2))
+    (tmp_path / "sweep.toml").write_text('config = "base.toml"\n[grid]\n"stages[2].epochs" = [1, 5, 3]\n'
+                                         '[[points]]\n"experiment.seed" = 1\n"stages[0].epochs" = 4\n')
+    sweep = load_sweep(tmp_path / "sweep.toml")
+    assert [estimated_cost(p.config) for p in sweep.points] == [3, 7, 5, 5]  # dense epochs + retraining epochs
+    ordered = longest_first(list(sweep.points))
+    assert [p.name for p in ordered] == [sweep.points[i].name for i in (1, 2, 3, 0)]  # ties keep their order
+    publish = shared_prefixes([p.config for p in sweep.points])
+    assert publish  # seed 0's three runs share their dense training and pruning
+    names = [p.name for p in leaders_first(ordered, publish)]
+    assert names == [sweep.points[i].name for i in (1, 3, 2, 0)]  # the 7-epoch run leads seed 0's group
+    # a teacher stage counts on its own network; LeNet-5's epochs cost more than LeNet-300-100's
+    config = {"experiment": {"model": "lenet-300-100"},
+              "stages": [{"type": "teacher", "model": "lenet-5", "epochs": 2}, {"type": "admm_prune", "updates": 3,
+                                                                                  "epochs_per_update": 2},
+                         {"type": "encode"}]}
+    assert estimated_cost(config) == 2 * 12 + 6
+
+
 @pytest.mark.mnist
 @pytest.mark.slow
 def test_runs_that_begin_alike_share_their_first_stages_and_end_with_their_own_bits(capsys, tmp_path, mnist_dir):
