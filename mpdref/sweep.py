@@ -67,6 +67,7 @@ from mpdref.runner.config import ConfigError, config_digest, resolve_config
 from mpdref.runner.files import RunDirectoryError, read_json, write_json
 from mpdref.runner.report import format_table, percent
 from mpdref.runner.shared import SharedStages, prefix_keys, shared_prefixes
+from mpdref.train import DEFAULT_RECIPES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -507,12 +508,15 @@ EPOCH_COST = {"lenet-300-100": 1, "lenet-5": 12, "deep-mnist": 41}
 
 def estimated_cost(config: dict) -> float:
     """A run's length in LeNet-300-100 training epochs, from its resolved config: each training stage's
-    epochs (an ADMM stage's updates x epochs_per_update; a teacher stage's on its own network) times
-    the network's EPOCH_COST. Only an ordering: stages without epochs (pruning, encoding) count 0."""
+    epochs (an ADMM stage's updates x epochs_per_update; a teacher stage's on its own network, its
+    recipe's where the stage leaves them unset) times the network's EPOCH_COST. Only an ordering:
+    stages without epochs (pruning, encoding) count 0."""
     own = EPOCH_COST.get(config["experiment"]["model"], 1)
     total = 0.0
     for stage in config["stages"]:
         epochs = stage.get("epochs") or stage.get("updates", 0) * stage.get("epochs_per_update", 1)
+        if stage.get("type") == "teacher" and not epochs and stage.get("model") in DEFAULT_RECIPES:
+            epochs = DEFAULT_RECIPES[stage["model"]].epochs
         total += (epochs or 0) * EPOCH_COST.get(stage.get("model"), own)
     return total
 

@@ -153,7 +153,21 @@ def test_batched_matmul_is_matmul_on_each_product(shape, dtype, rng):
                  name="batched_matmul")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batched_matmul_takes_transposed_views(dtype, rng):
+    """The block form hands it transposed stacks (w's blocks, dy's): views that are not C-contiguous, of
+    a width that needs padding to whole panels."""
+    a = rng.standard_normal((5, 9, 13)).astype(dtype)  # used as (5, 13, 9)
+    b = rng.standard_normal((5, 28, 9)).astype(dtype)  # used as (5, 9, 28): 28 pads to a panel
+    c = gemm.batched_matmul(a.transpose(0, 2, 1), b.transpose(0, 2, 1))
+    expected = a.transpose(0, 2, 1).astype(np.float64) @ b.transpose(0, 2, 1).astype(np.float64)
+    assert c.shape == (5, 13, 28) and c.flags.c_contiguous
+    assert_close(c, expected, rtol=0, atol=max_norm_atol(TOL[dtype] * 3, expected), name="batched_matmul")
+
+
 def test_batched_matmul_gives_the_same_bits_whatever_the_threads(rng):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one thread: nothing to compare")
     a = rng.standard_normal((11, 300, 72)).astype(np.float32)
     b = rng.standard_normal((11, 72, 28)).astype(np.float32)
     before = numba.get_num_threads()

@@ -468,7 +468,7 @@ def test_mpd_after_dense_training_fine_tunes_without_rescaling(tmp_path, mnist_d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fast_block_layer_in_a_numba_pass_equals_the_reference_and_ignores_the_threads(dtype, rng):
+def test_fast_block_layer_in_a_numba_pass_equals_the_reference_and_ignores_the_threads(dtype, rng, monkeypatch):
     """Inside numba_pass the fast set's block layer multiplies its stacked blocks on Numba's threads
     (kernels.gemm.batched_matmul, where not small): the reference's products to rounding, and the same
     bits on one thread as on all."""
@@ -481,6 +481,11 @@ def test_fast_block_layer_in_a_numba_pass_equals_the_reference_and_ignores_the_t
     n, k, col_sizes, row_sizes = 300, 11, (72,) * 10 + (64,), (28,) * 10 + (20,)  # MPD LeNet-300-100's fc1
     cols, rows, c_max, r_max = sum(col_sizes), sum(row_sizes), 72, 28
     assert not gemm.is_small(k * n, c_max, r_max)
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one thread: nothing to compare")
+    calls = []
+    batched = gemm.batched_matmul
+    monkeypatch.setattr(gemm, "batched_matmul", lambda a, b: calls.append(a.shape) or batched(a, b))
     layer = BlockDense("fc", k, rng.permutation(cols), row_sizes, col_sizes)
     x = rng.standard_normal((n, cols)).astype(dtype)
     w = rng.standard_normal((k, r_max, c_max)).astype(dtype)
@@ -501,6 +506,7 @@ def test_fast_block_layer_in_a_numba_pass_equals_the_reference_and_ignores_the_t
                 results.append([y, *fast_ops.block_dense_backward(dout, cache)])
     finally:
         numba.set_num_threads(before)
+    assert len(calls) == 3 * len(results)  # y, dw and dx of each pass on Numba's threads
     tol = 2e-6 if dtype == np.float32 else 1e-14
     for name, got, expected in zip(["y", "dx", "dw", "db"], results[0], want):
         assert got.shape == expected.shape and got.dtype == dtype, name
@@ -538,6 +544,11 @@ def test_block_layout_kernels_equal_the_reference_ops(dtype, rng):
     for fast, reference in pairs:  # data movement only, and the same products: the same bits
         assert fast.dtype == reference.dtype == dtype
         np.testing.assert_array_equal(fast, reference)
+    # the compiled moves write every element they own: the padding rows too (into a buffer of NaN)
+    from mpdref.kernels import cpu
+    dys = np.full((k, n, r_max), np.nan, dtype)
+    cpu.blocks_from_rows(dout, valid, dys)
+    np.testing.assert_array_equal(dys, block.blocks_from_rows(dout, valid, k, r_max))
     # the padding reads zeros and its gradient is dropped: the layer is the product of the blocks alone
     blocks = [w[b, :r, :c] for b, (r, c) in enumerate(zip(row_sizes, col_sizes))]
     expected = block.block_diagonal_matmul(blocks, x[:, layer.gather])

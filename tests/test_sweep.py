@@ -346,6 +346,8 @@ def test_the_longest_runs_are_given_to_dask_first_and_lead_their_group(tmp_path)
                                                                                   "epochs_per_update": 2},
                          {"type": "encode"}]}
     assert estimated_cost(config) == 2 * 12 + 6
+    config["stages"][0]["epochs"] = None  # unset: the teacher network's recipe (LeNet-5: 20 epochs)
+    assert estimated_cost(config) == 20 * 12 + 6
 
 
 @pytest.mark.mnist
