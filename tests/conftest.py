@@ -49,6 +49,22 @@ except ImportError:
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed (pip install -e '.[crosscheck]')")
 
 
+def on_each_thread_count(compute):
+    """[compute() on one Numba thread, then on all of them] (one result where there is one thread), the
+    process's thread count restored after: for tests that a kernel's bits do not depend on its threads."""
+    import numba
+
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for count in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(count)
+            results.append(compute())
+    finally:
+        numba.set_num_threads(before)
+    return results
+
+
 class Interrupted(Exception):
     """Stands for a crash or Ctrl-C right after a checkpoint was written."""
 

@@ -6,6 +6,7 @@ import pytest
 
 import naive
 from compare import assert_close, max_norm_atol
+from conftest import on_each_thread_count
 from mpdref.kernels import direct_conv, fast_ops
 from mpdref.kernels.config import CPU_TILES
 from mpdref.kernels.intrinsics import make_gathered_tile_product, tile_columns
@@ -138,18 +139,10 @@ def test_an_image_gives_the_same_bits_in_any_batch(rng):
 
 
 def test_the_weight_gradient_sums_the_images_in_order_whatever_the_threads(rng):
-    import numba
-
     x, w, b, padding = _case((7, 5, 12, 12, 11, 5, 2), np.float32, rng)
     d = rng.standard_normal((7, 11, 12, 12)).astype(np.float32)
     padded = direct_conv.Padded(x, 5, 5, padding)
-    results = []
-    for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-        numba.set_num_threads(threads)
-        try:
-            results.append(direct_conv.conv2d_parameter_gradients(d, padded, w.shape))
-        finally:
-            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    results = on_each_thread_count(lambda: direct_conv.conv2d_parameter_gradients(d, padded, w.shape))
     for other in results[1:]:
         np.testing.assert_array_equal(other[0], results[0][0])  # dw
         np.testing.assert_array_equal(other[1], results[0][1])  # db

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from compare import assert_close, max_norm_atol
+from conftest import on_each_thread_count
 from mpdref.kernels import fast_ops, gemm, threads
 from mpdref.kernels.intrinsics import tile_columns
 from mpdref.ops import dense
@@ -54,14 +55,7 @@ def test_matmul_gives_the_same_bits_whatever_the_threads_and_slices(shape, rng, 
     m, k, n = shape
     a = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal((k, n)).astype(np.float32)
-    before = numba.get_num_threads()
-    results = []
-    try:
-        for count in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(count)
-            results.append(gemm.matmul(a, b))
-    finally:
-        numba.set_num_threads(before)
+    results = on_each_thread_count(lambda: gemm.matmul(a, b))
     monkeypatch.setattr(gemm, "SLICE_BYTES", 5 * a.itemsize * tile_columns(a.dtype))  # slices of 5 steps
     results.append(gemm.matmul(a, b))
     for other in results[1:]:
@@ -170,14 +164,7 @@ def test_batched_matmul_gives_the_same_bits_whatever_the_threads(rng):
         pytest.skip("one thread: nothing to compare")
     a = rng.standard_normal((11, 300, 72)).astype(np.float32)
     b = rng.standard_normal((11, 72, 28)).astype(np.float32)
-    before = numba.get_num_threads()
-    results = []
-    try:
-        for count in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(count)
-            results.append(gemm.batched_matmul(a, b))
-    finally:
-        numba.set_num_threads(before)
+    results = on_each_thread_count(lambda: gemm.batched_matmul(a, b))
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
 

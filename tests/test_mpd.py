@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 import naive
 from compare import assert_close, max_norm_atol
-from conftest import assert_resume_is_bit_identical
+from conftest import assert_resume_is_bit_identical, on_each_thread_count
 from mpdref.mpd import block_diagonal_matmul, block_structure, mpd_mask, split_bounds
 
 
@@ -496,16 +496,13 @@ def test_fast_block_layer_in_a_numba_pass_equals_the_reference_and_ignores_the_t
     gather, valid = layer.padded_gather, layer.valid_rows
     y_ref, cache_ref = block.block_dense_forward(x, w, bias, gather, valid)
     want = [y_ref, *block.block_dense_backward(dout, cache_ref)]
-    before = numba.get_num_threads()
-    results = []
-    try:
-        for count in sorted({1, numba.config.NUMBA_NUM_THREADS}):
-            numba.set_num_threads(count)
-            with threads.numba_pass():
-                y, cache = fast_ops.block_dense_forward(x, w, bias, gather, valid)
-                results.append([y, *fast_ops.block_dense_backward(dout, cache)])
-    finally:
-        numba.set_num_threads(before)
+
+    def one_pass():
+        with threads.numba_pass():
+            y, cache = fast_ops.block_dense_forward(x, w, bias, gather, valid)
+            return [y, *fast_ops.block_dense_backward(dout, cache)]
+
+    results = on_each_thread_count(one_pass)
     assert len(calls) == 3 * len(results)  # y, dw and dx of each pass on Numba's threads
     tol = 2e-6 if dtype == np.float32 else 1e-14
     for name, got, expected in zip(["y", "dx", "dw", "db"], results[0], want):

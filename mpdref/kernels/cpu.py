@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
 from numba import prange
 
 from mpdref.kernels.config import PARALLEL, SERIAL

@@ -126,7 +126,7 @@ def batched_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"gemm.matmul: float32 or float64, not {a.dtype}")
+        raise TypeError(f"gemm: float32 or float64, not {a.dtype}")
     batches, m, k = a.shape
     n = b.shape[2]
     nr = tile_columns(a.dtype)
