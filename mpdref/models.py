@@ -242,8 +242,10 @@ class LayerStack(Classifier):
         LeNet-300-100's 64 × 784 @ 784 × 300 product between them)."""
         return any(layer.backend == "fast" for layer in self.layers)
 
-    def _threads(self):
-        """The thread-pool setting of a pass (see numba_threads)."""
+    def pass_threads(self):
+        """The thread-pool setting of a pass (see numba_threads), as a context. Every pass enters it; a
+        caller that runs many passes may hold it around them all (`mpdref.train.fit` does, for each
+        epoch's steps), so that it is set once, not twice a step."""
         if not self.numba_threads:
             return contextlib.nullcontext()
         from mpdref.kernels.threads import numba_pass
@@ -254,7 +256,7 @@ class LayerStack(Classifier):
         """The last layer's output and every layer's cache."""
         reuse_freed_memory()  # once per process: the next pass reuses this one's freed arrays (see there)
         caches = []
-        with self._threads():
+        with self.pass_threads():
             for layer in self.layers:
                 x, cache = layer.forward(self.params, x, train, self.rng)
                 caches.append(cache)
@@ -264,7 +266,7 @@ class LayerStack(Classifier):
         """Gradients of every parameter, keyed like params, from the gradient of the last output."""
         grads = {}
         first = next(i for i, layer in enumerate(self.layers) if hasattr(layer, "parameter_shapes"))
-        with self._threads():
+        with self.pass_threads():
             for i in range(len(self.layers) - 1, first - 1, -1):
                 # The input needs no gradient: the first layer with parameters skips dx.
                 dout, layer_grads = self.layers[i].backward(dout, caches[i], need_dx=i > first)

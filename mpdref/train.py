@@ -219,7 +219,7 @@ def fit(
                    # None: tqdm's own test, no bar where stderr is not a terminal (a log file, a
                    # pipe), in which each redraw would be one more line; the epoch lines stay
                    disable=None if progress else True, leave=False, file=sys.stderr, dynamic_ncols=True)
-        with bar:
+        with bar, net.pass_threads():
             for b in range(steps_per_epoch):
                 idx = order[b * recipe.batch_size : (b + 1) * recipe.batch_size]
                 xb, yb = x_train[idx], y_train[idx]

@@ -62,12 +62,21 @@ def test_matmul_gives_the_same_bits_whatever_the_threads_and_slices(shape, rng, 
         np.testing.assert_array_equal(other, results[0])
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (64, 1024), (33, 65)])
-def test_transposed_is_the_transpose(shape, rng):
-    a = rng.standard_normal(shape).astype(np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (64, 1024), (33, 65), (300, 64), (1030, 301), (17, 9000)])
+def test_transposed_is_the_transpose(shape, dtype, rng):
+    """Both ways of cutting the work (bands of whole rows below SMALL_TRANSPOSE elements, blocks above;
+    the last three shapes take the blocks, with rows and columns past the last whole unit), with and
+    without the per-row addend, against NumPy's copy and NumPy's addition, bit for bit."""
+    a = rng.standard_normal(shape).astype(dtype)
+    addend = rng.standard_normal(shape[0]).astype(dtype)
+    assert (a.size > gemm.SMALL_TRANSPOSE) == (shape in [(1030, 301), (17, 9000)])
     t = gemm.transposed(a)
-    assert t.flags.c_contiguous
+    assert t.flags.c_contiguous and t.dtype == dtype
     np.testing.assert_array_equal(t, a.T)
+    t = gemm.transposed(a, row_addend=addend)
+    assert t.flags.c_contiguous
+    np.testing.assert_array_equal(t, a.T + addend)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -174,3 +183,24 @@ def test_batched_matmul_names_what_does_not_multiply():
         gemm.batched_matmul(np.zeros((2, 3, 4)), np.zeros((3, 4, 5)))
     with pytest.raises(ValueError, match="batched_matmul"):
         gemm.batched_matmul(np.zeros((3, 4)), np.zeros((4, 5)))
+
+
+def test_numba_pass_holds_blas_to_one_thread_and_nests():
+    """A pass holds BLAS to one thread and puts its count back; a pass inside a pass (fit holds one
+    around an epoch's steps, each step's passes enter theirs) changes nothing and leaves the outer one
+    in force."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():  # NumPy's own (other BLAS libraries loaded later, such as SciPy's, are not limited)
+        return [lib["num_threads"] for lib in threadpool_info()
+                if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("NumPy's BLAS is not in a folder of NumPy's (not a wheel's build)")
+    with threads.numba_pass():
+        assert blas_threads() == [1] * len(before) and threads.in_numba_pass()
+        with threads.numba_pass():
+            assert blas_threads() == [1] * len(before) and threads.in_numba_pass()
+        assert blas_threads() == [1] * len(before) and threads.in_numba_pass()
+    assert blas_threads() == before and not threads.in_numba_pass()

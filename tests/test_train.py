@@ -9,6 +9,7 @@ import naive
 from compare import assert_close
 from conftest import needs_torch
 from mpdref import data, models
+from mpdref.kernels import cpu
 from mpdref.train import DEFAULT_RECIPES, SGD, Recipe, fit, learning_rate
 
 
@@ -181,12 +182,16 @@ def test_short_training_on_real_mnist_learns(mnist_dir):
     assert net.error_rate(data.to_network_input(va_x), va_y) < 0.12
 
 
+@pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fast_sgd_step_equals_the_numpy_rule(dtype, rng):
+def test_fast_sgd_step_equals_the_numpy_rule(dtype, masked, rng):
+    """fc1 (400,000 weights) takes the kernel's threaded path, the other parameters its serial one."""
     nets = [models.build("lenet-5", dtype, seed=1) for _ in range(2)]
+    assert nets[0].params["fc1.weight"].size >= cpu.SGD_THREADS_FROM > nets[0].params["conv2.weight"].size
     mask = rng.random((500, 800)) < 0.3
     for net in nets:
-        net.set_mask("fc1.weight", mask)
+        if masked:
+            net.set_mask("fc1.weight", mask)
     fast, reference = SGD(nets[0], 0.9, 5e-4), SGD(nets[1], 0.9, 5e-4)
     for step in range(3):
         grads = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in nets[0].params.items()}

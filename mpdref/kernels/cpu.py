@@ -5,7 +5,8 @@ layout moves (gather_blocks, rows_from_blocks, blocks_from_rows, scatter_blocks)
 between Numba's threads: a network's passes run inside `mpdref.kernels.threads.numba_pass` (BLAS on
 one thread, no second pool spinning), and at batch 1024 these moves were most of an MPD
 LeNet-300-100 forward pass. Each output is a copy (or a copy plus the bias), so the threads
-change no bit. Patch matrices are laid out (C·KH·KW, N·OH·OW) so that the
+change no bit. So does the SGD update of a large parameter (`sgd_momentum_update`), element by
+element in chunks. Patch matrices are laid out (C·KH·KW, N·OH·OW) so that the
 innermost loops of these kernels, and every transpose around the matrix
 products, move contiguous runs of memory.
 """
@@ -146,13 +147,7 @@ def max_pool2d_backward(dout, argmax, height, width):
 
 
 @numba.njit(**SERIAL)
-def sgd_momentum_update(w, v, g, mask, lr, momentum, weight_decay):
-    """One pass of `mpdref.train.SGD.reference_step`'s rule, in place, for one parameter (flat views):
-    `sgd_step` of tests/naive.py.
-
-    lr, momentum and weight_decay arrive in w's dtype, so the arithmetic (and its
-    rounding) is that of the NumPy rule; `mask` is None or bool.
-    """
+def _sgd_momentum_serial(w, v, g, mask, lr, momentum, weight_decay):
     for i in range(w.size):
         gi = g[i] + weight_decay * w[i] if weight_decay != 0 else g[i]
         vi = momentum * v[i]
@@ -163,6 +158,38 @@ def sgd_momentum_update(w, v, g, mask, lr, momentum, weight_decay):
             continue
         v[i] = vi
         w[i] = w[i] - lr * vi
+
+
+#: elements of a parameter from which its SGD update runs on Numba's threads (in chunks of SGD_CHUNK)
+SGD_THREADS_FROM = 1 << 16
+SGD_CHUNK = 1 << 14
+
+
+@numba.njit(**PARALLEL)
+def _sgd_momentum_threads(w, v, g, mask, lr, momentum, weight_decay):
+    # each chunk as views handed to the serial loop (written with start and stop indices in the loop
+    # instead, it compiled to code five times slower than the serial loop)
+    for chunk in prange(-(-w.size // SGD_CHUNK)):
+        s0, s1 = chunk * SGD_CHUNK, min(w.size, (chunk + 1) * SGD_CHUNK)
+        if mask is None:
+            _sgd_momentum_serial(w[s0:s1], v[s0:s1], g[s0:s1], None, lr, momentum, weight_decay)
+        else:
+            _sgd_momentum_serial(w[s0:s1], v[s0:s1], g[s0:s1], mask[s0:s1], lr, momentum, weight_decay)
+
+
+def sgd_momentum_update(w, v, g, mask, lr, momentum, weight_decay):
+    """One pass of `mpdref.train.SGD.reference_step`'s rule, in place, for one parameter (flat views):
+    `sgd_step` of tests/naive.py. Element by element, so a large parameter (SGD_THREADS_FROM
+    elements and up: LeNet-300-100's fc1, 235,200) is shared out between Numba's threads in chunks
+    with the same bits.
+
+    lr, momentum and weight_decay arrive in w's dtype, so the arithmetic (and its
+    rounding) is that of the NumPy rule; `mask` is None or bool.
+    """
+    if w.size >= SGD_THREADS_FROM:
+        _sgd_momentum_threads(w, v, g, mask, lr, momentum, weight_decay)
+    else:
+        _sgd_momentum_serial(w, v, g, mask, lr, momentum, weight_decay)
 
 
 @numba.njit(**SERIAL)

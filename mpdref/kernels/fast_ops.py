@@ -40,16 +40,15 @@ from mpdref.ops import (  # noqa: F401  (the ops that have no compiled equal are
 def dense_forward(x, w, b):
     """`mpdref.ops.dense_forward`; inside `threads.numba_pass()`, y = x wᵀ + b with the product
     computed as (w xᵀ)ᵀ by `kernels.gemm.matmul` (w's rows are the tile's rows as they lie: no
-    copy of w), unless it is small (`gemm.is_small`: BLAS's, on one thread)."""
+    copy of w) and b added in the copy back to (N, out) (`gemm.transposed`; one addition per
+    element, as NumPy's), unless it is small (`gemm.is_small`: BLAS's, on one thread)."""
     if not threads.in_numba_pass():
         return dense.dense_forward(x, w, b)
     dense.check_dense_args(x, w, b)
     if gemm.is_small(*x.shape, w.shape[0]):
         return dense.dense_forward(x, w, b)
     yt = gemm.matmul(w, gemm.transposed(x))  # (out, N)
-    y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
-    np.add(yt.T, b, out=y)
-    return y, (x, w)
+    return gemm.transposed(yt, row_addend=b), (x, w)
 
 
 def dense_backward(dout, cache, need_dx=True):
