@@ -63,10 +63,12 @@ def test_matmul_gives_the_same_bits_whatever_the_threads_and_slices(shape, rng, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (64, 1024), (33, 65), (300, 64), (1030, 301), (17, 9000)])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (64, 1024), (33, 65), (300, 64), (1030, 301), (17, 9000), (4, 0),
+                                   (0, 5)])
 def test_transposed_is_the_transpose(shape, dtype, rng):
     """Both ways of cutting the work (bands of whole rows below SMALL_TRANSPOSE elements, blocks above;
-    the last three shapes take the blocks, with rows and columns past the last whole unit), with and
+    (1030, 301) and (17, 9000) take the blocks, with rows and columns past the last whole unit; empty
+    arrays are returned as they are), with and
     without the per-row addend, against NumPy's copy and NumPy's addition, bit for bit."""
     a = rng.standard_normal(shape).astype(dtype)
     addend = rng.standard_normal(shape[0]).astype(dtype)
@@ -77,6 +79,9 @@ def test_transposed_is_the_transpose(shape, dtype, rng):
     t = gemm.transposed(a, row_addend=addend)
     assert t.flags.c_contiguous
     np.testing.assert_array_equal(t, a.T + addend)
+    for wrong in (addend[:-1] if len(addend) else np.zeros(1, dtype), addend.astype(np.float16)):
+        with pytest.raises(ValueError, match="row_addend"):
+            gemm.transposed(a, row_addend=wrong)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -189,15 +194,21 @@ def test_numba_pass_holds_blas_to_one_thread_and_nests():
     """A pass holds BLAS to one thread and puts its count back; a pass inside a pass (fit holds one
     around an epoch's steps, each step's passes enter theirs) changes nothing and leaves the outer one
     in force."""
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     def blas_threads():  # NumPy's own (other BLAS libraries loaded later, such as SciPy's, are not limited)
         return [lib["num_threads"] for lib in threadpool_info()
                 if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]
 
-    before = blas_threads()
-    if not before:
+    if not blas_threads():
         pytest.skip("NumPy's BLAS is not in a folder of NumPy's (not a wheel's build)")
+    with threadpool_limits(limits=2, user_api="blas"):  # so that one thread inside the passes shows
+        _passes_hold_blas_to_one_thread(blas_threads)
+
+
+def _passes_hold_blas_to_one_thread(blas_threads):
+    before = blas_threads()
+    assert before and all(n == 2 for n in before)
     with threads.numba_pass():
         assert blas_threads() == [1] * len(before) and threads.in_numba_pass()
         with threads.numba_pass():
