@@ -66,10 +66,10 @@ def test_matmul_gives_the_same_bits_whatever_the_threads_and_slices(shape, rng, 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 70), (64, 1024), (33, 65), (300, 64), (1030, 301), (17, 9000), (4, 0),
                                    (0, 5)])
 def test_transposed_is_the_transpose(shape, dtype, rng):
-    """Both ways of cutting the work (bands of whole rows below SMALL_TRANSPOSE elements, blocks above;
-    (1030, 301) and (17, 9000) take the blocks, with rows and columns past the last whole unit; empty
-    arrays are returned as they are), with and
-    without the per-row addend, against NumPy's copy and NumPy's addition, bit for bit."""
+    """Both ways of cutting the work (bands of whole rows below SMALL_TRANSPOSE elements, blocks above:
+    (1030, 301) and (17, 9000), with rows and columns past the last whole unit; empty arrays come back
+    as they are), with and without the per-row addend, against NumPy's copy and NumPy's addition, bit
+    for bit; an addend of the wrong length or dtype is refused."""
     a = rng.standard_normal(shape).astype(dtype)
     addend = rng.standard_normal(shape[0]).astype(dtype)
     assert (a.size > gemm.SMALL_TRANSPOSE) == (shape in [(1030, 301), (17, 9000)])
