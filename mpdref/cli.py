@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-bits", type=int, default=None, metavar="B",
                    help="bits per relative index (1-8; forces relative indices over DARB offsets; "
                         "default: the smallest file per weight)")
+    p.add_argument("--no-fold-biases", dest="fold_biases", action="store_false",
+                   help="store the biases as they are (default: first move into the next layer's bias what "
+                        "it receives from biases alone, which computes the same function with fewer nonzero "
+                        "biases to store)")
 
     p = _add_command(sub, "decompress", cmd_decompress)
     p.add_argument("mpdz_file", metavar="MODEL.mpdz")
@@ -540,12 +544,17 @@ def cmd_compress(args) -> int:
     Huffman-coded indices (raw float32 when that is smaller), and the positions of the kept
     weights as Huffman-coded relative indices, or, for MPD masks, the permutations and block
     boundaries, or, for block-max regular (DARB) masks, block sizes and offsets where that is
-    smaller. The table's bits are the bytes of the file.
+    smaller. Biases that the next layer can carry are moved there first (the same function; a
+    pruned network's dead units then store no bias). The table's bits are the bytes of the file.
     """
     from mpdref import models
-    from mpdref.compress import compress, format_size_table
+    from mpdref.compress import compress, fold_biases, format_size_table
 
     net = models.load(args.model_file)
+    folded = fold_biases(net) if args.fold_biases else {}
+    if any(folded.values()):
+        print("biases zeroed, their effect moved to the next layer's: "
+              + ", ".join(f"{name} {count}" for name, count in folded.items()))
     table = compress(net, args.output, max_length=args.max_code_length, index_bits=args.index_bits)
     print(f"{args.model_file} -> {args.output}")
     print(format_size_table(table))

@@ -16,7 +16,10 @@ and their positions in one of three ways:
   is smaller. Chosen over sparse when the mask is regular and the index is smaller; a
   file with a darb layer is container version 3 (mpdref.io.mpdz), others stay version 2.
 
-Biases are float32. The size table counts the bytes of the file's sections, so it is
+Biases are float32: all of a layer's, or (container version 4, written only then) a bitmap of
+the nonzero ones and their values, whichever is smaller. fold_biases zeroes the biases that the
+next layer can carry (through max-pooling and flattening, and for units with no kept incoming
+weight, through a ReLU), so that a pruned network stores few. The size table counts the bytes of the file's sections, so it is
 the file; the container (mpdref.io.mpdz) adds its prefix, JSON header and checksum,
 counted in the total.
 """
@@ -29,6 +32,7 @@ from mpdref import darb
 from mpdref.bits import index_bits as bits_per_index
 from mpdref.io import FormatError
 from mpdref.io.mpdz import read_mpdz, write_mpdz
+from mpdref.models import Conv2d, Dense, Dropout, Flatten, MaxPool2d, ReLU
 from mpdref.mpd import MPDMask, weight_structure
 from mpdref.sparse_index import positions_from_indices, relative_indices
 
@@ -192,17 +196,107 @@ def _encode_weight(name, w, mask, max_length, index_bits):
     return layer, sections
 
 
+# Layers between two weighted layers that a per-channel constant passes through as a per-channel
+# constant (dropout is the identity at inference, where a stored model is used).
+_PASS_THROUGH = (MaxPool2d, Flatten, ReLU, Dropout)
+
+
+def _constant_response(layer, params, constants: np.ndarray) -> np.ndarray | None:
+    """What `layer` (weights only, no bias) adds to each of its outputs when its input holds, per
+    channel c, the constant constants[c] at every position; None where that is not one constant per
+    output channel (a padded convolution sees zeros at the border)."""
+    w = params[f"{layer.name}.weight"].astype(np.float64)
+    if isinstance(layer, Conv2d):
+        return None if layer.padding else w.sum(axis=(2, 3)) @ constants
+    spatial, rest = divmod(layer.in_features, len(constants))  # flattened (channels, positions...)
+    assert rest == 0, "a flattened input holds whole channels"
+    return w @ np.repeat(constants, spatial)
+
+
+def fold_biases(net) -> dict[str, int]:
+    """Move into the next weighted layer's bias what it receives from this layer's biases alone, and
+    zero those biases; the network computes the same function (up to float rounding). Returns
+    {bias name: biases zeroed}.
+
+    Between two weighted layers L and M joined only by max-pooling, flattening, ReLU and dropout,
+    L's unit u with bias b_u contributes b_u at every position of its channel where no weight of
+    L's is kept for u (the unit is dead), and, where no ReLU lies between, for every unit (a
+    constant shift passes through max-pooling and flattening). M turns a constant per channel into a
+    constant per output, W_M applied to it (summed over a convolution's kernel, unless M pads its
+    input), which M's bias adds instead: b_M += W_M · c, b_u = 0. A unit that no kept weight of M
+    reads gets bias 0 as well (its output goes nowhere). Caffe's LeNet-5 has no ReLU after its
+    convolutions: every convolution bias moves on to fc1."""
+    zeroed = {}
+    weighted = [i for i, layer in enumerate(net.layers) if isinstance(layer, (Dense, Conv2d))]
+    for i, j in zip(weighted, weighted[1:]):
+        between = net.layers[i + 1:j]
+        if not all(isinstance(layer, _PASS_THROUGH) for layer in between):
+            continue
+        source, target = net.layers[i], net.layers[j]
+        bias = net.params[f"{source.name}.bias"]
+        w = net.params[f"{source.name}.weight"]
+        dead = ~np.any(w.reshape(len(w), -1) != 0, axis=1)
+        relu = any(isinstance(layer, ReLU) for layer in between)
+        moved = dead if relu else np.ones(len(bias), bool)
+        constants = np.where(moved, np.maximum(bias, 0) if relu else bias, 0).astype(np.float64)
+        shift = _constant_response(target, net.params, constants)
+        if shift is None:
+            moved = np.zeros(len(bias), bool)
+        else:
+            target_bias = f"{target.name}.bias"
+            net.params[target_bias] = (net.params[target_bias] + shift).astype(net.dtype)
+        w_target = net.params[f"{target.name}.weight"]
+        read = np.any(w_target.reshape(len(w_target), len(bias), -1) != 0, axis=(0, 2))
+        zero = (moved | ~read) & (bias != 0)
+        bias[zero] = 0
+        zeroed[f"{source.name}.bias"] = int(zero.sum())
+    return zeroed
+
+
+def _encode_bias(name, bias) -> tuple[dict, list]:
+    """(layer fields, sections) of a layer's biases: every value as float32, or a bitmap of the nonzero
+    ones (one bit per bias) and their float32 values, whichever is smaller."""
+    bias = np.asarray(bias, np.float32)
+    nonzero = bias != 0
+    if (len(bias) + 7) // 8 + 4 * int(nonzero.sum()) < 4 * len(bias):
+        return {"bias": "sparse"}, [(f"{name}/bias_mask", _pack(nonzero.astype(np.int64), 1)),
+                                    (f"{name}/bias", bias[nonzero].astype("<f4").tobytes())]
+    return {}, [(f"{name}/bias", bias.astype("<f4").tobytes())]
+
+
+def _decode_bias(layer, sections, count: int) -> np.ndarray:
+    """The inverse of _encode_bias for a layer of `count` outputs."""
+    values = np.frombuffer(sections[f"{layer['name']}/bias"], "<f4").astype(np.float32)
+    kind = layer.get("bias", "dense")
+    if kind == "dense":
+        if len(values) != count:
+            raise ValueError(f"bias of {len(values)} values, the network needs {count}")
+        return values
+    if kind != "sparse":
+        raise ValueError(f"unknown bias kind {kind!r}")
+    nonzero = _unpack(sections[f"{layer['name']}/bias_mask"], 1, count).astype(bool)
+    if int(nonzero.sum()) != len(values):
+        raise ValueError(f"a bias bitmap of {int(nonzero.sum())} nonzero values, {len(values)} stored")
+    if np.any(values == 0):
+        raise ValueError("a zero among the stored nonzero biases")
+    bias = np.zeros(count, np.float32)
+    bias[nonzero] = values
+    return bias
+
+
 def compress(net, path, max_length: int = 11, index_bits: int | None = None) -> dict:
     """Write `net` (float32 values; quantized weights share few values) as an .mpdz file; returns size_table(path)."""
     layers, sections = [], []
     for name in net.weight_names():
         layer, parts = _encode_weight(name, net.params[name].astype(np.float32), net.masks.get(name),
                                       max_length, index_bits)
-        bias = name[: -len(".weight")] + ".bias"
-        parts.append((f"{name}/bias", net.params[bias].astype("<f4").tobytes()))
+        bias_fields, bias_sections = _encode_bias(name, net.params[name[: -len(".weight")] + ".bias"])
+        layer.update(bias_fields)
         layers.append(layer)
-        sections += parts
-    version = 3 if any(layer["kind"] == "darb" for layer in layers) else 2  # 2: readable by older mpdref
+        sections += parts + bias_sections
+    # the oldest version that holds the file, so that older mpdref reads what it can
+    version = (4 if any(layer.get("bias") == "sparse" for layer in layers)
+               else 3 if any(layer["kind"] == "darb" for layer in layers) else 2)
     write_mpdz(path, {"format": FORMAT, "network": net.name, "layers": layers}, sections, version)
     return size_table(path)
 
@@ -342,10 +436,8 @@ def decompress(path) -> models.Network:
         name = layer["name"]
         try:
             w, mask = _decode_weight(layer, sections)  # of the network's shape (_read_checked)
-            bias = np.frombuffer(sections[f"{name}/bias"], "<f4").astype(np.float32)
             bias_name = name[: -len(".weight")] + ".bias"
-            if bias.shape != net.params[bias_name].shape:
-                raise ValueError(f"bias of {bias.size} values, the network needs {net.params[bias_name].size}")
+            bias = _decode_bias(layer, sections, net.params[bias_name].size)
         except KeyError as e:
             raise FormatError(f"{path}: layer {name}: section {e} is missing") from None
         except _DECODING_ERRORS as e:
@@ -382,9 +474,9 @@ def _size_row(layer, sections) -> dict:
         "index_bits": (own.get("indices", 0) + own.get("offsets", 0)) / stored,
         "codebook_bits": own.get("codebook", 0) + own.get("weight_lengths", 0),
         "structure_bits": index_bits,
-        "bias_bits": own.get("bias", 0),
+        "bias_bits": own.get("bias", 0) + own.get("bias_mask", 0),
         "total_bits": sum(own.values()),
-        "dense_bits": 32 * (size + own.get("bias", 0) // 32),
+        "dense_bits": 32 * (size + int(layer["shape"][0])),  # the weights and one bias per output
         # the ADMM papers' count: each kept weight's codebook index at a fixed width, nothing else
         "weight_data_bits": int(layer["kept"]) * (32 if n_codebook == 0 else bits_per_index(n_codebook)),
     }

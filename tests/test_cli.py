@@ -140,7 +140,8 @@ DEMO_RETRAIN = {**DEMO_TRAIN, "lr": 0.02, "teacher": "train"}
 DEMO_QUANTIZE = {"type": "quantize", "name": "quantize", "bits": None, "init": "linear", "epochs": 1,
                  "batch_size": 64, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine", "milestones": [],
                  "gamma": 0.1, "teacher": None, "temperature": 4.0, "teacher_weight": 0.9}
-DEMO_ENCODE = {"type": "encode", "name": "encode", "index_bits": None, "max_code_length": 11}
+DEMO_ENCODE = {"type": "encode", "name": "encode", "index_bits": None, "max_code_length": 11,
+               "fold_biases": True}
 DEMO_STAGES = {
     "dense": [DEMO_TRAIN],
     "deep-compression": [

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 import naive
 from mpdref import models
 from mpdref.cli import main
-from mpdref.compress import compress, decompress, size_table
+from mpdref.compress import compress, decompress, fold_biases, size_table
 from mpdref.io import FormatError
-from mpdref.io.mpdz import read_mpdz
+from mpdref.io.mpdz import read_mpdz, write_mpdz
 from mpdref.mpd import channel_mask, mpd_mask
 from mpdref.prune import prune
 from mpdref.quantize import quantize_weight
@@ -177,3 +177,77 @@ def test_code_lengths_take_four_bits(tmp_path, rng):
     write_mpdz(tmp_path / "short.mpdz", dict(header, layers=layers), short)
     with pytest.raises(FormatError, match="layer fc1.weight: .* bytes of code lengths"):
         decompress(tmp_path / "short.mpdz")
+
+
+def _with_dead_units(name, rng):
+    """A float64 network of `name` with nonzero biases, some units of every weighted layer dead (no
+    kept incoming weight) and some unread (no kept weight of the next layer reads them)."""
+    net = models.build(name, np.float64, seed=5)
+    names = net.weight_names()
+    for name_w in names:
+        net.params[name_w.replace("weight", "bias")] = rng.uniform(-1, 1, net.params[name_w].shape[0])
+        mask = np.ones(net.params[name_w].shape, bool)
+        mask[rng.random(len(mask)) < 0.3] = False  # dead outputs
+        net.set_mask(name_w, mask)
+    for before, after in zip(names, names[1:]):  # some inputs of the next layer unread
+        channels = net.params[before].shape[0]
+        mask = net.masks[after].reshape(len(net.masks[after]), channels, -1).copy()
+        mask[:, rng.random(channels) < 0.2] = False
+        net.set_mask(after, mask.reshape(net.params[after].shape))
+    return net
+
+
+@pytest.mark.parametrize("name", ["lenet-5", "lenet-300-100", "deep-mnist"])
+def test_fold_biases_keeps_the_function(name, rng):
+    net = _with_dead_units(name, rng)
+    x = rng.standard_normal((3, 1, 28, 28))
+    before = net.forward(x)
+    biases = {k: v.copy() for k, v in net.params.items() if k.endswith(".bias")}
+    zeroed = fold_biases(net)
+    np.testing.assert_allclose(net.forward(x), before, rtol=1e-11, atol=1e-11)
+    for k, b in biases.items():
+        now = net.params[k]
+        assert zeroed.get(k, 0) == int(np.sum((now == 0) & (b != 0)))
+    first = net.weight_names()[0].replace("weight", "bias")  # nothing folds into it: it only loses biases
+    kept = net.params[first] != 0
+    np.testing.assert_array_equal(net.params[first][kept], biases[first][kept])
+    dead = {k.replace("weight", "bias"): ~net.masks[k].reshape(len(net.masks[k]), -1).any(axis=1)
+            for k in net.weight_names()}
+    if name == "lenet-5":  # no ReLU after its convolutions: both move on whole
+        assert not net.params["conv1.bias"].any() and not net.params["conv2.bias"].any()
+        assert not net.params["fc1.bias"][dead["fc1.bias"]].any()
+    if name == "deep-mnist":  # conv2 pads its input: conv1's live units keep their biases
+        alive = ~dead["conv1.bias"] & net.masks["conv2.weight"].any(axis=(0, 2, 3))
+        np.testing.assert_array_equal(net.params["conv1.bias"][alive], biases["conv1.bias"][alive])
+        assert not net.params["conv2.bias"][dead["conv2.bias"]].any()
+    assert not any(fold_biases(net).values())  # a second fold finds nothing left to move
+
+
+def test_sparse_biases_round_trip_as_version_4(tmp_path, rng):
+    net = _with_dead_units("lenet-5", rng)
+    net.dtype = np.dtype(np.float32)
+    net.params = {k: v.astype(np.float32) for k, v in net.params.items()}
+    fold_biases(net)
+    table = compress(net, tmp_path / "m.mpdz")
+    blob = (tmp_path / "m.mpdz").read_bytes()
+    assert struct.unpack_from("<4sHI", blob)[1] == 4
+    header, sections, _ = read_mpdz(tmp_path / "m.mpdz")
+    kinds = {layer["name"]: layer.get("bias", "dense") for layer in header["layers"]}
+    assert kinds == {"conv1.weight": "sparse", "conv2.weight": "sparse", "fc1.weight": "sparse",
+                     "fc2.weight": "dense"}
+    assert sections["conv1.weight/bias"] == b"" and len(sections["conv1.weight/bias_mask"]) == 3  # 20 bits
+    back = decompress(tmp_path / "m.mpdz")
+    for k in net.params:
+        np.testing.assert_array_equal(back.params[k], net.params[k])
+    for row in table["layers"]:
+        bias = row["layer"].replace("weight", "bias")
+        own = 8 * sum(len(v) for k, v in sections.items() if k in (f"{row['layer']}/bias", f"{row['layer']}/bias_mask"))
+        assert row["bias_bits"] == own
+        assert row["dense_bits"] == 32 * (net.params[row["layer"]].size + net.params[bias].size)
+    # a bitmap that does not match the stored values: the error names the file and the layer
+    header["layers"] = [dict(layer, bias="sparse") for layer in header["layers"]]
+    sections["fc2.weight/bias_mask"] = b"\xff\x00"  # 8 nonzero, 10 values stored
+    del header["sections"]
+    write_mpdz(tmp_path / "bad.mpdz", header, list(sections.items()), version=4)
+    with pytest.raises(FormatError, match=r"bad\.mpdz: layer fc2\.weight: a bias bitmap of 8 nonzero values, 10 stored"):
+        decompress(tmp_path / "bad.mpdz")

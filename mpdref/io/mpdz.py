@@ -3,8 +3,9 @@
     b"MPDZ"  u16 version  u32 header length  header  sections...  SHA-256 (32 bytes)
 
 The header is UTF-8 JSON, zlib-compressed (RFC 1950; version 1 kept it plain and stored
-8-bit code lengths, and is not read; version 3 is version 2 that may hold darb layers, written
-only then, so that files without them stay readable by a version-2 reader): it names every section with its byte length, in file order, and
+8-bit code lengths, and is not read; version 3 is version 2 that may hold darb layers, version 4 is
+version 3 that may hold sparse biases, each written only then, so that files without them stay
+readable by an older reader): it names every section with its byte length, in file order, and
 repeats the same few keys and layer names, which deflate cuts to about a third; in a
 28 KB model that is 2% of the file. The SHA-256 covers everything before it. Reading
 checks, in order: the magic, the version, the checksum, the header, and that the
@@ -23,8 +24,8 @@ from mpdref.io import FormatError
 from mpdref.io.atomic import write_bytes_atomic
 
 MAGIC = b"MPDZ"
-VERSION = 3  # the newest this module writes
-READS = (2, 3)
+VERSION = 4  # the newest this module writes
+READS = (2, 3, 4)
 MAX_HEADER_BYTES = 1 << 24  # a header that inflates beyond this is refused, not inflated
 _PREFIX = struct.Struct("<4sHI")
 DIGEST_BYTES = 32
