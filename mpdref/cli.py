@@ -545,7 +545,8 @@ def cmd_compress(args) -> int:
     weights as Huffman-coded relative indices, or, for MPD masks, the permutations and block
     boundaries, or, for block-max regular (DARB) masks, block sizes and offsets where that is
     smaller. Biases that the next layer can carry are moved there first (the same function; a
-    pruned network's dead units then store no bias). The table's bits are the bytes of the file.
+    pruned network's dead units then store no bias, except in the output layer and before a
+    padded convolution). The table's bits are the bytes of the file.
     """
     from mpdref import models
     from mpdref.compress import compress, fold_biases, format_size_table
@@ -554,7 +555,7 @@ def cmd_compress(args) -> int:
     folded = fold_biases(net) if args.fold_biases else {}
     if any(folded.values()):
         print("biases zeroed, their effect moved to the next layer's: "
-              + ", ".join(f"{name} {count}" for name, count in folded.items()))
+              + ", ".join(f"{name} {count}" for name, count in folded.items() if count))
     table = compress(net, args.output, max_length=args.max_code_length, index_bits=args.index_bits)
     print(f"{args.model_file} -> {args.output}")
     print(format_size_table(table))

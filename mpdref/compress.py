@@ -19,7 +19,8 @@ and their positions in one of three ways:
 Biases are float32: all of a layer's, or (container version 4, written only then) a bitmap of
 the nonzero ones and their values, whichever is smaller. fold_biases zeroes the biases that the
 next layer can carry (through max-pooling and flattening, and for units with no kept incoming
-weight, through a ReLU), so that a pruned network stores few. The size table counts the bytes of the file's sections, so it is
+weight, through a ReLU; not into a padded convolution, nor from the output layer) and those of
+units that no kept weight reads, so that a pruned network stores few. The size table counts the bytes of the file's sections, so it is
 the file; the container (mpdref.io.mpdz) adds its prefix, JSON header and checksum,
 counted in the total.
 """
@@ -209,14 +210,15 @@ def _constant_response(layer, params, constants: np.ndarray) -> np.ndarray | Non
     if isinstance(layer, Conv2d):
         return None if layer.padding else w.sum(axis=(2, 3)) @ constants
     spatial, rest = divmod(layer.in_features, len(constants))  # flattened (channels, positions...)
-    assert rest == 0, "a flattened input holds whole channels"
+    if rest:
+        raise ValueError(f"{layer.name} reads {layer.in_features} inputs, not whole channels of {len(constants)}")
     return w @ np.repeat(constants, spatial)
 
 
 def fold_biases(net) -> dict[str, int]:
     """Move into the next weighted layer's bias what it receives from this layer's biases alone, and
-    zero those biases; the network computes the same function (up to float rounding). Returns
-    {bias name: biases zeroed}.
+    zero those biases; the network (modified: its bias arrays are replaced, not written into)
+    computes the same function up to float rounding. Returns {bias name: biases zeroed}.
 
     Between two weighted layers L and M joined only by max-pooling, flattening, ReLU and dropout,
     L's unit u with bias b_u contributes b_u at every position of its channel where no weight of
@@ -248,7 +250,7 @@ def fold_biases(net) -> dict[str, int]:
         w_target = net.params[f"{target.name}.weight"]
         read = np.any(w_target.reshape(len(w_target), len(bias), -1) != 0, axis=(0, 2))
         zero = (moved | ~read) & (bias != 0)
-        bias[zero] = 0
+        net.params[f"{source.name}.bias"] = np.where(zero, 0, bias).astype(net.dtype)
         zeroed[f"{source.name}.bias"] = int(zero.sum())
     return zeroed
 
@@ -274,7 +276,10 @@ def _decode_bias(layer, sections, count: int) -> np.ndarray:
         return values
     if kind != "sparse":
         raise ValueError(f"unknown bias kind {kind!r}")
-    nonzero = _unpack(sections[f"{layer['name']}/bias_mask"], 1, count).astype(bool)
+    bitmap = sections[f"{layer['name']}/bias_mask"]
+    nonzero = _unpack(bitmap, 1, count).astype(bool)
+    if np.unpackbits(np.frombuffer(bitmap, np.uint8))[count:].any():
+        raise ValueError("the bias bitmap's padding bits are not zero")
     if int(nonzero.sum()) != len(values):
         raise ValueError(f"a bias bitmap of {int(nonzero.sum())} nonzero values, {len(values)} stored")
     if np.any(values == 0):

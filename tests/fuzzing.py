@@ -56,7 +56,7 @@ import numpy as np
 
 import naive
 from mpdref import models
-from mpdref.compress import compress, decompress
+from mpdref.compress import compress, decompress, fold_biases
 from mpdref.darb import regular_prune
 from mpdref.data import DataError, read_idx
 from mpdref.io import FormatError
@@ -508,6 +508,11 @@ def sample_files(tmp_dir) -> dict[str, list[Sample]]:
     regular_prune(net, {"fc1.weight": 0.05, "fc2.weight": 0.2}, "darb")
     regular_prune(net, {"fc3.weight": 0.5}, "bmwm")
     net.params["fc1.weight"] = quantize_weight(net.params["fc1.weight"], net.masks["fc1.weight"], 4)
+    compress(net, tmp_dir / "m.mpdz")
+    files["mpdz"].append((".mpdz", (tmp_dir / "m.mpdz").read_bytes()))
+    net = models.build("lenet-5", seed=3)  # folded biases, stored sparse: an .mpdz of version 4
+    prune(net, keep={"conv1.weight": 0.5, "conv2.weight": 0.03, "fc1.weight": 0.003, "fc2.weight": 0.07})
+    fold_biases(net)
     compress(net, tmp_dir / "m.mpdz")
     files["mpdz"].append((".mpdz", (tmp_dir / "m.mpdz").read_bytes()))
     files.update(interop_files(tmp_dir, rng))

@@ -211,8 +211,16 @@ def test_fold_biases_keeps_the_function(name, rng):
     first = net.weight_names()[0].replace("weight", "bias")  # nothing folds into it: it only loses biases
     kept = net.params[first] != 0
     np.testing.assert_array_equal(net.params[first][kept], biases[first][kept])
+    names = net.weight_names()
     dead = {k.replace("weight", "bias"): ~net.masks[k].reshape(len(net.masks[k]), -1).any(axis=1)
-            for k in net.weight_names()}
+            for k in names}
+    for before, after in zip(names, names[1:]):  # units that no kept weight of the next layer reads
+        channels = len(net.masks[before])
+        unread = ~net.masks[after].reshape(len(net.masks[after]), channels, -1).any(axis=(0, 2))
+        assert unread.any() and not net.params[before.replace("weight", "bias")][unread].any()
+    if name == "lenet-300-100":  # ReLUs between: the dead units' biases move on
+        assert dead["fc1.bias"].any() and not net.params["fc1.bias"][dead["fc1.bias"]].any()
+        assert dead["fc2.bias"].any() and not net.params["fc2.bias"][dead["fc2.bias"]].any()
     if name == "lenet-5":  # no ReLU after its convolutions: both move on whole
         assert not net.params["conv1.bias"].any() and not net.params["conv2.bias"].any()
         assert not net.params["fc1.bias"][dead["fc1.bias"]].any()
@@ -251,3 +259,15 @@ def test_sparse_biases_round_trip_as_version_4(tmp_path, rng):
     write_mpdz(tmp_path / "bad.mpdz", header, list(sections.items()), version=4)
     with pytest.raises(FormatError, match=r"bad\.mpdz: layer fc2\.weight: a bias bitmap of 8 nonzero values, 10 stored"):
         decompress(tmp_path / "bad.mpdz")
+    fc2_bias = sections["fc2.weight/bias"]
+    for what, bitmap, values, kind in (("padding bits", b"\xff\xc1", fc2_bias, "sparse"),
+                                       ("zero among the stored", b"\xff\xc0", bytes(4) + fc2_bias[4:], "sparse"),
+                                       ("10 packed 1-bit values need 2 bytes", b"\xff", fc2_bias, "sparse"),
+                                       ("unknown bias kind", b"\xff\xc0", fc2_bias, "rle")):
+        sections["fc2.weight/bias_mask"], sections["fc2.weight/bias"] = bitmap, values
+        header["layers"] = [dict(layer, bias=kind) if layer["name"] == "fc2.weight" else layer
+                            for layer in header["layers"]]
+        header.pop("sections", None)
+        write_mpdz(tmp_path / "bad.mpdz", header, list(sections.items()), version=4)
+        with pytest.raises(FormatError, match=rf"bad\.mpdz: layer fc2\.weight: .*{what}"):
+            decompress(tmp_path / "bad.mpdz")

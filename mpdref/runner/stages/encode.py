@@ -32,7 +32,7 @@ class EncodeStage(Stage):
         folded = fold_biases(ctx.net) if settings["fold_biases"] else {}
         if any(folded.values()):
             print("biases zeroed, their effect moved to the next layer's: "
-                  + ", ".join(f"{name} {count}" for name, count in folded.items()), file=sys.stderr)
+                  + ", ".join(f"{name} {count}" for name, count in folded.items() if count), file=sys.stderr)
         table = compress(ctx.net, path, settings["max_code_length"], settings["index_bits"])
         print(format_size_table(table), file=sys.stderr)
         decoded = decompress(path)
