@@ -549,13 +549,11 @@ def cmd_compress(args) -> int:
     padded convolution). The table's bits are the bytes of the file.
     """
     from mpdref import models
-    from mpdref.compress import compress, fold_biases, format_size_table
+    from mpdref.compress import compress, describe_folded, fold_biases, format_size_table
 
     net = models.load(args.model_file)
-    folded = fold_biases(net) if args.fold_biases else {}
-    if any(folded.values()):
-        print("biases zeroed, their effect moved to the next layer's: "
-              + ", ".join(f"{name} {count}" for name, count in folded.items() if count))
+    if args.fold_biases and (line := describe_folded(fold_biases(net))):
+        print(line)
     table = compress(net, args.output, max_length=args.max_code_length, index_bits=args.index_bits)
     print(f"{args.model_file} -> {args.output}")
     print(format_size_table(table))

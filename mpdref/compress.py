@@ -20,9 +20,9 @@ Biases are float32: all of a layer's, or (container version 4, written only then
 the nonzero ones and their values, whichever is smaller. fold_biases zeroes the biases that the
 next layer can carry (through max-pooling and flattening, and for units with no kept incoming
 weight, through a ReLU; not into a padded convolution, nor from the output layer) and those of
-units that no kept weight reads, so that a pruned network stores few. The size table counts the bytes of the file's sections, so it is
-the file; the container (mpdref.io.mpdz) adds its prefix, JSON header and checksum,
-counted in the total.
+units that no kept weight reads, so that a pruned network stores few. The size table counts
+the bytes of the file's sections, so it is the file; the container (mpdref.io.mpdz) adds its
+prefix, JSON header and checksum, counted in the total.
 """
 from __future__ import annotations
 
@@ -253,6 +253,12 @@ def fold_biases(net) -> dict[str, int]:
         net.params[f"{source.name}.bias"] = np.where(zero, 0, bias).astype(net.dtype)
         zeroed[f"{source.name}.bias"] = int(zero.sum())
     return zeroed
+
+
+def describe_folded(zeroed: dict[str, int]) -> str:
+    """fold_biases's result as one line ("" when it zeroed nothing)."""
+    counts = [f"{name} {count}" for name, count in zeroed.items() if count]
+    return "biases zeroed, their effect moved to the next layer's: " + ", ".join(counts) if counts else ""
 
 
 def _encode_bias(name, bias) -> tuple[dict, list]:

@@ -208,10 +208,10 @@ def test_fold_biases_keeps_the_function(name, rng):
     for k, b in biases.items():
         now = net.params[k]
         assert zeroed.get(k, 0) == int(np.sum((now == 0) & (b != 0)))
-    first = net.weight_names()[0].replace("weight", "bias")  # nothing folds into it: it only loses biases
+    names = net.weight_names()
+    first = names[0].replace("weight", "bias")  # nothing folds into it: it only loses biases
     kept = net.params[first] != 0
     np.testing.assert_array_equal(net.params[first][kept], biases[first][kept])
-    names = net.weight_names()
     dead = {k.replace("weight", "bias"): ~net.masks[k].reshape(len(net.masks[k]), -1).any(axis=1)
             for k in names}
     for before, after in zip(names, names[1:]):  # units that no kept weight of the next layer reads

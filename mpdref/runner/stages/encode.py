@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from mpdref import huffman
-from mpdref.compress import compress, decompress, fold_biases, format_size_table
+from mpdref.compress import compress, decompress, describe_folded, fold_biases, format_size_table
 from mpdref.runner.options import Option
 from mpdref.runner.registry import Stage, register
 
@@ -30,9 +30,8 @@ class EncodeStage(Stage):
     def run(self, ctx, settings, resume):
         path = ctx.out / "model.mpdz"
         folded = fold_biases(ctx.net) if settings["fold_biases"] else {}
-        if any(folded.values()):
-            print("biases zeroed, their effect moved to the next layer's: "
-                  + ", ".join(f"{name} {count}" for name, count in folded.items() if count), file=sys.stderr)
+        if line := describe_folded(folded):
+            print(line, file=sys.stderr)
         table = compress(ctx.net, path, settings["max_code_length"], settings["index_bits"])
         print(format_size_table(table), file=sys.stderr)
         decoded = decompress(path)
@@ -40,7 +39,7 @@ class EncodeStage(Stage):
         same = bool(np.array_equal(decoded.predict(test[0]), ctx.net.predict(test[0])))
         if not same:
             raise RuntimeError(f"{path}: the decoded model predicts differently from the network it came from")
-        return {"biases_folded": folded, "file_bytes": table["file_bytes"], "ratio": table["ratio"], "dense_bits": table["dense_bits"],
-                "file_bits": table["file_bits"], "same_predictions": same,
+        return {"biases_folded": folded, "file_bytes": table["file_bytes"], "ratio": table["ratio"],
+                "dense_bits": table["dense_bits"], "file_bits": table["file_bits"], "same_predictions": same,
                 "layers": {r["layer"]: {k: v for k, v in r.items() if k != "layer"} for r in table["layers"]},
                 **ctx.errors()}
