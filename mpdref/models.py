@@ -28,9 +28,11 @@ import numpy as np
 
 from mpdref import __version__, ops
 from mpdref.io.model_file import MODEL_FORMAT, read_network_file, write_network_file
+from mpdref.kernels import threads as kernel_threads
 from mpdref.kernels.allocator import reuse_freed_memory
 
 OP_BACKENDS = ("fast", "reference")
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: it holds no state
 
 
 @functools.cache
@@ -246,11 +248,9 @@ class LayerStack(Classifier):
         """The thread-pool setting of a pass (see numba_threads), as a context. Every pass enters it; a
         caller that runs many passes may hold it around them all (`mpdref.train.fit` does, for each
         epoch's steps), so that it is set once, not twice a step."""
-        if not self.numba_threads:
-            return contextlib.nullcontext()
-        from mpdref.kernels.threads import numba_pass
-
-        return numba_pass()
+        if kernel_threads.in_numba_pass() or not self.numba_threads:  # (inside one, a second changes nothing)
+            return _NO_CONTEXT
+        return kernel_threads.numba_pass()
 
     def _run(self, x: np.ndarray, train: bool):
         """The last layer's output and every layer's cache."""

@@ -200,3 +200,46 @@ def test_fast_sgd_step_equals_the_numpy_rule(dtype, masked, rng):
     for k in nets[0].params:
         assert np.array_equal(nets[0].params[k], nets[1].params[k]), k
         assert np.array_equal(fast.velocity[k], reference.velocity[k]), k
+
+
+def test_fast_sgd_step_follows_replaced_arrays_and_settings(rng):
+    """step keeps each parameter's flat views between steps; a resumed velocity, a new mask, a loaded
+    state dict or a changed setting must reach the kernel all the same (the rule, as reference_step)."""
+    nets = [models.build("lenet-300-100", np.float32, seed=1) for _ in range(2)]
+    fast, reference = SGD(nets[0], 0.9, 5e-4), SGD(nets[1], 0.9, 5e-4)
+
+    def step_both(lr):
+        grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in nets[0].params.items()}
+        fast.step(grads, lr)
+        reference.reference_step(grads, lr)
+
+    def changes():
+        yield  # as built
+        for opt in (fast, reference):  # a resume: a new dict of new arrays
+            opt.velocity = {k: v + np.float32(0.5) for k, v in opt.velocity.items()}
+        yield
+        mask = rng.random((300, 784)) < 0.4
+        for net in nets:
+            net.set_mask("fc1.weight", mask)
+        yield
+        mask = rng.random((300, 784)) < 0.2
+        for net in nets:
+            net.set_mask("fc1.weight", mask)
+        yield
+        state = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in nets[0].params.items()}
+        for net in nets:
+            net.load_state_dict(state)
+        yield
+        for opt in (fast, reference):
+            opt.weight_decay = 0.0
+        yield
+        for opt in (fast, reference):
+            opt.momentum = 0.5
+        yield
+
+    for i, _ in enumerate(changes()):
+        step_both(0.05 / (i + 1))
+        step_both(0.04 / (i + 1))
+        for k in nets[0].params:
+            assert np.array_equal(nets[0].params[k], nets[1].params[k]), (i, k)
+            assert np.array_equal(fast.velocity[k], reference.velocity[k]), (i, k)
