@@ -1,8 +1,6 @@
 """Numba CPU kernels for the data movement around convolution, max-pooling and MPD's block form.
 
-Most kernels are serial: they are small beside the products around them; max-pooling shares
-its planes between Numba's threads (at batch 64 a serial pass over LeNet-5's conv1 output took
-about a tenth of a millisecond each way). The block form's four
+Most kernels are serial: they are small beside the products around them. The block form's four
 layout moves (gather_blocks, rows_from_blocks, blocks_from_rows, scatter_blocks) share the images
 between Numba's threads: a network's passes run inside `mpdref.kernels.threads.numba_pass` (BLAS on
 one thread, no second pool spinning), and at batch 1024 these moves were most of an MPD
@@ -101,16 +99,15 @@ def max_pool2d_forward(x, kh, kw, stride, oh, ow):
     return y.reshape(n_batch, channels, oh, ow), argmax.reshape(n_batch, channels, oh, ow)
 
 
-@numba.njit(**PARALLEL)
+@numba.njit(**SERIAL)
 def max_pool2d_forward_2x2(x):
-    """`max_pool2d_forward` for kernel 2, stride 2 (both MNIST conv nets), unrolled; equal to it. The
-    threads share the planes (N·C of them; each window's maximum is the same whatever the threads)."""
+    """`max_pool2d_forward` for kernel 2, stride 2 (both MNIST conv nets), unrolled; equal to it."""
     n_batch, channels, height, width = x.shape
     oh, ow = height // 2, width // 2
     planes = x.reshape(n_batch * channels, height, width)
     y = np.empty((n_batch * channels, oh, ow), dtype=x.dtype)
     argmax = np.empty((n_batch * channels, oh, ow), dtype=np.int32)
-    for nc in prange(n_batch * channels):
+    for nc in range(n_batch * channels):
         plane = planes[nc]
         for i in range(oh):
             top = plane[2 * i]
@@ -132,20 +129,18 @@ def max_pool2d_forward_2x2(x):
     return y.reshape(n_batch, channels, oh, ow), argmax.reshape(n_batch, channels, oh, ow)
 
 
-@numba.njit(**PARALLEL)
+@numba.njit(**SERIAL)
 def max_pool2d_backward(dout, argmax, height, width):
     """Route each window's gradient to its first maximum (summing where windows overlap); equals
-    `mpdref.ops.max_pool2d_backward`. The threads share the planes (N·C of them), each plane's
-    windows in order: the same additions whatever the threads.
+    `mpdref.ops.max_pool2d_backward`.
 
     dout, argmax (N, C, OH, OW) -> dx (N, C, H, W).
     """
     n_batch, channels, oh, ow = dout.shape
-    dx = np.empty((n_batch * channels, height * width), dtype=dout.dtype)
+    dx = np.zeros((n_batch * channels, height * width), dtype=dout.dtype)
     d = dout.reshape(n_batch * channels, oh * ow)
     a = argmax.reshape(n_batch * channels, oh * ow)
-    for nc in prange(n_batch * channels):
-        dx[nc] = 0  # zeroed by the thread that fills the plane
+    for nc in range(n_batch * channels):
         for k in range(oh * ow):
             dx[nc, a[nc, k]] += d[nc, k]
     return dx.reshape(n_batch, channels, height, width)
