@@ -127,23 +127,29 @@ class SGD:
 
     def _flat_views(self, name, w):
         """(w's flat view, its velocity's, its mask's or None, momentum and decay in w's dtype) for the
-        kernel, or None where w, its velocity or its mask is not C-contiguous. Kept from step to step
-        while the parameter, velocity and mask are the same arrays and the settings the same (working
-        them out took some 2 µs a parameter a step)."""
+        kernel, or None where w or its velocity is not C-contiguous (the NumPy rule takes those). Kept
+        from step to step while the parameter, velocity and mask are the same arrays and the settings
+        the same values (LeNet-300-100's six parameters: `step` 43.7 against 30.7 µs, one timing of
+        each); a mask that is not a C-contiguous array is copied at every step, as before."""
         v, mask = self.velocity[name], self.net.masks.get(name)
-        key = (w, v, mask, self.momentum, self.weight_decay)
         kept = self._views.get(name)
         if kept is not None:
             k = kept[0]
-            if k[0] is w and k[1] is v and k[2] is mask and k[3] is self.momentum and k[4] is self.weight_decay:
+            if k[0] is w and k[1] is v and k[2] is mask and k[3] == self.momentum and k[4] == self.weight_decay:
                 return kept[1]
-        if not (w.flags.c_contiguous and v.flags.c_contiguous and (mask is None or mask.flags.c_contiguous)):
+        if not (w.flags.c_contiguous and v.flags.c_contiguous):
             return None
         t = w.dtype.type
         decay = self.weight_decay if name.endswith(".weight") else 0.0
-        views = (w.reshape(-1), v.reshape(-1), None if mask is None else mask.reshape(-1), t(self.momentum), t(decay))
-        self._views[name] = (key, views)
+        views = (w.reshape(-1), v.reshape(-1), None if mask is None else np.ascontiguousarray(mask).reshape(-1),
+                 t(self.momentum), t(decay))
+        if mask is None or (isinstance(mask, np.ndarray) and mask.flags.c_contiguous):  # else a copy: not kept
+            self._views[name] = ((w, v, mask, float(self.momentum), float(self.weight_decay)), views)
         return views
+
+    def __getstate__(self):
+        # a copy (copy.deepcopy, pickle) gets its own arrays: views of the original's must not go with it
+        return {**self.__dict__, "_views": {}}
 
     def reference_step(self, grads: dict[str, np.ndarray], lr: float) -> None:
         for name, w in self.net.params.items():

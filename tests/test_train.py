@@ -1,3 +1,4 @@
+import copy
 import io
 import json
 import math
@@ -200,6 +201,41 @@ def test_fast_sgd_step_equals_the_numpy_rule(dtype, masked, rng):
     for k in nets[0].params:
         assert np.array_equal(nets[0].params[k], nets[1].params[k]), k
         assert np.array_equal(fast.velocity[k], reference.velocity[k]), k
+
+
+def test_a_copied_sgd_steps_its_own_network(rng):
+    """copy.deepcopy of a network and its optimizer after a step: the copy's steps move the copy's
+    weights (not views of the original's), the same as the original's steps move the original."""
+    net = models.build("lenet-300-100", np.float32, seed=1)
+    sgd = SGD(net, 0.9, 5e-4)
+    grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in net.params.items()}
+    sgd.step(grads, 0.05)
+    twin = copy.deepcopy(sgd)
+    assert twin.net is not net
+    twin.step(grads, 0.05)
+    sgd.step(grads, 0.05)
+    for k in net.params:
+        assert np.array_equal(twin.net.params[k], net.params[k]), k
+        assert np.array_equal(twin.velocity[k], sgd.velocity[k]), k
+
+
+def test_fast_sgd_step_with_a_column_ordered_mask_writes_positive_zeros(rng):
+    """A mask in Fortran order (set_mask keeps the order it is given) still goes through the kernel,
+    which writes +0.0 at the masked weights (the NumPy rule's w *= mask leaves -0.0 where w was
+    negative): the bits of a C-ordered mask's run."""
+    mask = rng.random((784, 300)) < 0.4
+    nets = [models.build("lenet-300-100", np.float32, seed=1) for _ in range(2)]
+    nets[0].set_mask("fc1.weight", mask.T)  # a Fortran-ordered (300, 784) view
+    nets[1].set_mask("fc1.weight", np.ascontiguousarray(mask.T))
+    assert not nets[0].masks["fc1.weight"].flags.c_contiguous
+    optimizers = [SGD(net, 0.9, 5e-4) for net in nets]
+    for step in range(2):
+        grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in nets[0].params.items()}
+        for opt in optimizers:
+            opt.step(grads, 0.05)
+    for k in nets[0].params:
+        assert nets[0].params[k].tobytes() == nets[1].params[k].tobytes(), k
+    assert not np.signbit(nets[0].params["fc1.weight"][~mask.T]).any()
 
 
 def test_fast_sgd_step_follows_replaced_arrays_and_settings(rng):

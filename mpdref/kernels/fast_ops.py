@@ -42,7 +42,8 @@ def dense_forward(x, w, b):
     computed as (w xᵀ)ᵀ by `kernels.gemm.matmul` (w's rows are the tile's rows as they lie: no
     copy of w) and b added in the copy back to (N, out) (`gemm.transposed`; one addition per
     element, as NumPy's), unless it is small (`gemm.is_small`: BLAS's, on one thread)."""
-    if not threads.in_numba_pass() or (x.ndim == 2 and gemm.is_small(*x.shape, w.shape[0])):
+    if not threads.in_numba_pass() or (isinstance(x, np.ndarray) and isinstance(w, np.ndarray) and x.ndim == 2
+                                       and w.ndim == 2 and gemm.is_small(*x.shape, w.shape[0])):
         return dense.dense_forward(x, w, b)  # which checks the arguments
     dense.check_dense_args(x, w, b)
     yt = gemm.matmul(w, gemm.transposed(x))  # (out, N)

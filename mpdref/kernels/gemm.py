@@ -175,8 +175,9 @@ class _Plan(NamedTuple):
 @functools.lru_cache(maxsize=64)
 def _plan(dtype: np.dtype, batches: int, m: int, k: int, n: int, threads: int) -> _Plan:
     """The cut of a (batches, m, k) @ (batches, k, n) product on `threads` threads; cached, since a
-    network multiplies the same shapes at every step (working it out took some 8 of a call's 12 µs
-    of fixed cost; LeNet-300-100 makes two such calls a step)."""
+    network multiplies the same shapes at every step (the fixed cost of a call, timed on a 6 × 4 @ 4 × 32
+    product: 12.1 µs when each call worked it out, 5.8 µs with the cache; LeNet-300-100 makes two
+    such calls a step)."""
     nr = tile_columns(dtype)
     half = tile_columns(dtype, HALF_TILE)  # nr itself where the tile cannot be halved
     n_pad = -(-n // half) * half
