@@ -12,16 +12,6 @@ def common_float_dtype(op: str, **arrays) -> np.dtype:
     Raises TypeError naming the op and the offending arrays otherwise: mpdref
     never up- or down-casts behind the caller's back.
     """
-    first = None
-    for a in arrays.values():  # the common case, arrays of one float dtype, without building the listing
-        if a is None:
-            continue
-        if not isinstance(a, np.ndarray) or (first is not None and a.dtype != first):
-            break
-        first = a.dtype
-    else:
-        if first is not None and first in FLOAT_DTYPES:
-            return first
     dtypes = {name: np.asarray(a).dtype for name, a in arrays.items() if a is not None}
     first = next(iter(dtypes.values()))
     if first not in FLOAT_DTYPES or any(d != first for d in dtypes.values()):
