@@ -34,6 +34,17 @@ weights is the same tile turned around (`conv2d_parameter_gradients`):
 over the grid's pixels P (dy is 0 on the dropped columns), TILE_ROWS weights (c, p, q) × NR
 filters per tile, its rows read from the padded image at the weights' offsets.
 
+A batch of at least NR images (NR = tile_columns(dtype), 32 float32 with AVX-512) and sums of at
+least LANE_MIN_DEPTH terms go another way (`_lane_conv`): the images in the tile's vector lanes,
+blocks of NR laid out as x[c, h, w, lane], and for each output pixel a list of the terms whose
+input is inside the image (`mpdref.kernels.intrinsics.term_tile_product`). Nothing meets the
+padding and no column is dropped: LeNet-5's conv2 input gradient, whose padded grid above does
+307 M multiply-adds a batch of 64 for 102 M that count, does only those. A product with a padded
+zero (a finite weight's) adds ±0 to a running sum that starts at +0 and so is never −0: the sum
+is unchanged, and both ways give the same bits (tests/test_direct_conv.py; tests/golden at a
+batch of 64). Only an infinite or NaN weight tells them apart: times a padded zero it is NaN on
+the padded grid, and skipped here.
+
 Each output of the forward pass and of the input gradient is one running sum over its
 terms in row-major order, so it does not depend on the batch it comes in or the number of
 threads; each weight gradient is one running sum over the images in order, then the
@@ -45,12 +56,14 @@ each image's running sum, then the images' in order (the reference sums them pai
 """
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import prange
 
 from mpdref.kernels.config import PARALLEL
-from mpdref.kernels.intrinsics import CPU_TILE, gathered_tile_product, tile_columns
+from mpdref.kernels.intrinsics import CPU_TILE, gathered_tile_product, term_tile_product, tile_columns
 
 TILE_ROWS = CPU_TILE.rows
 
@@ -174,11 +187,107 @@ class Padded:
         self.flat = _pad_images(np.ascontiguousarray(x), padding, self.image_len)
 
 
+#: the fewest terms per output (C·KH·KW) for which `_lane_conv` pays: it lays the images out in
+#: lanes and its outputs back, a cost per input and output that a deep sum hides and a shallow one
+#: does not (LeNet-5's conv1, 25 terms: 1.75 times the padded grid's time; its conv2, 500: 0.86;
+#: the input gradient of conv2, 1,250 of which 60% meet padding: 0.53; batch 64, float32)
+LANE_MIN_DEPTH = 100
+
+
+def in_lanes(x_shape: tuple, w_shape: tuple, dtype) -> bool:
+    """Whether conv2d_direct puts the images in the vector lanes (`_lane_conv`): a batch that fills a
+    tile's columns at least once, and sums of at least LANE_MIN_DEPTH terms. Either way each output
+    is the same sum, bit for bit."""
+    return x_shape[0] >= tile_columns(dtype) and int(np.prod(w_shape[1:])) >= LANE_MIN_DEPTH
+
+
+@functools.lru_cache(maxsize=32)
+def _lane_terms(channels, h, w, kh, kw, padding, lanes):
+    """The terms of `_lane_conv` for x (C, H, W, lanes) and a KH × KW kernel: (terms, starts, lengths,
+    pattern, base). Output pixel P = (i, j) sums, in (c, p, q) row-major order, the weights whose
+    input x[c, i + p − padding, j + q − padding] lies inside the image (the others meet the zero
+    padding, and a product with zero adds nothing to a running sum that starts at +0: the same
+    bits as the padded sum). The rows p of those weights run over [max(0, padding − i),
+    min(KH, H + padding − i)), the columns q likewise: pixels with the same ranges (a border class)
+    share one list, terms[2·starts[k]:][: 2·lengths[k]] for k = pattern[P], of (weight offset
+    (c·KH + p)·KW + q, input offset ((c·H + p)·W + q)·lanes) pairs; base[P] = ((i − padding)·W +
+    j − padding)·lanes moves the input offsets to pixel P."""
+    oh, ow = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    c_idx = np.arange(channels)[:, None, None]
+    lists, index, pattern = [], {}, np.empty(oh * ow, dtype=np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            key = (max(0, padding - i), min(kh, h + padding - i), max(0, padding - j), min(kw, w + padding - j))
+            if key not in index:
+                p = np.arange(key[0], key[1])[None, :, None]
+                q = np.arange(key[2], key[3])[None, None, :]
+                a_offsets = ((c_idx * kh + p) * kw + q).ravel()
+                b_offsets = (((c_idx * h + p) * w + q) * lanes).ravel()
+                index[key] = len(lists)
+                lists.append(np.stack([a_offsets, b_offsets], axis=1).ravel())
+            pattern[i * ow + j] = index[key]
+    lengths = np.array([len(terms) // 2 for terms in lists], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    i, j = np.divmod(np.arange(oh * ow), ow)
+    base = (((i - padding) * w + j - padding) * lanes).astype(np.int64)
+    tables = (np.concatenate(lists).astype(np.int64), starts, lengths, pattern, base)
+    for table in tables:
+        table.flags.writeable = False
+    return tables
+
+
+@numba.njit(**PARALLEL)
+def _to_lanes(x, nr):
+    """x (N, C, H, W) -> (blocks · C·H·W·nr,): the images in blocks of nr, x[n, c, h, w] at
+    (((n // nr)·C + c)·H + h)·W + w)·nr + n % nr, zeros in the lanes past N."""
+    n_batch, channels, height, width = x.shape
+    blocks = -(-n_batch // nr)
+    out = np.zeros(blocks * channels * height * width * nr, dtype=x.dtype)
+    for block in prange(blocks):
+        for c in range(channels):
+            for h in range(height):
+                for w in range(width):
+                    row = (((block * channels + c) * height + h) * width + w) * nr
+                    for n in range(block * nr, min(n_batch, (block + 1) * nr)):
+                        out[row + n - block * nr] = x[n, c, h, w]
+    return out
+
+
+@numba.njit(**PARALLEL)
+def _lane_conv(xt, w_rows, depth, terms, starts, lengths, pattern, base, bias, n_batch, filters, f_pad, oh, ow,
+               image_len, nr):
+    """y (N, F, OH, OW) from xt (the images in blocks of nr lanes, see _to_lanes; image_len = C·H·W)
+    and w_rows (F rounded up to whole tiles × depth, row f the filter's weights in (c, p, q) order):
+    for each block of nr images and output pixel, every tile of TILE_ROWS filters × nr images sums
+    the pixel's terms (see _lane_terms)."""
+    pixels = oh * ow
+    blocks = -(-n_batch // nr)
+    grid = np.empty(blocks * pixels * f_pad * nr, dtype=xt.dtype)  # (blocks, pixels, F_pad, nr)
+    for unit in prange(blocks * pixels):
+        block, pixel = unit // pixels, unit % pixels
+        k = pattern[pixel]
+        for f0 in range(0, f_pad, TILE_ROWS):
+            term_tile_product(w_rows, f0 * depth, depth, xt, block * image_len * nr + base[pixel], terms, starts[k],
+                              grid, (unit * f_pad + f0) * nr, nr, lengths[k], False)
+    y = np.empty((n_batch, filters, oh, ow), dtype=xt.dtype)
+    for n in prange(n_batch):
+        block, lane = n // nr, n % nr
+        for f in range(filters):
+            for i in range(oh):
+                for j in range(ow):
+                    y[n, f, i, j] = grid[((block * pixels + i * ow + j) * f_pad + f) * nr + lane] + bias[f]
+    return y
+
+
 def conv2d_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int, padded: Padded | None = None):
     """y (N, F, OH, OW) = the stride-1 convolution of x (N, C, H, W) with w (F, C, KH, KW) and b (F,),
     x zero-padded by `padding` (or given as `padded`, which the weight gradient can use again);
-    arguments checked by the caller (`mpdref.ops.conv.check_conv2d_args`)."""
+    arguments checked by the caller (`mpdref.ops.conv.check_conv2d_args`). A batch `in_lanes`
+    (and no `padded`) goes through `_lane_conv`, which skips the padding; else each image on its
+    padded grid (`_direct_conv`). The two give the same bits (tests/test_direct_conv.py)."""
     f, _, kh, kw = w.shape
+    if padded is None and in_lanes(x.shape, w.shape, x.dtype):
+        return _conv_in_lanes(x, w, b, padding)
     xp = padded or Padded(x, kh, kw, padding)
     depth = xp.offsets.size
     f_pad = -(-f // TILE_ROWS) * TILE_ROWS
@@ -187,6 +296,20 @@ def conv2d_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int, pad
     row_starts = np.arange(f_pad, dtype=np.int64) * depth
     return _direct_conv(xp.flat, xp.image_len, w_rows.ravel(), row_starts, xp.offsets, np.ascontiguousarray(b),
                         xp.n, f, xp.oh, xp.ow, xp.wg, xp.pixels, xp.nr)
+
+
+def _conv_in_lanes(x, w, b, padding):
+    n_batch, channels, h, width = x.shape
+    f, _, kh, kw = w.shape
+    nr = tile_columns(x.dtype)
+    terms, starts, lengths, pattern, base = _lane_terms(channels, h, width, kh, kw, padding, nr)
+    depth = channels * kh * kw
+    f_pad = -(-f // TILE_ROWS) * TILE_ROWS
+    w_rows = np.zeros((f_pad, depth), dtype=x.dtype)
+    w_rows[:f] = w.reshape(f, -1)
+    oh, ow = h + 2 * padding - kh + 1, width + 2 * padding - kw + 1
+    return _lane_conv(_to_lanes(np.ascontiguousarray(x), nr), w_rows.ravel(), depth, terms, starts, lengths,
+                      pattern, base, np.ascontiguousarray(b), n_batch, f, f_pad, oh, ow, channels * h * width, nr)
 
 
 def conv2d_parameter_gradients(dout: np.ndarray, padded: Padded, w_shape: tuple) -> tuple[np.ndarray, np.ndarray]:

@@ -70,7 +70,8 @@ def im2col(x, kh, kw, stride, padding):
 
 
 class _DirectCache(tuple):
-    """What a direct convolution keeps for its backward pass: (the padded input, w, padding)."""
+    """What a direct convolution keeps for its backward pass: (the input, padded (`direct_conv.Padded`)
+    where the forward pass padded it, else as given; w, padding)."""
 
 
 def conv2d_forward(x, w, b, stride=1, padding=0):
@@ -79,6 +80,8 @@ def conv2d_forward(x, w, b, stride=1, padding=0):
     if not direct_conv.supported(w.shape, stride, padding):
         return conv.conv2d_forward(x, w, b, stride, padding, im2col=im2col)
     conv.check_conv2d_args(x, w, b, stride, padding)
+    if direct_conv.in_lanes(x.shape, w.shape, x.dtype):  # the images in lanes; padded for dw when it is due
+        return direct_conv.conv2d_direct(x, w, b, padding), _DirectCache((x, w, padding))
     padded = direct_conv.Padded(x, w.shape[2], w.shape[3], padding)
     return direct_conv.conv2d_direct(x, w, b, padding, padded), _DirectCache((padded, w, padding))
 
@@ -89,7 +92,8 @@ def conv2d_backward(dout, cache, need_dx=True):
     with `kernels.cpu.col2im`."""
     if not isinstance(cache, _DirectCache):
         return conv.conv2d_backward(dout, cache, need_dx, col2im=cpu.col2im)
-    padded, w, padding = cache
+    x, w, padding = cache
+    padded = x if isinstance(x, direct_conv.Padded) else direct_conv.Padded(x, w.shape[2], w.shape[3], padding)
     dout = np.ascontiguousarray(dout)
     dw, db = direct_conv.conv2d_parameter_gradients(dout, padded, w.shape)
     dx = direct_conv.conv2d_input_gradient(dout, w, padding) if need_dx else None

@@ -70,11 +70,14 @@ def tile_columns(dtype, tile: CpuTile = CPU_TILE) -> int:
     return tile.columns(np.dtype(dtype).itemsize)
 
 
-def _emit_tile(context, builder, tile: CpuTile, scalar, a_rows, b_row_at, c_ptr, c_stride, depth, accumulate):
+def _emit_tile(context, builder, tile: CpuTile, scalar, a_at, b_row_at, c_ptr, c_stride, depth, accumulate):
     """The tile's loop, in LLVM IR: c (tile.rows × NR, rows c_stride apart from c_ptr) (+)= Σ_p
-    a_rows[m][p] · (the NR values at b_row_at(builder, p)), every result in vector registers across
-    the loop over p. a_rows: tile.rows pointers to the rows of a; b_row_at(builder, p): the pointer
-    to step p's NR values of b."""
+    a_at(m, p) · (the NR values at b_row_at(builder, p)), every result in vector registers across
+    the loop over p. a_at(builder, m, p): the pointer to row m's value of a at step p (a list of
+    tile.rows row pointers stands for `row[m] + p`); b_row_at(builder, p): the pointer to step p's
+    NR values of b."""
+    if isinstance(a_at, list):
+        a_at = lambda bld, m, p, rows=a_at: bld.gep(rows[m], [p])  # noqa: E731
     itemsize = 8 if isinstance(scalar, ir.DoubleType) else 4
     lanes = tile.vector_bytes // itemsize
     tile_rows, vectors_per_row = tile.rows, tile.vectors_per_row
@@ -114,7 +117,7 @@ def _emit_tile(context, builder, tile: CpuTile, scalar, a_rows, b_row_at, c_ptr,
              for v in range(vectors_per_row)]
     new = []
     for m in range(tile_rows):
-        a_value = builder.load(builder.gep(a_rows[m], [p]))
+        a_value = builder.load(a_at(builder, m, p))
         splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), a_value,
                                                               ir.Constant(ir.IntType(32), 0)),
                                        ir.Constant(vec, ir.Undefined), splat_mask)
@@ -140,6 +143,14 @@ def _float_arrays(*arrays) -> bool:
     """1-D C-contiguous arrays of one float dtype (the tiles' operands)."""
     return (all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" for t in arrays)
             and len({t.dtype for t in arrays}) == 1 and arrays[0].dtype in (types.float32, types.float64))
+
+
+def _index_args(tables, integers, accumulate) -> bool:
+    """Index tables that are 1-D C-contiguous int64 arrays, offsets that are integers and a boolean
+    `accumulate` (the gathered tiles' other operands)."""
+    return (all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == types.int64
+                for t in tables)
+            and all(isinstance(t, types.Integer) for t in integers) and isinstance(accumulate, types.Boolean))
 
 
 @functools.cache
@@ -202,15 +213,8 @@ def make_gathered_tile_product(tile: CpuTile):
     @intrinsic
     def gathered_tile_product(typingctx, a, a_start, a_rows, a_row0, b, b_start, b_steps, c, c_start, c_stride,
                               depth, accumulate):
-        if not _float_arrays(a, b, c):
-            return None
-        tables = (a_rows, b_steps)
-        if not all(isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == types.int64
-                   for t in tables):
-            return None
-        if not all(isinstance(t, types.Integer) for t in (a_start, a_row0, b_start, c_start, c_stride, depth)):
-            return None
-        if not isinstance(accumulate, types.Boolean):
+        if not (_float_arrays(a, b, c)
+                and _index_args((a_rows, b_steps), (a_start, a_row0, b_start, c_start, c_stride, depth), accumulate)):
             return None
         sig = types.void(a, types.intp, a_rows, types.intp, b, types.intp, b_steps, c, types.intp, types.intp,
                          types.intp, types.boolean)
@@ -235,10 +239,59 @@ def make_gathered_tile_product(tile: CpuTile):
     return gathered_tile_product
 
 
+@functools.cache
+def make_term_tile_product(tile: CpuTile):
+    """The intrinsic term_tile_product(a, a_start, a_stride, b, b_start, terms, t0, c, c_start, c_stride,
+    depth, accumulate): tile_product over a list of terms, each naming where its value of a and its
+    run of b lie (the direct convolution with the images in the vector lanes, which skips the
+    zero padding: a term per weight whose input is inside the image):
+
+        c[c_start + m·c_stride + j] (+)= Σ_{t < depth} a[a_start + m·a_stride + terms[2(t0 + t)]]
+                                                        · b[b_start + terms[2(t0 + t) + 1] + j]
+
+    for m < tile.rows, j < NR = tile_columns(dtype, tile). Equals `term_tile_product` of
+    tests/naive.py. a, b, c: 1-D C-contiguous arrays of one float dtype; terms: a 1-D C-contiguous
+    int64 array of (a offset, b offset) pairs. b_start may be negative where every term's b offset
+    brings it back inside b. Unchecked, like tile_product: the caller (direct_conv) sizes the arrays.
+    """
+
+    @intrinsic
+    def term_tile_product(typingctx, a, a_start, a_stride, b, b_start, terms, t0, c, c_start, c_stride, depth,
+                          accumulate):
+        if not (_float_arrays(a, b, c)
+                and _index_args((terms,), (a_start, a_stride, b_start, t0, c_start, c_stride, depth), accumulate)):
+            return None
+        sig = types.void(a, types.intp, types.intp, b, types.intp, terms, types.intp, c, types.intp, types.intp,
+                         types.intp, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            (a_arr, a_start, a_stride, b_arr, b_start, terms_arr, t0, c_arr, c_start, c_stride, depth,
+             accumulate) = args
+            const = lambda value: ir.Constant(depth.type, value)  # noqa: E731
+            array = lambda i, v: context.make_array(signature.args[i])(context, builder, v).data  # noqa: E731
+            a_data, b_data, table, c_data = array(0, a_arr), array(3, b_arr), array(5, terms_arr), array(7, c_arr)
+            a_rows = [builder.gep(a_data, [builder.add(a_start, builder.mul(a_stride, const(m)))])
+                      for m in range(tile.rows)]
+            pairs = builder.gep(table, [builder.mul(t0, const(2))])
+            term = lambda bld, p, which: bld.load(bld.gep(pairs, [bld.add(bld.mul(p, const(2)), const(which))]))  # noqa: E731
+            b_ptr = builder.gep(b_data, [b_start])
+            _emit_tile(context, builder, tile, context.get_value_type(signature.args[0].dtype),
+                       lambda bld, m, p: bld.gep(a_rows[m], [term(bld, p, 0)]),
+                       lambda bld, p: bld.gep(b_ptr, [term(bld, p, 1)]),
+                       builder.gep(c_data, [c_start]), c_stride, depth, accumulate)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return term_tile_product
+
+
 #: the tile of CPU_TILE's shape (see make_tile_product)
 tile_product = make_tile_product(CPU_TILE)
 #: the gathered tile of CPU_TILE's shape (see make_gathered_tile_product)
 gathered_tile_product = make_gathered_tile_product(CPU_TILE)
+#: the term-listed tile of CPU_TILE's shape (see make_term_tile_product)
+term_tile_product = make_term_tile_product(CPU_TILE)
 
 
 def _prefetch_intrinsic(locality: int, doc: str):

@@ -4,7 +4,9 @@
     python -m tests.golden.record --write    # store them in tests/golden/values.json
 
 `synthetic_values()` needs no data: for each network, float32 logits of a fixed random
-batch, and the parameters after three masked SGD steps with dropout on; for each network
+batch, and the parameters after three masked SGD steps with dropout on (for the two
+convolutional networks at training's batch of 64 as well: the fast convolution takes another
+path for a batch that fills its vector lanes); for each network
 under MPD masks, the masked and the block-form logits, and the parameters after three
 steps in block form (written back to the masked layout). `pipeline_values(mnist)` runs
 the two short pipelines beside this file and takes the SHA-256 of each `model.mpdz`.
@@ -104,6 +106,12 @@ def synthetic_values() -> dict:
         _three_steps(block, x, y)
         block.to_masked(masked)
         out[f"{name}/mpd-block-after-3-steps"] = params_digest(masked.params)
+    x64, y64 = _batch(64)
+    for name in ("lenet-5", "deep-mnist"):
+        net = models.build(name, seed=0)
+        out[f"{name}/batch-64-logits"] = digest(net.forward(x64))
+        _three_steps(net, x64, y64)
+        out[f"{name}/batch-64-after-3-steps"] = params_digest(net.params)
     net64 = models.build("lenet-5", dtype=np.float64, seed=0)
     out["lenet-5/float64-logits"] = digest(net64.forward(_batch(dtype=np.float64)[0]))
     return out
