@@ -237,45 +237,37 @@ def _lane_terms(channels, h, w, kh, kw, padding, lanes):
 
 
 @numba.njit(**PARALLEL)
-def _to_lanes(x, nr):
-    """x (N, C, H, W) -> (blocks · C·H·W·nr,): the images in blocks of nr, x[n, c, h, w] at
-    (((n // nr)·C + c)·H + h)·W + w)·nr + n % nr, zeros in the lanes past N."""
+def _lane_conv(x, w_rows, depth, terms, starts, lengths, pattern, base, bias, filters, f_pad, oh, ow, nr):
+    """y (N, F, OH, OW) = the convolution of x (N, C, H, W) with the filters in w_rows (F rounded up to
+    whole tiles × depth, row f the filter's weights in (c, p, q) order). First the images in blocks
+    of nr lanes, xt: x[n, c, h, w] at ((((n // nr)·C + c)·H + h)·W + w)·nr + n % nr (zeros in the
+    lanes past N); then for each block and output pixel, every tile of TILE_ROWS filters × nr images
+    sums the pixel's terms (see _lane_terms) and the pixel's outputs go to y. One kernel, so that a
+    process compiles one (parallel kernels are not cached on disk)."""
     n_batch, channels, height, width = x.shape
     blocks = -(-n_batch // nr)
-    out = np.zeros(blocks * channels * height * width * nr, dtype=x.dtype)
-    for block in prange(blocks):
-        for c in range(channels):
-            for h in range(height):
-                for w in range(width):
-                    row = (((block * channels + c) * height + h) * width + w) * nr
-                    for n in range(block * nr, min(n_batch, (block + 1) * nr)):
-                        out[row + n - block * nr] = x[n, c, h, w]
-    return out
-
-
-@numba.njit(**PARALLEL)
-def _lane_conv(xt, w_rows, depth, terms, starts, lengths, pattern, base, bias, n_batch, filters, f_pad, oh, ow,
-               image_len, nr):
-    """y (N, F, OH, OW) from xt (the images in blocks of nr lanes, see _to_lanes; image_len = C·H·W)
-    and w_rows (F rounded up to whole tiles × depth, row f the filter's weights in (c, p, q) order):
-    for each block of nr images and output pixel, every tile of TILE_ROWS filters × nr images sums
-    the pixel's terms (see _lane_terms)."""
+    image_len = channels * height * width
+    xt = np.zeros(blocks * image_len * nr, dtype=x.dtype)
+    for unit in prange(blocks * channels):
+        block, c = unit // channels, unit % channels
+        for h in range(height):
+            for w in range(width):
+                row = (((block * channels + c) * height + h) * width + w) * nr
+                for n in range(block * nr, min(n_batch, (block + 1) * nr)):
+                    xt[row + n - block * nr] = x[n, c, h, w]
     pixels = oh * ow
-    blocks = -(-n_batch // nr)
-    grid = np.empty(blocks * pixels * f_pad * nr, dtype=xt.dtype)  # (blocks, pixels, F_pad, nr)
+    y = np.empty((n_batch, filters, oh, ow), dtype=x.dtype)
     for unit in prange(blocks * pixels):
         block, pixel = unit // pixels, unit % pixels
+        i, j = pixel // ow, pixel % ow
         k = pattern[pixel]
+        grid = np.empty(f_pad * nr, dtype=x.dtype)  # (F_pad, nr): this pixel's outputs
         for f0 in range(0, f_pad, TILE_ROWS):
             term_tile_product(w_rows, f0 * depth, depth, xt, block * image_len * nr + base[pixel], terms, starts[k],
-                              grid, (unit * f_pad + f0) * nr, nr, lengths[k], False)
-    y = np.empty((n_batch, filters, oh, ow), dtype=xt.dtype)
-    for n in prange(n_batch):
-        block, lane = n // nr, n % nr
+                              grid, f0 * nr, nr, lengths[k], False)
         for f in range(filters):
-            for i in range(oh):
-                for j in range(ow):
-                    y[n, f, i, j] = grid[((block * pixels + i * ow + j) * f_pad + f) * nr + lane] + bias[f]
+            for lane in range(min(nr, n_batch - block * nr)):
+                y[block * nr + lane, f, i, j] = grid[f * nr + lane] + bias[f]
     return y
 
 
@@ -308,8 +300,8 @@ def _conv_in_lanes(x, w, b, padding):
     w_rows = np.zeros((f_pad, depth), dtype=x.dtype)
     w_rows[:f] = w.reshape(f, -1)
     oh, ow = h + 2 * padding - kh + 1, width + 2 * padding - kw + 1
-    return _lane_conv(_to_lanes(np.ascontiguousarray(x), nr), w_rows.ravel(), depth, terms, starts, lengths,
-                      pattern, base, np.ascontiguousarray(b), n_batch, f, f_pad, oh, ow, channels * h * width, nr)
+    return _lane_conv(np.ascontiguousarray(x), w_rows.ravel(), depth, terms, starts, lengths, pattern, base,
+                      np.ascontiguousarray(b), f, f_pad, oh, ow, nr)
 
 
 def conv2d_parameter_gradients(dout: np.ndarray, padded: Padded, w_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
