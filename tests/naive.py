@@ -201,11 +201,11 @@ def gathered_tile_product(a, a_start, a_rows, a_row0, b, b_start, b_steps, c, c_
             c[slot] = c[slot] + total if accumulate else total
 
 
-def term_tile_product(a, a_start, a_stride, b, b_start, terms, t0, c, c_start, c_stride, depth, accumulate, rows,
-                      columns):
+def term_tile_product(a, a_start, a_rows, a_row0, b, b_start, terms, t0, c, c_start, c_stride, depth, accumulate,
+                      rows, columns):
     """The oracle of mpdref.kernels.intrinsics.term_tile_product, in place: for m < rows, j < columns,
 
-        c[c_start + m·c_stride + j] (+)= Σ_{t < depth} a[a_start + m·a_stride + terms[2(t0 + t)]]
+        c[c_start + m·c_stride + j] (+)= Σ_{t < depth} a[a_start + a_rows[a_row0 + m] + terms[2(t0 + t)]]
                                                         · b[b_start + terms[2(t0 + t) + 1] + j]
 
     added to what c holds with `accumulate`, else written over it; nothing else of c is touched."""
@@ -214,7 +214,7 @@ def term_tile_product(a, a_start, a_stride, b, b_start, terms, t0, c, c_start, c
             total = 0.0
             for t in range(depth):
                 a_offset, b_offset = terms[2 * (t0 + t)], terms[2 * (t0 + t) + 1]
-                total += a[a_start + m * a_stride + a_offset] * b[b_start + b_offset + j]
+                total += a[a_start + a_rows[a_row0 + m] + a_offset] * b[b_start + b_offset + j]
             slot = c_start + m * c_stride + j
             c[slot] = c[slot] + total if accumulate else total
 

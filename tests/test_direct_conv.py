@@ -73,19 +73,20 @@ def test_term_tile_product_equals_its_loops(dtype, depth, shape, rng):
     term_tile = make_term_tile_product(tile)
 
     @numba.njit
-    def run(a, a_start, a_stride, b, b_start, terms, t0, c, c_start, c_stride, depth, accumulate):
-        term_tile(a, a_start, a_stride, b, b_start, terms, t0, c, c_start, c_stride, depth, accumulate)
+    def run(a, a_start, a_rows, a_row0, b, b_start, terms, t0, c, c_start, c_stride, depth, accumulate):
+        term_tile(a, a_start, a_rows, a_row0, b, b_start, terms, t0, c, c_start, c_stride, depth, accumulate)
 
     rows, nr = tile.rows, tile_columns(dtype, tile)
-    a = rng.standard_normal(rows * 70 + 20).astype(dtype)
+    a = rng.standard_normal(500).astype(dtype)
+    a_rows = rng.permutation(400)[: rows + 3].astype(np.int64)  # rows anywhere, in any order
     b = rng.standard_normal(depth * 3 + nr + 80).astype(dtype)
     # pairs anywhere, in any order, repeats allowed; b_start below zero, brought back by every b offset
     terms = np.stack([rng.integers(0, 60, depth + 4), rng.integers(30, depth * 3 + 70, depth + 4)], axis=1)
     terms = terms.ravel().astype(np.int64)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    _check_tile(lambda c, *where: run(a, 9, 70, b, -25, terms, 3, c, where[0], where[1], depth, where[2]),
-                lambda c, *where: naive.term_tile_product(a64, 9, 70, b64, -25, terms, 3, c, where[0], where[1],
-                                                          depth, *where[2:]),
+    _check_tile(lambda c, *where: run(a, 9, a_rows, 2, b, -25, terms, 3, c, where[0], where[1], depth, where[2]),
+                lambda c, *where: naive.term_tile_product(a64, 9, a_rows, 2, b64, -25, terms, 3, c, where[0],
+                                                          where[1], depth, *where[2:]),
                 rows, nr, dtype, rng, "the term tile")
 
 

@@ -31,8 +31,10 @@ weights is the same tile turned around (`conv2d_parameter_gradients`):
 
     dw[f, c, p, q] = Σ_n Σ_P dyₙ[f, P] · x̃ₙ[c·Hp·Wg + p·Wg + q + P]
 
-over the grid's pixels P (dy is 0 on the dropped columns), TILE_ROWS weights (c, p, q) × NR
-filters per tile, its rows read from the padded image at the weights' offsets.
+over the output pixels P = i·Wg + j, j < OW (the grid's dropped columns, where dy would be 0,
+are left out of the sum: `mpdref.kernels.intrinsics.term_tile_product` over the list of them),
+TILE_ROWS weights (c, p, q) × NR filters per tile, its rows read from the padded image at the
+weights' offsets.
 
 A batch of at least NR images (NR = tile_columns(dtype), 32 float32 with AVX-512) and sums of at
 least LANE_MIN_DEPTH terms go another way (`_lane_conv`): the images in the tile's vector lanes,
@@ -121,14 +123,15 @@ def _direct_conv(xp, image_len, w_rows, row_starts, steps, bias, n_batch, filter
 
 
 @numba.njit(**PARALLEL)
-def _weight_gradient(xp, image_len, offsets, dyg, pixels, f_pad, nr, chunks):
+def _weight_gradient(xp, image_len, offsets, dyv, terms, f_pad, nr, chunks):
     """dwᵀ (len(offsets), f_pad): row r the gradient of the weight at offset offsets[r] of a padded
-    image, for every filter: Σ_n Σ_P xp[n·image_len + offsets[r] + P] · dyg[n, P, f]. The rows'
-    tiles are cut into `chunks` consecutive runs, one per unit of work; each unit goes through the
-    images in order (its tiles' running sums: image by image, pixel by pixel)."""
+    image, for every filter: Σ_n Σ_P xp[n·image_len + offsets[r] + P] · dyv[n, P, f] over the output
+    pixels P = i·Wg + j (j < OW; terms: `_output_terms`). The rows' tiles are cut into `chunks`
+    consecutive runs, one per unit of work; each unit goes through the images in order (its tiles'
+    running sums: image by image, pixel by pixel)."""
     rows = len(offsets)
-    n_batch = len(dyg) // (pixels * f_pad)
-    steps = np.arange(pixels) * f_pad
+    pixels = len(terms) // 2
+    n_batch = len(dyv) // (pixels * f_pad)
     dwt = np.zeros(rows * f_pad, dtype=xp.dtype)
     tiles = rows // TILE_ROWS
     for chunk in prange(chunks):
@@ -136,25 +139,37 @@ def _weight_gradient(xp, image_len, offsets, dyg, pixels, f_pad, nr, chunks):
         for n in range(n_batch):
             for t in range(t0, t1):
                 for f0 in range(0, f_pad, nr):
-                    gathered_tile_product(xp, n * image_len, offsets, t * TILE_ROWS, dyg, n * pixels * f_pad + f0,
-                                          steps, dwt, t * TILE_ROWS * f_pad + f0, f_pad, pixels, n > 0)
+                    term_tile_product(xp, n * image_len, offsets, t * TILE_ROWS, dyv, n * pixels * f_pad + f0, terms, 0,
+                                      dwt, t * TILE_ROWS * f_pad + f0, f_pad, pixels, n > 0)
     return dwt
 
 
+@functools.lru_cache(maxsize=32)
+def _output_terms(oh, ow, wg, f_pad):
+    """The weight gradient's terms (see term_tile_product): for output pixel (i, j) in row-major
+    order, (i·Wg + j: where it meets a weight's input on the padded grid, (i·OW + j)·f_pad: its row
+    of dyv). Only the pixels that are outputs: the grid's dropped columns would add dy's zeros."""
+    i, j = np.divmod(np.arange(oh * ow, dtype=np.int64), ow)
+    terms = np.stack([i * wg + j, (i * ow + j) * f_pad], axis=1).ravel()
+    terms.flags.writeable = False
+    return terms
+
+
 @numba.njit(**PARALLEL)
-def _dy_on_grid(dout, wg, pixels, f_pad):
-    """dy (N, F, OH, OW) -> (dyg, db): dyg (N · pixels · f_pad,) holds image n's pixel P = i·Wg + j,
-    filter f at [(n·pixels + P)·f_pad + f], zero on the dropped columns j >= OW, past the grid
-    and past F; db (F,) = Σ_n Σ_{i,j} dy[n, f, i, j], each image's sum a running sum over its
-    pixels in order, then the images' sums added in order (the same bits whatever the threads)."""
+def _dy_in_rows(dout, f_pad):
+    """dy (N, F, OH, OW) -> (dyv, db): dyv (N · OH·OW · f_pad,) holds image n's output pixel
+    (i, j), filter f at [(n·OH·OW + i·OW + j)·f_pad + f], zero past F; db (F,) = Σ_n Σ_{i,j}
+    dy[n, f, i, j], each image's sum a running sum over its pixels in order, then the images' sums
+    added in order (the same bits whatever the threads)."""
     n_batch, filters, oh, ow = dout.shape
+    pixels = oh * ow
     out = np.zeros(n_batch * pixels * f_pad, dtype=dout.dtype)
     per_image = np.empty((n_batch, filters), dtype=dout.dtype)
     for n in prange(n_batch):
-        for f in range(filters):  # dy read in order; the image's grid (pixels × f_pad) stays in cache
+        for f in range(filters):  # dy read in order; the image's rows (pixels × f_pad) stay in cache
             total = dout.dtype.type(0)
             for i in range(oh):
-                row = (n * pixels + i * wg) * f_pad + f
+                row = (n * pixels + i * ow) * f_pad + f
                 for j in range(ow):
                     value = dout[n, f, i, j]
                     out[row + j * f_pad] = value
@@ -237,14 +252,15 @@ def _lane_terms(channels, h, w, kh, kw, padding, lanes):
 
 
 @numba.njit(**PARALLEL)
-def _lane_conv(x, w_rows, depth, terms, starts, lengths, pattern, base, bias, filters, f_pad, oh, ow, nr):
+def _lane_conv(x, w_rows, row_starts, terms, starts, lengths, pattern, base, bias, filters, oh, ow, nr):
     """y (N, F, OH, OW) = the convolution of x (N, C, H, W) with the filters in w_rows (F rounded up to
-    whole tiles × depth, row f the filter's weights in (c, p, q) order). First the images in blocks
+    whole tiles, row f at row_starts[f]: the filter's weights in (c, p, q) order). First the images in blocks
     of nr lanes, xt: x[n, c, h, w] at ((((n // nr)·C + c)·H + h)·W + w)·nr + n % nr (zeros in the
     lanes past N); then for each block and output pixel, every tile of TILE_ROWS filters × nr images
     sums the pixel's terms (see _lane_terms) and the pixel's outputs go to y. One kernel, so that a
     process compiles one (parallel kernels are not cached on disk)."""
     n_batch, channels, height, width = x.shape
+    f_pad = len(row_starts)
     blocks = -(-n_batch // nr)
     image_len = channels * height * width
     xt = np.zeros(blocks * image_len * nr, dtype=x.dtype)
@@ -263,7 +279,7 @@ def _lane_conv(x, w_rows, depth, terms, starts, lengths, pattern, base, bias, fi
         k = pattern[pixel]
         grid = np.empty(f_pad * nr, dtype=x.dtype)  # (F_pad, nr): this pixel's outputs
         for f0 in range(0, f_pad, TILE_ROWS):
-            term_tile_product(w_rows, f0 * depth, depth, xt, block * image_len * nr + base[pixel], terms, starts[k],
+            term_tile_product(w_rows, 0, row_starts, f0, xt, block * image_len * nr + base[pixel], terms, starts[k],
                               grid, f0 * nr, nr, lengths[k], False)
         for f in range(filters):
             for lane in range(min(nr, n_batch - block * nr)):
@@ -300,13 +316,14 @@ def _conv_in_lanes(x, w, b, padding):
     w_rows = np.zeros((f_pad, depth), dtype=x.dtype)
     w_rows[:f] = w.reshape(f, -1)
     oh, ow = h + 2 * padding - kh + 1, width + 2 * padding - kw + 1
-    return _lane_conv(np.ascontiguousarray(x), w_rows.ravel(), depth, terms, starts, lengths, pattern, base,
-                      np.ascontiguousarray(b), f, f_pad, oh, ow, nr)
+    row_starts = np.arange(f_pad, dtype=np.int64) * depth
+    return _lane_conv(np.ascontiguousarray(x), w_rows.ravel(), row_starts, terms, starts, lengths, pattern, base,
+                      np.ascontiguousarray(b), f, oh, ow, nr)
 
 
 def conv2d_parameter_gradients(dout: np.ndarray, padded: Padded, w_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(dw (F, C, KH, KW), db (F,)) of a stride-1 convolution from dy (N, F, OH, OW) and its input as
-    `padded`; db is summed in the pass that lays dy out for dw (`_dy_on_grid`)."""
+    `padded`; db is summed in the pass that lays dy out for dw (`_dy_in_rows`)."""
     f = w_shape[0]
     nr = padded.nr
     f_pad = -(-f // nr) * nr
@@ -314,9 +331,10 @@ def conv2d_parameter_gradients(dout: np.ndarray, padded: Padded, w_shape: tuple)
     rows_pad = -(-rows // TILE_ROWS) * TILE_ROWS
     offsets = np.zeros(rows_pad, dtype=np.int64)  # rows past the weights read offset 0 and are dropped
     offsets[:rows] = padded.offsets
-    dyg, db = _dy_on_grid(np.ascontiguousarray(dout), padded.wg, padded.pixels, f_pad)
+    dyv, db = _dy_in_rows(np.ascontiguousarray(dout), f_pad)
+    terms = _output_terms(padded.oh, padded.ow, padded.wg, f_pad)
     chunks = min(rows_pad // TILE_ROWS, numba.get_num_threads())
-    dwt = _weight_gradient(padded.flat, padded.image_len, offsets, dyg, padded.pixels, f_pad, nr, chunks)
+    dwt = _weight_gradient(padded.flat, padded.image_len, offsets, dyv, terms, f_pad, nr, chunks)
     return np.ascontiguousarray(dwt.reshape(rows_pad, f_pad)[:rows, :f].T).reshape(w_shape), db
 
 

@@ -241,37 +241,40 @@ def make_gathered_tile_product(tile: CpuTile):
 
 @functools.cache
 def make_term_tile_product(tile: CpuTile):
-    """The intrinsic term_tile_product(a, a_start, a_stride, b, b_start, terms, t0, c, c_start, c_stride,
-    depth, accumulate): tile_product over a list of terms, each naming where its value of a and its
-    run of b lie (the direct convolution with the images in the vector lanes, which skips the
-    zero padding: a term per weight whose input is inside the image):
+    """The intrinsic term_tile_product(a, a_start, a_rows, a_row0, b, b_start, terms, t0, c, c_start,
+    c_stride, depth, accumulate): gathered_tile_product over a list of terms, each naming where its
+    value in a's rows and its run of b lie, for sums that skip terms known to be zero (the direct
+    convolution's products with the zero padding, and with the columns of its grid that are
+    dropped):
 
-        c[c_start + m·c_stride + j] (+)= Σ_{t < depth} a[a_start + m·a_stride + terms[2(t0 + t)]]
+        c[c_start + m·c_stride + j] (+)= Σ_{t < depth} a[a_start + a_rows[a_row0 + m] + terms[2(t0 + t)]]
                                                         · b[b_start + terms[2(t0 + t) + 1] + j]
 
     for m < tile.rows, j < NR = tile_columns(dtype, tile). Equals `term_tile_product` of
-    tests/naive.py. a, b, c: 1-D C-contiguous arrays of one float dtype; terms: a 1-D C-contiguous
-    int64 array of (a offset, b offset) pairs. b_start may be negative where every term's b offset
-    brings it back inside b. Unchecked, like tile_product: the caller (direct_conv) sizes the arrays.
+    tests/naive.py. a, b, c: 1-D C-contiguous arrays of one float dtype; a_rows: a 1-D C-contiguous
+    int64 array; terms: one of (a offset, b offset) pairs. b_start may be negative where every
+    term's b offset brings it back inside b. Unchecked, like tile_product: the caller (direct_conv)
+    sizes the arrays.
     """
 
     @intrinsic
-    def term_tile_product(typingctx, a, a_start, a_stride, b, b_start, terms, t0, c, c_start, c_stride, depth,
+    def term_tile_product(typingctx, a, a_start, a_rows, a_row0, b, b_start, terms, t0, c, c_start, c_stride, depth,
                           accumulate):
         if not (_float_arrays(a, b, c)
-                and _index_args((terms,), (a_start, a_stride, b_start, t0, c_start, c_stride, depth), accumulate)):
+                and _index_args((a_rows, terms), (a_start, a_row0, b_start, t0, c_start, c_stride, depth), accumulate)):
             return None
-        sig = types.void(a, types.intp, types.intp, b, types.intp, terms, types.intp, c, types.intp, types.intp,
-                         types.intp, types.boolean)
+        sig = types.void(a, types.intp, a_rows, types.intp, b, types.intp, terms, types.intp, c, types.intp,
+                         types.intp, types.intp, types.boolean)
 
         def codegen(context, builder, signature, args):
-            (a_arr, a_start, a_stride, b_arr, b_start, terms_arr, t0, c_arr, c_start, c_stride, depth,
+            (a_arr, a_start, rows_arr, a_row0, b_arr, b_start, terms_arr, t0, c_arr, c_start, c_stride, depth,
              accumulate) = args
             const = lambda value: ir.Constant(depth.type, value)  # noqa: E731
             array = lambda i, v: context.make_array(signature.args[i])(context, builder, v).data  # noqa: E731
-            a_data, b_data, table, c_data = array(0, a_arr), array(3, b_arr), array(5, terms_arr), array(7, c_arr)
-            a_rows = [builder.gep(a_data, [builder.add(a_start, builder.mul(a_stride, const(m)))])
-                      for m in range(tile.rows)]
+            a_data, rows, b_data, table, c_data = (array(0, a_arr), array(2, rows_arr), array(4, b_arr),
+                                                   array(6, terms_arr), array(8, c_arr))
+            a_rows = [builder.gep(a_data, [builder.add(a_start, builder.load(
+                builder.gep(rows, [builder.add(a_row0, const(m))])))]) for m in range(tile.rows)]
             pairs = builder.gep(table, [builder.mul(t0, const(2))])
             term = lambda bld, p, which: bld.load(bld.gep(pairs, [bld.add(bld.mul(p, const(2)), const(which))]))  # noqa: E731
             b_ptr = builder.gep(b_data, [b_start])
