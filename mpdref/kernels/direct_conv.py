@@ -182,6 +182,15 @@ def _dy_in_rows(dout, f_pad):
     return out, db
 
 
+@functools.lru_cache(maxsize=32)
+def _weight_offsets(channels, kh, kw, hp, wg):
+    """Padded.offsets (read-only, one array per shape)."""
+    c_idx, p_idx, q_idx = np.meshgrid(np.arange(channels), np.arange(kh), np.arange(kw), indexing="ij")
+    offsets = (c_idx * hp * wg + p_idx * wg + q_idx).ravel().astype(np.int64)
+    offsets.flags.writeable = False
+    return offsets
+
+
 class Padded:
     """Images zero-padded for the direct kernels, and the weights' offsets in them.
 
@@ -196,8 +205,7 @@ class Padded:
         self.n, channels, h, w = x.shape
         self.nr = tile_columns(x.dtype)
         self.hp, self.wg, self.oh, self.ow, self.pixels = _grid(h, w, kh, kw, padding, self.nr)
-        c_idx, p_idx, q_idx = np.meshgrid(np.arange(channels), np.arange(kh), np.arange(kw), indexing="ij")
-        self.offsets = (c_idx * self.hp * self.wg + p_idx * self.wg + q_idx).ravel().astype(np.int64)
+        self.offsets = _weight_offsets(channels, kh, kw, self.hp, self.wg)
         self.image_len = int(self.offsets[-1]) + self.pixels  # the last tile of pixels reads up to here
         self.flat = _pad_images(np.ascontiguousarray(x), padding, self.image_len)
 
