@@ -212,8 +212,9 @@ class Padded:
 
 #: the fewest terms per output (C·KH·KW) for which `_lane_conv` pays: it lays the images out in
 #: lanes and its outputs back, a cost per input and output that a deep sum hides and a shallow one
-#: does not (LeNet-5's conv1, 25 terms: 1.75 times the padded grid's time; its conv2, 500: 0.86;
-#: the input gradient of conv2, 1,250 of which 60% meet padding: 0.53; batch 64, float32)
+#: does not (alone at batch 64, float32, against the padded grid: the conv1 layers of LeNet-5 and
+#: Deep MNIST, 25 terms, 1.39 and 2.20 times its time; LeNet-5's conv2, 500 terms, 0.85-0.99;
+#: conv2's input gradient, 1,250 terms of which 60% meet the padding, 0.59-0.60)
 LANE_MIN_DEPTH = 100
 
 
