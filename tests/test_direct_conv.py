@@ -173,15 +173,17 @@ def test_an_image_gives_the_same_bits_in_any_batch(rng):
     np.testing.assert_array_equal(direct_conv.conv2d_direct(x[3:7], w, b, padding), whole[3:7])
 
 
-# (c, h, w, f, k, padding) for batches in the vector lanes (C·KH·KW >= LANE_MIN_DEPTH): channels and
-# filters off the tile's rows, images that are not square, every padding a kernel allows (the
-# padding skipped: at k − 1 most terms of a border pixel meet it)
+# (c, h, w, f, k, padding) for batches in the vector lanes, forward and input gradient (C·KH·KW and
+# F·KH·KW >= LANE_MIN_DEPTH): channels and filters off the tile's rows, images that are not square,
+# paddings from 0 to k − 1 (at k − 1 most terms of a border pixel meet the padding; the input
+# gradient pads by k − 1 − padding)
 LANE_SHAPES = [
-    (5, 10, 7, 3, 5, 3),
+    (5, 10, 7, 5, 5, 3),
     (4, 9, 6, 7, 5, 2),
     (12, 6, 6, 13, 3, 1),
     (4, 8, 11, 8, 5, 0),
-    (7, 5, 9, 5, 4, 2),
+    (4, 8, 11, 8, 5, 4),
+    (7, 5, 9, 7, 4, 2),
 ]
 
 
@@ -192,7 +194,6 @@ def test_images_in_lanes_give_the_padded_grids_bits(shape, dtype, rng):
     order, so forward and input gradient equal the padded grid's bit for bit, and the loops to
     rounding; batches of one block of lanes and of two, the second part empty."""
     c, h, wd, f, k, padding = shape
-    assert c * k * k >= direct_conv.LANE_MIN_DEPTH
     nr = tile_columns(dtype)
     for n in (nr, nr + 3):
         x, w, b, padding = _case((n, c, h, wd, f, k, padding), dtype, rng)
@@ -205,6 +206,7 @@ def test_images_in_lanes_give_the_padded_grids_bits(shape, dtype, rng):
         d = rng.standard_normal(y.shape).astype(dtype)
         dx = direct_conv.conv2d_input_gradient(d, w, padding)
         flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        assert direct_conv.in_lanes(d.shape, flipped.shape, dtype)
         dx_grid = direct_conv.conv2d_direct(d, flipped, np.zeros(c, dtype), k - 1 - padding,
                                             direct_conv.Padded(d, k, k, k - 1 - padding))
         np.testing.assert_array_equal(dx.view(f"u{dx.itemsize}"), dx_grid.view(f"u{dx.itemsize}"))
@@ -253,8 +255,8 @@ def test_the_fast_set_takes_the_direct_path_where_it_applies(stride, k, padding,
 
 
 def test_the_fast_set_gives_the_same_bits_with_the_images_in_lanes_or_not(rng):
-    """A batch in lanes keeps its input and pads it for the weight gradient in the backward pass; its
-    output and gradients equal those of the same batch padded in the forward pass, bit for bit."""
+    """A batch in lanes keeps its input and pads it for the weight gradient in the backward pass: its
+    output and gradients through the fast set equal the padded grid's, bit for bit."""
     nr = tile_columns(np.float32)
     x = rng.standard_normal((nr + 5, 6, 10, 10)).astype(np.float32)
     w = rng.standard_normal((7, 6, 5, 5)).astype(np.float32)
@@ -262,9 +264,11 @@ def test_the_fast_set_gives_the_same_bits_with_the_images_in_lanes_or_not(rng):
     y, cache = fast_ops.conv2d_forward(x, w, b, 1, 2)
     assert cache[0] is x
     d = rng.standard_normal(y.shape).astype(np.float32)
-    lanes = fast_ops.conv2d_backward(d, cache)
+    dx, dw, db = fast_ops.conv2d_backward(d, cache)
     padded = direct_conv.Padded(x, 5, 5, 2)
-    on_grid = fast_ops.conv2d_backward(d, fast_ops._DirectCache((padded, w, 2)))
     np.testing.assert_array_equal(y, direct_conv.conv2d_direct(x, w, b, 2, padded))
-    for got, want in zip(lanes, on_grid):
-        np.testing.assert_array_equal(got, want)
+    dw_grid, db_grid = direct_conv.conv2d_parameter_gradients(d, padded, w.shape)
+    flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    dx_grid = direct_conv.conv2d_direct(d, flipped, np.zeros(6, np.float32), 2, direct_conv.Padded(d, 5, 5, 2))
+    for got, want in ((dx, dx_grid), (dw, dw_grid), (db, db_grid)):
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

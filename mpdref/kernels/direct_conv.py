@@ -1,5 +1,5 @@
-"""Direct 2-D convolution on the CPU: the patches read straight from the padded image, never
-gathered into a patch matrix.
+"""Direct 2-D convolution on the CPU: the patches read straight from the image (padded, or laid out
+in vector lanes), never gathered into a patch matrix.
 
     y[n, f, i, j] = b[f] + Σ_{c, p, q} w[f, c, p, q] · x̃[n, c, i + p, j + q]      (stride 1)
 
@@ -41,19 +41,23 @@ least LANE_MIN_DEPTH terms go another way (`_lane_conv`): the images in the tile
 blocks of NR laid out as x[c, h, w, lane], and for each output pixel a list of the terms whose
 input is inside the image (`mpdref.kernels.intrinsics.term_tile_product`). Nothing meets the
 padding and no column is dropped: LeNet-5's conv2 input gradient, whose padded grid above does
-307 M multiply-adds a batch of 64 for 102 M that count, does only those. A product with a padded
-zero (a finite weight's) adds ±0 to a running sum that starts at +0 and so is never −0: the sum
-is unchanged, and both ways give the same bits (tests/test_direct_conv.py; tests/golden at a
-batch of 64). Only an infinite or NaN weight tells them apart: times a padded zero it is NaN on
-the padded grid, and skipped here.
+307 M multiply-adds a batch of 64 for 102 M that count, does those (123 M with its 20 output
+channels rounded up to the tile's 24 rows). A product of a finite weight with a padded zero is
+±0, and adding ±0 leaves a nonzero running sum as it is: both ways give the same value, and the
+same bits (tests/test_direct_conv.py; tests/golden at a batch of 64), but for the sign of a zero
+result: a sum whose every product underflows to −0 (|w·x| below half the smallest subnormal,
+under FMA) stays −0 here and becomes +0 on the padded grid. An infinite or NaN weight times a
+padded zero is NaN on the padded grid, and skipped here. The same holds for the weight
+gradient's dropped columns below: dy's zeros there met real inputs, so an infinite input gave
+NaN in gradients whose true sum has none.
 
 Each output of the forward pass and of the input gradient is one running sum over its
 terms in row-major order, so it does not depend on the batch it comes in or the number of
 threads; each weight gradient is one running sum over the images in order, then the
 pixels, whatever the threads. All differ from the reference's BLAS sums in rounding only
 (tests/test_direct_conv.py and tests/test_ops.py hold both to the loop oracles of
-tests/naive.py). The threads share the images (forward, input gradient) or the weights
-(weight gradient), with `prange`. The bias gradient comes with the weight gradient's layout pass:
+tests/naive.py). The threads share the images (forward, input gradient; in lanes, the blocks
+of images and output pixels) or the weights (weight gradient), with `prange`. The bias gradient comes with the weight gradient's layout pass:
 each image's running sum, then the images' in order (the reference sums them pairwise).
 """
 from __future__ import annotations
@@ -214,14 +218,14 @@ class Padded:
 #: lanes and its outputs back, a cost per input and output that a deep sum hides and a shallow one
 #: does not (alone at batch 64, float32, against the padded grid: the conv1 layers of LeNet-5 and
 #: Deep MNIST, 25 terms, 1.39 and 2.20 times its time; LeNet-5's conv2, 500 terms, 0.85-0.99;
-#: conv2's input gradient, 1,250 terms of which 60% meet the padding, 0.59-0.60)
+#: conv2's input gradient, 1,250 terms of which 56% meet the padding, 0.59-0.60)
 LANE_MIN_DEPTH = 100
 
 
 def in_lanes(x_shape: tuple, w_shape: tuple, dtype) -> bool:
     """Whether conv2d_direct puts the images in the vector lanes (`_lane_conv`): a batch that fills a
     tile's columns at least once, and sums of at least LANE_MIN_DEPTH terms. Either way each output
-    is the same sum, bit for bit."""
+    sums the same nonzero terms in the same order (the module's docstring)."""
     return x_shape[0] >= tile_columns(dtype) and int(np.prod(w_shape[1:])) >= LANE_MIN_DEPTH
 
 
@@ -230,8 +234,7 @@ def _lane_terms(channels, h, w, kh, kw, padding, lanes):
     """The terms of `_lane_conv` for x (C, H, W, lanes) and a KH × KW kernel: (terms, starts, lengths,
     pattern, base). Output pixel P = (i, j) sums, in (c, p, q) row-major order, the weights whose
     input x[c, i + p − padding, j + q − padding] lies inside the image (the others meet the zero
-    padding, and a product with zero adds nothing to a running sum that starts at +0: the same
-    bits as the padded sum). The rows p of those weights run over [max(0, padding − i),
+    padding, and a product with zero adds nothing to the sum: see the module's docstring). The rows p of those weights run over [max(0, padding − i),
     min(KH, H + padding − i)), the columns q likewise: pixels with the same ranges (a border class)
     share one list, terms[2·starts[k]:][: 2·lengths[k]] for k = pattern[P], of (weight offset
     (c·KH + p)·KW + q, input offset ((c·H + p)·W + q)·lanes) pairs; base[P] = ((i − padding)·W +
@@ -301,7 +304,8 @@ def conv2d_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int, pad
     x zero-padded by `padding` (or given as `padded`, which the weight gradient can use again);
     arguments checked by the caller (`mpdref.ops.conv.check_conv2d_args`). A batch `in_lanes`
     (and no `padded`) goes through `_lane_conv`, which skips the padding; else each image on its
-    padded grid (`_direct_conv`). The two give the same bits (tests/test_direct_conv.py)."""
+    padded grid (`_direct_conv`). The two give the same bits but for the sign of a zero result (the
+    module's docstring says when; tests/test_direct_conv.py)."""
     f, _, kh, kw = w.shape
     if padded is None and in_lanes(x.shape, w.shape, x.dtype):
         return _conv_in_lanes(x, w, b, padding)

@@ -71,7 +71,8 @@ def im2col(x, kh, kw, stride, padding):
 
 class _DirectCache(tuple):
     """What a direct convolution keeps for its backward pass: (the input, padded (`direct_conv.Padded`)
-    where the forward pass padded it, else as given; w, padding)."""
+    where the forward pass padded it, else the caller's array itself, not a copy, as the dense
+    layer's cache keeps its x; w, padding)."""
 
 
 def conv2d_forward(x, w, b, stride=1, padding=0):
