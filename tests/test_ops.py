@@ -317,7 +317,7 @@ def test_distillation_agrees_with_torch(ops, rng):
                  atol=max_norm_atol(1e-12, tz.grad.numpy()), name="dz")
 
 
-@pytest.mark.parametrize("channels, filters", [((2, 2), (3, 3)), ((1, 1, 1), (1, 1, 1)), ((3, 1, 4), (2, 5, 1))])
+@pytest.mark.parametrize("channels, filters", [((2, 2), (3, 3)), ((1, 1, 1), (1, 1, 1)), ((3, 1, 4), (2, 5, 1)), ((3,), (4,))])
 def test_grouped_conv_matches_per_group_loops_and_gradients(ops, channels, filters, rng):
     x, b = rng.standard_normal((2, sum(channels), 7, 6)), rng.standard_normal(sum(filters))
     weights = [rng.standard_normal((f, c, 3, 3)) for c, f in zip(channels, filters)]  # unequal groups allowed

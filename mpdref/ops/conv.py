@@ -130,7 +130,7 @@ def grouped_conv2d_forward(x: np.ndarray, weights: list[np.ndarray], b: np.ndarr
         outs.append(y)
         caches.append(cache)
         c0, f0 = c0 + c_g, f0 + f_g
-    return np.concatenate(outs, axis=1), caches
+    return (outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)), caches  # one group: no copy
 
 
 def grouped_conv2d_backward(dout: np.ndarray, cache, need_dx: bool = True, conv2d_backward=conv2d_backward):
@@ -144,4 +144,5 @@ def grouped_conv2d_backward(dout: np.ndarray, cache, need_dx: bool = True, conv2
         dws.append(dw)
         dbs.append(db)
         f0 += f_g
-    return (np.concatenate(dxs, axis=1) if need_dx else None), dws, np.concatenate(dbs)
+    dx = (dxs[0] if len(dxs) == 1 else np.concatenate(dxs, axis=1)) if need_dx else None
+    return dx, dws, np.concatenate(dbs)
