@@ -57,12 +57,14 @@ threads; each weight gradient is one running sum over the images in order, then 
 pixels, whatever the threads. All differ from the reference's BLAS sums in rounding only
 (tests/test_direct_conv.py and tests/test_ops.py hold both to the loop oracles of
 tests/naive.py). The threads share the images (forward, input gradient; in lanes, the blocks
-of images and output pixels) or the weights (weight gradient), with `prange`. The bias gradient comes with the weight gradient's layout pass:
-each image's running sum, then the images' in order (the reference sums them pairwise).
+of images and output pixels) or the weights (weight gradient), with `prange`. The bias gradient
+comes with the weight gradient's layout pass: each image's running sum, then the images' in
+order (the reference sums them pairwise).
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import numba
 import numpy as np
@@ -226,7 +228,7 @@ def in_lanes(x_shape: tuple, w_shape: tuple, dtype) -> bool:
     """Whether conv2d_direct puts the images in the vector lanes (`_lane_conv`): a batch that fills a
     tile's columns at least once, and sums of at least LANE_MIN_DEPTH terms. Either way each output
     sums the same nonzero terms in the same order (the module's docstring)."""
-    return x_shape[0] >= tile_columns(dtype) and int(np.prod(w_shape[1:])) >= LANE_MIN_DEPTH
+    return x_shape[0] >= tile_columns(dtype) and math.prod(w_shape[1:]) >= LANE_MIN_DEPTH
 
 
 @functools.lru_cache(maxsize=32)
@@ -234,8 +236,9 @@ def _lane_terms(channels, h, w, kh, kw, padding, lanes):
     """The terms of `_lane_conv` for x (C, H, W, lanes) and a KH × KW kernel: (terms, starts, lengths,
     pattern, base). Output pixel P = (i, j) sums, in (c, p, q) row-major order, the weights whose
     input x[c, i + p − padding, j + q − padding] lies inside the image (the others meet the zero
-    padding, and a product with zero adds nothing to the sum: see the module's docstring). The rows p of those weights run over [max(0, padding − i),
-    min(KH, H + padding − i)), the columns q likewise: pixels with the same ranges (a border class)
+    padding, and a product with zero adds nothing to the sum: see the module's docstring). The
+    rows p of those weights run over [max(0, padding − i), min(KH, H + padding − i)), the columns
+    q likewise: pixels with the same ranges (a border class)
     share one list, terms[2·starts[k]:][: 2·lengths[k]] for k = pattern[P], of (weight offset
     (c·KH + p)·KW + q, input offset ((c·H + p)·W + q)·lanes) pairs; base[P] = ((i − padding)·W +
     j − padding)·lanes moves the input offsets to pixel P."""
@@ -266,8 +269,8 @@ def _lane_terms(channels, h, w, kh, kw, padding, lanes):
 @numba.njit(**PARALLEL)
 def _lane_conv(x, w_rows, row_starts, terms, starts, lengths, pattern, base, bias, filters, oh, ow, nr):
     """y (N, F, OH, OW) = the convolution of x (N, C, H, W) with the filters in w_rows (F rounded up to
-    whole tiles, row f at row_starts[f]: the filter's weights in (c, p, q) order). First the images in blocks
-    of nr lanes, xt: x[n, c, h, w] at ((((n // nr)·C + c)·H + h)·W + w)·nr + n % nr (zeros in the
+    whole tiles, row f at row_starts[f]: the filter's weights in (c, p, q) order). First the images
+    in blocks of nr lanes, xt: x[n, c, h, w] at ((((n // nr)·C + c)·H + h)·W + w)·nr + n % nr (zeros in the
     lanes past N); then for each block and output pixel, every tile of TILE_ROWS filters × nr images
     sums the pixel's terms (see _lane_terms) and the pixel's outputs go to y. One kernel, so that a
     process compiles one (parallel kernels are not cached on disk)."""
@@ -310,27 +313,32 @@ def conv2d_direct(x: np.ndarray, w: np.ndarray, b: np.ndarray, padding: int, pad
     if padded is None and in_lanes(x.shape, w.shape, x.dtype):
         return _conv_in_lanes(x, w, b, padding)
     xp = padded or Padded(x, kh, kw, padding)
-    depth = xp.offsets.size
-    f_pad = -(-f // TILE_ROWS) * TILE_ROWS
-    w_rows = np.zeros((f_pad, depth), dtype=x.dtype)
-    w_rows[:f] = w.reshape(f, -1)
-    row_starts = np.arange(f_pad, dtype=np.int64) * depth
-    return _direct_conv(xp.flat, xp.image_len, w_rows.ravel(), row_starts, xp.offsets, np.ascontiguousarray(b),
+    w_rows, row_starts = _filter_rows(w)
+    return _direct_conv(xp.flat, xp.image_len, w_rows, row_starts, xp.offsets, np.ascontiguousarray(b),
                         xp.n, f, xp.oh, xp.ow, xp.wg, xp.pixels, xp.nr)
 
 
+def _filter_rows(w):
+    """(w_rows, row_starts): the filters of w (F, C, KH, KW) as rows of C·KH·KW weights in (c, p, q)
+    order, F rounded up to whole tiles with zero rows, flat, row f at row_starts[f] (the tiles'
+    left operand)."""
+    f = w.shape[0]
+    depth = w[0].size
+    f_pad = -(-f // TILE_ROWS) * TILE_ROWS
+    w_rows = np.zeros((f_pad, depth), dtype=w.dtype)
+    w_rows[:f] = w.reshape(f, -1)
+    return w_rows.reshape(-1), np.arange(f_pad, dtype=np.int64) * depth
+
+
 def _conv_in_lanes(x, w, b, padding):
-    n_batch, channels, h, width = x.shape
+    """conv2d_direct with the images in the vector lanes (`_lane_conv`, its terms from `_lane_terms`)."""
+    _, channels, h, width = x.shape
     f, _, kh, kw = w.shape
     nr = tile_columns(x.dtype)
     terms, starts, lengths, pattern, base = _lane_terms(channels, h, width, kh, kw, padding, nr)
-    depth = channels * kh * kw
-    f_pad = -(-f // TILE_ROWS) * TILE_ROWS
-    w_rows = np.zeros((f_pad, depth), dtype=x.dtype)
-    w_rows[:f] = w.reshape(f, -1)
+    w_rows, row_starts = _filter_rows(w)
     oh, ow = h + 2 * padding - kh + 1, width + 2 * padding - kw + 1
-    row_starts = np.arange(f_pad, dtype=np.int64) * depth
-    return _lane_conv(np.ascontiguousarray(x), w_rows.ravel(), row_starts, terms, starts, lengths, pattern, base,
+    return _lane_conv(np.ascontiguousarray(x), w_rows, row_starts, terms, starts, lengths, pattern, base,
                       np.ascontiguousarray(b), f, oh, ow, nr)
 
 

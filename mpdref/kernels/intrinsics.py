@@ -153,6 +153,13 @@ def _index_args(tables, integers, accumulate) -> bool:
             and all(isinstance(t, types.Integer) for t in integers) and isinstance(accumulate, types.Boolean))
 
 
+def _table_rows(builder, tile: CpuTile, a_data, a_start, rows, a_row0):
+    """The tile.rows pointers a_data + a_start + rows[a_row0 + m], in LLVM IR: the rows of a where an
+    index table puts them (the gathered tiles)."""
+    row_at = lambda m: builder.load(builder.gep(rows, [builder.add(a_row0, ir.Constant(a_row0.type, m))]))  # noqa: E731
+    return [builder.gep(a_data, [builder.add(a_start, row_at(m))]) for m in range(tile.rows)]
+
+
 @functools.cache
 def make_tile_product(tile: CpuTile):
     """The intrinsic tile_product(a, a_start, a_stride, b, b_start, c, c_start, c_stride, depth, accumulate)
@@ -222,12 +229,10 @@ def make_gathered_tile_product(tile: CpuTile):
         def codegen(context, builder, signature, args):
             (a_arr, a_start, rows_arr, a_row0, b_arr, b_start, steps_arr, c_arr, c_start, c_stride, depth,
              accumulate) = args
-            const = lambda value: ir.Constant(depth.type, value)  # noqa: E731
             array = lambda i, v: context.make_array(signature.args[i])(context, builder, v).data  # noqa: E731
             a_data, rows, b_data, steps, c_data = (array(0, a_arr), array(2, rows_arr), array(4, b_arr),
                                                    array(6, steps_arr), array(7, c_arr))
-            a_rows = [builder.gep(a_data, [builder.add(a_start, builder.load(
-                builder.gep(rows, [builder.add(a_row0, const(m))])))]) for m in range(tile.rows)]
+            a_rows = _table_rows(builder, tile, a_data, a_start, rows, a_row0)
             b_ptr = builder.gep(b_data, [b_start])
             _emit_tile(context, builder, tile, context.get_value_type(signature.args[0].dtype), a_rows,
                        lambda bld, p: bld.gep(b_ptr, [bld.load(bld.gep(steps, [p]))]),
@@ -273,10 +278,12 @@ def make_term_tile_product(tile: CpuTile):
             array = lambda i, v: context.make_array(signature.args[i])(context, builder, v).data  # noqa: E731
             a_data, rows, b_data, table, c_data = (array(0, a_arr), array(2, rows_arr), array(4, b_arr),
                                                    array(6, terms_arr), array(8, c_arr))
-            a_rows = [builder.gep(a_data, [builder.add(a_start, builder.load(
-                builder.gep(rows, [builder.add(a_row0, const(m))])))]) for m in range(tile.rows)]
+            a_rows = _table_rows(builder, tile, a_data, a_start, rows, a_row0)
             pairs = builder.gep(table, [builder.mul(t0, const(2))])
-            term = lambda bld, p, which: bld.load(bld.gep(pairs, [bld.add(bld.mul(p, const(2)), const(which))]))  # noqa: E731
+
+            def term(bld, p, which):  # terms[2(t0 + p) + which]
+                return bld.load(bld.gep(pairs, [bld.add(bld.mul(p, const(2)), const(which))]))
+
             b_ptr = builder.gep(b_data, [b_start])
             _emit_tile(context, builder, tile, context.get_value_type(signature.args[0].dtype),
                        lambda bld, m, p: bld.gep(a_rows[m], [term(bld, p, 0)]),
