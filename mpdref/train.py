@@ -170,6 +170,36 @@ class SGD:
             w *= mask
 
 
+class WeightAverage:
+    """The running mean of a network's parameters over snapshots, for stochastic weight averaging
+    (Izmailov et al., "Averaging Weights Leads to Wider Optima and Better Generalization", UAI 2018):
+
+        mean₀ = 0;   after snapshot n (1, 2, ...) of w:   meanₙ = meanₙ₋₁ + (w − meanₙ₋₁) / n
+
+    (PyTorch's ``torch.optim.swa_utils.AveragedModel`` rule; the first snapshot is copied exactly). A
+    weight that a mask holds at 0.0 in every snapshot has a mean of exactly 0.0, so the mean keeps
+    the masks. The mean is kept in the parameters' dtype.
+    """
+
+    def __init__(self, params: dict[str, np.ndarray], mean: dict[str, np.ndarray] | None = None, count: int = 0):
+        self.mean = ({k: np.zeros_like(v) for k, v in params.items()} if mean is None
+                     else {k: np.array(mean[k], dtype=v.dtype) for k, v in params.items()})
+        self.count = count
+
+    def add(self, params: dict[str, np.ndarray]) -> None:
+        self.count += 1
+        for name, w in params.items():
+            mean = self.mean[name]
+            mean += (w - mean) / w.dtype.type(self.count)
+
+    def apply(self, params: dict[str, np.ndarray]) -> None:
+        """Write the mean into `params` in place; with no snapshot yet, there is nothing to average."""
+        if self.count == 0:
+            raise ValueError("no snapshot has been added: there is no mean to apply")
+        for name, w in params.items():
+            w[...] = self.mean[name]
+
+
 @dataclass(frozen=True, eq=False)
 class Distillation:
     """Soft targets for `fit` (knowledge distillation, `mpdref.ops.distillation_forward`).

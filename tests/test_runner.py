@@ -457,3 +457,83 @@ def test_a_snapshot_is_published_once_and_never_half_written(tmp_path, mnist_dir
     monkeypatch.setattr(shared_module.os, "rename", lambda *_: (_ for _ in ()).throw(OSError("exists")))
     assert not SharedStages(tmp_path / "other", {key}).publish(a, out, 0, "digest")
     assert list((tmp_path / "other").iterdir()) == []
+
+
+def _load_and_average_config(mnist_dir, file, teacher=None):
+    return resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 5},
+        "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
+        "stages": [{"type": "load", "file": str(file)},
+                   {"type": "swa", "epochs": 3, "batch_size": 32, "lr": 0.05,
+                    **({"teacher": str(teacher)} if teacher else {})}]})
+
+
+def _pruned_run(mnist_dir, out):
+    config = resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 3},
+        "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
+        "stages": [{"type": "train", "epochs": 1, "batch_size": 32},
+                   {"type": "prune", "keep": {"fc1.weight": 0.1, "fc2.weight": 0.2}}]})
+    return run_experiment(config, out, progress=False)
+
+
+@pytest.mark.mnist
+def test_a_load_stage_starts_from_a_model_file_with_its_masks(tmp_path, mnist_dir):
+    first = _pruned_run(mnist_dir, tmp_path / "first")
+    config = _load_and_average_config(mnist_dir, tmp_path / "first" / "model.h5")
+    config["stages"] = config["stages"][:1]
+    metrics = run_experiment(config, tmp_path / "second", progress=False)
+    assert (metrics["test_error"], metrics["val_error"]) == (first["test_error"], first["val_error"])
+    a, b = models.load(tmp_path / "first" / "model.h5"), models.load(tmp_path / "second" / "model.h5")
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert a.masks.keys() == b.masks.keys() == {"fc1.weight", "fc2.weight"}
+    assert all(np.array_equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert len(metrics["stages"][0]["sha256"]) == 64
+
+
+@pytest.mark.mnist
+def test_a_load_stage_names_a_missing_or_foreign_file(tmp_path, mnist_dir):
+    with pytest.raises(FileNotFoundError, match="no model file at .*absent.h5"):
+        run_experiment(_load_and_average_config(mnist_dir, tmp_path / "absent.h5"), tmp_path / "a", progress=False)
+    models.save(models.build("lenet-5"), tmp_path / "lenet-5.h5")
+    with pytest.raises(ValueError, match="lenet-5.h5 holds a lenet-5 network in float32; this run's is lenet-300-100"):
+        run_experiment(_load_and_average_config(mnist_dir, tmp_path / "lenet-5.h5"), tmp_path / "b", progress=False)
+    (tmp_path / "torn.h5").write_bytes((tmp_path / "lenet-5.h5").read_bytes()[:5000])
+    with pytest.raises(FormatError, match="torn.h5"):
+        run_experiment(_load_and_average_config(mnist_dir, tmp_path / "torn.h5"), tmp_path / "c", progress=False)
+    with pytest.raises(ConfigError, match="stages\\[0\\].file: expected a model file ending in .h5"):
+        _load_and_average_config(mnist_dir, "model.npz")
+
+
+@pytest.mark.mnist
+def test_an_swa_stage_ends_on_the_mean_of_its_epochs_weights_under_the_masks(tmp_path, mnist_dir, monkeypatch):
+    from mpdref.train import WeightAverage
+
+    _pruned_run(mnist_dir, tmp_path / "first")
+    snapshots = []
+    original = WeightAverage.add
+    monkeypatch.setattr(WeightAverage, "add", lambda self, params: snapshots.append(
+        {k: v.astype(np.float64) for k, v in params.items()}) or original(self, params))
+    config = _load_and_average_config(mnist_dir, tmp_path / "first" / "model.h5",
+                                      teacher=tmp_path / "first" / "stages" / "01-train.h5")
+    metrics = run_experiment(config, tmp_path / "run", progress=False)
+    report = metrics["stages"][1]
+    assert report["averaged"] == report["epochs"] == len(snapshots) == 3
+    assert set(report["last_epoch"]) == {"test_error", "val_error"} and report["teacher"]["model"] == "lenet-300-100"
+    net = models.load(tmp_path / "run" / "model.h5")
+    assert not np.array_equal(snapshots[0]["fc1.weight"], snapshots[-1]["fc1.weight"])  # the weights moved
+    for k, w in net.params.items():
+        np.testing.assert_allclose(w, np.mean([s[k] for s in snapshots], axis=0), rtol=1e-5, atol=1e-7)
+        assert not np.array_equal(w, snapshots[-1][k].astype(w.dtype)), k  # the mean, not the last epoch's
+    for k, mask in net.masks.items():
+        assert np.all(net.params[k][~mask] == 0.0) and np.array_equal(mask, models.load(
+            tmp_path / "first" / "model.h5").masks[k])
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("stop_after", [3, 4])
+def test_an_swa_stage_interrupted_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch, stop_after):
+    _pruned_run(mnist_dir, tmp_path / "first")
+    # checkpoints: 1 the load stage's end; 2-4 the swa stage's epochs (the running mean in them)
+    assert_resume_is_bit_identical(_load_and_average_config(mnist_dir, tmp_path / "first" / "model.h5"),
+                                   tmp_path, monkeypatch, stop_after)

@@ -279,3 +279,25 @@ def test_fast_sgd_step_follows_replaced_arrays_and_settings(rng):
         for k in nets[0].params:
             assert np.array_equal(nets[0].params[k], nets[1].params[k]), (i, k)
             assert np.array_equal(fast.velocity[k], reference.velocity[k]), (i, k)
+
+
+def test_weight_average_is_the_mean_of_the_snapshots_and_keeps_masked_zeros(rng):
+    from mpdref.train import WeightAverage
+
+    mask = rng.random((30, 20)) < 0.3
+    snapshots = [{"w": rng.standard_normal((30, 20)) * mask, "b": rng.standard_normal(20)} for _ in range(7)]
+    params = {k: np.zeros_like(v) for k, v in snapshots[0].items()}
+    average = WeightAverage(params)
+    with pytest.raises(ValueError, match="no snapshot"):
+        average.apply(params)
+    average.add(snapshots[0])
+    assert all(np.array_equal(average.mean[k], snapshots[0][k]) for k in params)  # the first: copied exactly
+    for s in snapshots[1:]:
+        average.add(s)
+    average.apply(params)
+    assert average.count == 7
+    for k in params:
+        np.testing.assert_allclose(params[k], np.mean([s[k] for s in snapshots], axis=0), rtol=1e-13, atol=1e-15)
+    assert np.all(params["w"][~mask] == 0.0)
+    resumed = WeightAverage(params, {k: v.astype(np.float32) for k, v in average.mean.items()}, average.count)
+    assert resumed.mean["w"].dtype == np.float64 and resumed.count == 7

@@ -18,8 +18,9 @@ from mpdref import __version__, models
 from mpdref.io import FormatError
 from mpdref.io.model_file import CHECKPOINT_FORMAT, read_network_file, write_network_file
 
-# optional groups keyed like the parameters: ADMM's Z and U, the float copies of weights retrained on levels
-STAGE_GROUPS = ("admm_z", "admm_u", "latent")
+# optional groups keyed like the parameters: ADMM's Z and U, the float copies of weights retrained on levels,
+# the running mean of stochastic weight averaging
+STAGE_GROUPS = ("admm_z", "admm_u", "latent", "swa_mean")
 _PROGRESS_FIELDS = {"config_digest": str, "stage_index": int, "epochs_done": int, "finished": bool,
                     "log_lines": int, "results": list, "rng": dict}
 

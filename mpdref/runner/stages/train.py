@@ -2,6 +2,7 @@
 evaluate; and the recipe and distillation settings that other training stages share."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from mpdref.mpd import block_arrays, to_block_diagonal
 from mpdref.runner.options import REQUIRED, Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
 from mpdref.streams import random_stream
-from mpdref.train import DEFAULT_RECIPES, SCHEDULES, SGD, Distillation, Recipe, fit
+from mpdref.train import DEFAULT_RECIPES, SCHEDULES, SGD, Distillation, Recipe, WeightAverage, fit
 
 RECIPE_OPTIONS = {
     "epochs": Option(int, check=lambda v: v >= 1, accepted="an integer >= 1"),
@@ -267,3 +268,78 @@ class EvaluateStage(Stage):
 
     def run(self, ctx, settings, resume):
         return ctx.errors()
+
+
+@register
+class AverageStage(Stage):
+    """Stochastic weight averaging: train on, and end on the mean of the weights at each epoch's end."""
+
+    type = "swa"
+    description = ("stochastic weight averaging (Izmailov et al. 2018): train `epochs` more epochs (under the "
+                   "masks; by default at the recipe's lr, held constant) and end on the mean of the weights at "
+                   "each epoch's end (mpdref.train.WeightAverage); the report gives the last epoch's errors too")
+    options = {**RECIPE_OPTIONS, **DISTILL_OPTIONS}
+
+    @classmethod
+    def defaults(cls, model):
+        # A constant rate keeps the snapshots apart: a schedule that decays to 0 averages one point.
+        return {**TrainStage.defaults(model), "schedule": "constant"}
+
+    @classmethod
+    def check(cls, settings, model):
+        try:
+            recipe_from(settings)
+        except (ValueError, TypeError) as e:
+            return [str(e)]
+        return []
+
+    def run(self, ctx, settings, resume):
+        recipe = recipe_from(settings)
+        net = ctx.net
+        sgd = SGD(net, recipe.momentum, recipe.weight_decay)
+        average = WeightAverage(net.params)
+        if resume is not None:
+            sgd.velocity = resume["velocity"]
+            average = WeightAverage(net.params, resume["swa_mean"], resume["stage_state"]["averaged"])
+
+        def after_epoch(epoch, record):
+            average.add(net.params)
+            record["averaged"] = average.count
+
+        def stage_state():
+            return {"groups": {"swa_mean": average.mean}, "progress": {"averaged": average.count}}
+
+        distill, teacher = distillation_from(ctx, settings)
+        fit_in_stage(ctx, net, recipe, sgd, resume, lambda: sgd.velocity, distill=distill, epoch_hook=after_epoch,
+                     stage_state=stage_state)
+        last = ctx.errors()
+        average.apply(net.params)
+        return {"epochs": recipe.epochs, "averaged": average.count, "last_epoch": last,
+                **({"teacher": teacher} if teacher else {}), **ctx.errors()}
+
+
+@register
+class LoadStage(Stage):
+    """Start from a network trained elsewhere: its weights and masks replace the run's."""
+
+    type = "load"
+    description = ("replace the network's weights and masks with a model file's (written by mpdref: a run's "
+                   "model.h5 or stages/NN-NAME.h5; the same architecture and dtype)")
+    options = {"file": Option(str, REQUIRED, check=lambda v: v.endswith(".h5"),
+                              accepted="a model file ending in .h5",
+                              help="the model file, relative to the directory mpdref runs in or absolute; runs "
+                                   "of a sweep that share a load stage share what follows it too (its path, not "
+                                   "its content, identifies it)")}
+
+    def run(self, ctx, settings, resume):
+        path = Path(settings["file"])
+        if not path.is_file():
+            raise FileNotFoundError(f"load: no model file at {path}")
+        loaded = models.load(path)  # FormatError names the file and the problem
+        net = ctx.net
+        if loaded.name != net.name or loaded.dtype != net.dtype:
+            raise ValueError(f"load: {path} holds a {loaded.name} network in {loaded.dtype}; this run's is "
+                             f"{net.name} in {net.dtype}")
+        net.params = {k: np.ascontiguousarray(v) for k, v in loaded.params.items()}
+        net.masks = dict(loaded.masks)
+        return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **ctx.errors()}
