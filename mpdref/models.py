@@ -68,6 +68,11 @@ class Layer:
     def ops(self) -> ModuleType:
         return op_set(self.backend)
 
+    def infer(self, params, x, train, rng):
+        """The output alone, for a pass that keeps no cache (inference: `LayerStack.forward`): forward's
+        output here; a layer may compute it another way (MPD's block layer does)."""
+        return self.forward(params, x, train, rng)[0]
+
 
 @dataclass(frozen=True)
 class Dense(Layer):
@@ -252,14 +257,18 @@ class LayerStack(Classifier):
             return _NO_CONTEXT
         return kernel_threads.numba_pass()
 
-    def _run(self, x: np.ndarray, train: bool):
-        """The last layer's output and every layer's cache."""
+    def _run(self, x: np.ndarray, train: bool, keep_caches: bool = True):
+        """The last layer's output and every layer's cache; without keep_caches (a pass no backward
+        follows), each layer's `infer` and no caches."""
         reuse_freed_memory()  # once per process: the next pass reuses this one's freed arrays (see there)
         caches = []
         with self.pass_threads():
             for layer in self.layers:
-                x, cache = layer.forward(self.params, x, train, self.rng)
-                caches.append(cache)
+                if keep_caches:
+                    x, cache = layer.forward(self.params, x, train, self.rng)
+                    caches.append(cache)
+                else:
+                    x = layer.infer(self.params, x, train, self.rng)
         return x, caches
 
     def _backward(self, dout: np.ndarray, caches: list) -> dict:
@@ -287,7 +296,7 @@ class LayerStack(Classifier):
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """x (N, 1, 28, 28) -> logits (N, 10). `train` turns dropout on (drawn from self.rng)."""
         self._check_input(x)
-        z, _ = self._run(x, train)
+        z, _ = self._run(x, train, keep_caches=False)
         return self._class_logits(z)
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray, train: bool = True):

@@ -550,3 +550,99 @@ def test_block_layout_kernels_equal_the_reference_ops(dtype, rng):
     blocks = [w[b, :r, :c] for b, (r, c) in enumerate(zip(row_sizes, col_sizes))]
     expected = block.block_diagonal_matmul(blocks, x[:, layer.gather])
     assert_close(y_ref, expected + bias, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=0, name="y")
+
+
+def _stacked_layer(rng, dtype, col_sizes, row_sizes):
+    """A BlockDense layer's arrays: (layer, w with zero padding, bias)."""
+    from mpdref.mpd import BlockDense
+
+    k, cols = len(col_sizes), sum(col_sizes)
+    layer = BlockDense("fc", k, rng.permutation(cols), tuple(row_sizes), tuple(col_sizes))
+    w = rng.standard_normal((k, max(row_sizes), max(col_sizes))).astype(dtype)
+    for b, (r, c) in enumerate(zip(row_sizes, col_sizes)):
+        w[b, r:], w[b, :, c:] = 0, 0  # the padding, zero as BlockNetwork's masks keep it
+    return layer, w, rng.standard_normal(sum(row_sizes)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("col_sizes, row_sizes", [
+    ((72,) * 10 + (64,), (28,) * 10 + (20,)),  # MPD LeNet-300-100's fc1: R = 28, over four tiles of rows
+    ((6, 6, 6, 5), (5, 4, 4, 4)),              # R = 5, under one tile of rows; padding in both dimensions
+    ((100,), (10,)),                           # one block (an unmasked layer)
+    ((3, 9, 1), (1, 13, 2)),                   # a block of one row, a block of one column
+])
+def test_stacked_blocks_in_lanes_equal_the_reference_layer(dtype, col_sizes, row_sizes, rng):
+    from mpdref.kernels import blockdiag
+    from mpdref.kernels.intrinsics import tile_columns
+    from mpdref.ops import block
+
+    layer, w, bias = _stacked_layer(rng, dtype, col_sizes, row_sizes)
+    nr = tile_columns(dtype)
+    blocks = [w[b, :r, :c] for b, (r, c) in enumerate(zip(row_sizes, col_sizes))]
+    for n in (1, nr - 1, nr, nr + 5, 3 * nr):  # a strip short of lanes, whole strips, a short last strip
+        x = rng.standard_normal((n, sum(col_sizes))).astype(dtype)
+        expected = block.block_dense_forward(x, w, bias, layer.padded_gather, layer.valid_rows)[0]
+        results = on_each_thread_count(lambda: blockdiag.stacked_blocks_in_lanes(
+            x, w, bias, layer.padded_gather, layer.valid_rows))
+        tol = 1e-5 if dtype == np.float32 else 1e-13
+        for got in results:
+            assert got.shape == expected.shape and got.dtype == dtype and got.flags.c_contiguous
+            assert_close(got, expected, rtol=tol, atol=max_norm_atol(tol, expected), name=f"y, batch {n}")
+            # and the layer as the blocks alone say it is
+            assert_close(got, block.block_diagonal_matmul(blocks, x[:, layer.gather]) + bias, rtol=tol,
+                         atol=max_norm_atol(tol, expected), name=f"y from the blocks, batch {n}")
+        for other in results[1:]:  # each output's sum does not depend on the threads
+            np.testing.assert_array_equal(other, results[0])
+
+
+def test_the_fast_block_inference_takes_the_lanes_from_a_tile_of_images_on(rng, monkeypatch):
+    from mpdref.kernels import blockdiag, fast_ops
+    from mpdref.kernels.intrinsics import tile_columns
+    from mpdref.ops import block
+
+    layer, w, bias = _stacked_layer(rng, np.float32, (6, 6, 6, 5), (5, 4, 4, 4))
+    calls = []
+    lanes = blockdiag.stacked_blocks_in_lanes
+    monkeypatch.setattr(blockdiag, "stacked_blocks_in_lanes", lambda *a: calls.append(a[0].shape) or lanes(*a))
+    nr = tile_columns(np.float32)
+    for n in (nr - 1, nr):
+        x = rng.standard_normal((n, 23)).astype(np.float32)
+        got = fast_ops.block_dense_inference(x, w, bias, layer.padded_gather, layer.valid_rows)
+        want = block.block_dense_inference(x, w, bias, layer.padded_gather, layer.valid_rows)
+        if n < nr:  # below a tile of images: the training layer's moves and product, the same bits
+            np.testing.assert_array_equal(got, fast_ops.block_dense_forward(x, w, bias, layer.padded_gather,
+                                                                           layer.valid_rows)[0])
+        assert_close(got, want, rtol=1e-5, atol=max_norm_atol(1e-5, want), name=f"batch {n}")
+    assert calls == [(nr, 23)]
+    for ops in (block, fast_ops):  # the reference's checks name a wrong shape, in both sets
+        with pytest.raises(ValueError, match="block_dense_forward: shapes do not fit"):
+            ops.block_dense_inference(np.ones((nr, 23), np.float32), w, bias[:-1], layer.padded_gather,
+                                      layer.valid_rows)
+        with pytest.raises(TypeError):
+            ops.block_dense_inference(np.ones((nr, 23), np.float64), w, bias, layer.padded_gather, layer.valid_rows)
+
+
+@pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])
+def test_a_block_network_infers_without_caches_what_its_training_pass_computes(name, rng, monkeypatch):
+    """forward (no backward follows) runs each layer's `infer`; the logits of the pass that keeps caches
+    for a backward pass agree to rounding, at a batch that takes the lanes."""
+    from mpdref.mpd import BlockDense, to_block_diagonal
+
+    masked = models.build(name, np.float32, seed=2)
+    for layer, k in MPD_KS[name].items():
+        shape = masked.params[layer].shape
+        masked.set_mask(layer, channel_mask(shape, mpd_mask(shape[0], shape[1], k, rng)))
+    block = to_block_diagonal(masked)
+    x = rng.standard_normal((70, 1, 28, 28)).astype(np.float32)
+    inferred = []
+    original = models.Layer.infer
+    monkeypatch.setattr(models.Layer, "infer", lambda self, *a: inferred.append(type(self).__name__) or
+                        original(self, *a))
+    from_masked = masked.forward(x)
+    inferred.clear()
+    logits = block.forward(x)
+    z, caches = block._run(x, False)
+    assert_close(logits, block._class_logits(z), rtol=1e-5, atol=max_norm_atol(1e-5, logits), name="logits")
+    assert_close(logits, from_masked, rtol=1e-4, atol=max_norm_atol(1e-4, logits), name="masked")
+    dense_blocks = sum(isinstance(layer, BlockDense) for layer in block.layers)  # they override infer
+    assert dense_blocks >= 1 and len(caches) == len(block.layers) == len(inferred) + dense_blocks

@@ -26,6 +26,9 @@ where the CPU has it, else AVX2's); `kernel_for(tile)` compiles the kernel for a
 and pack_blocks and block_diagonal_matmul_permuted take that shape as `tile` (the tests run
 both). The shape changes the speed, never the result.
 
+`stacked_blocks_in_lanes` (at the end) is the block form's dense layer for inference: the stacked,
+zero-padded blocks of `mpdref.ops.block_dense_forward` with a strip of images in the tile's lanes.
+
 `phases` (GATHER | MULTIPLY | UNPERMUTE by default) lets `benchmarks/block_diagonal.py
 --phases` time each phase alone; a product with any phase left out is meaningless.
 """
@@ -39,7 +42,8 @@ from numba import prange
 
 from mpdref.kernels.allocator import reuse_freed_memory
 from mpdref.kernels.config import PARALLEL, SERIAL, CpuTile
-from mpdref.kernels.intrinsics import CPU_TILE, make_tile_product, prefetch, prefetch_ahead, tile_columns
+from mpdref.kernels.intrinsics import (CPU_TILE, TILE_ROWS, gathered_tile_product, make_tile_product, prefetch,
+                                      prefetch_ahead, tile_columns)
 
 
 #: the kernel's phases, as bits of its `phases` argument
@@ -277,3 +281,76 @@ def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_pe
     arguments = kernel_arguments(flat, offsets, row_bounds, col_bounds, row_perm, col_perm, x, tile)
     reuse_freed_memory()  # the strips' buffers and y: kept in the heap for the next product
     return kernel_for(tile)(*arguments)
+
+
+# ----------------------------------------------------------------------------- the stacked blocks, images in lanes
+
+
+@numba.njit(**PARALLEL)
+def _stacked_in_lanes(x, w, bias, padded_gather, valid_rows, nr):
+    """See stacked_blocks_in_lanes. Per strip of nr images (the units the threads share):
+
+    1. gather: xt (k·C, nr), xt[p, lane] = x[i0 + lane, padded_gather[p]] (0 for a padding column,
+       index -1, and for the lanes past the batch): block b's inputs are rows b·C .. b·C + C − 1;
+    2. multiply: for each block, tiles of TILE_ROWS of its rows of w (read where they lie; a tile's
+       rows past R repeat row R − 1, and their results are never read) × nr images,
+       grid[(b·R_pad + r), lane] = Σ_{c < C} w[b, r, c] · xt[b·C + c, lane];
+    3. out: y[i0 + lane, q] = grid[row of output q, lane] + bias[q], each image's row in order.
+    """
+    n, cols = x.shape
+    k, r_max, c_max = w.shape
+    rows = len(valid_rows)
+    r_pad = -(-r_max // TILE_ROWS) * TILE_ROWS
+    w_flat = w.ravel()
+    x_flat = x.ravel()
+    w_rows = np.empty(k * r_pad, dtype=np.int64)  # where each tile row of w starts in w_flat
+    for b in range(k):
+        for m in range(r_pad):
+            w_rows[b * r_pad + m] = (b * r_max + min(m, r_max - 1)) * c_max
+    grid_row = np.empty(rows, dtype=np.int64)  # output q's row of the grid: block b's rows are r_pad apart
+    for q in range(rows):
+        grid_row[q] = valid_rows[q] + valid_rows[q] // r_max * (r_pad - r_max)
+    steps = np.arange(c_max) * nr
+    depth = k * c_max
+    y = np.empty((n, rows), dtype=x.dtype)
+    for strip in prange(-(-n // nr)):
+        i0 = strip * nr
+        m = min(nr, n - i0)
+        xt = np.empty(depth * nr, dtype=x.dtype)
+        for p in range(depth):
+            src = padded_gather[p]
+            if src >= 0 and m == nr:  # a whole strip: nr loads cols apart (one vector gather)
+                for lane in range(nr):
+                    xt[p * nr + lane] = x_flat[(i0 + lane) * cols + src]
+            else:
+                for lane in range(nr):
+                    xt[p * nr + lane] = x_flat[(i0 + lane) * cols + src] if src >= 0 and lane < m else 0
+        grid = np.empty(k * r_pad * nr, dtype=x.dtype)
+        for b in range(k):
+            for t0 in range(0, r_pad, TILE_ROWS):
+                gathered_tile_product(w_flat, 0, w_rows, b * r_pad + t0, xt, b * c_max * nr, steps, grid,
+                                      (b * r_pad + t0) * nr, nr, c_max, False)
+        for lane in range(m):
+            out = y[i0 + lane]
+            for q in range(rows):
+                out[q] = grid[grid_row[q] * nr + lane] + bias[q]
+    return y
+
+
+def stacked_blocks_in_lanes(x, w, bias, padded_gather, valid_rows):
+    """y (N, rows) = `mpdref.ops.block_dense_forward`'s y for x (N, cols), the stacked zero-padded blocks
+    w (k, R, C), bias (rows,) and the layer's padded_gather and valid_rows (arguments checked by the
+    caller), in one parallel pass with the images in the vector lanes: the gather, the k products and
+    the rows put back with the bias, with no (k, N, C) or (k, N, R) array in between (the block form's
+    training layer keeps those for its backward pass; inference needs none).
+
+    Each output is one running sum over its block's C columns in order, padding included (products
+    with zero), then plus the bias: the reference's sums to rounding (the same bits where BLAS's
+    stacked product sums in that order with fused multiply-adds, as OpenBLAS's SkylakeX kernels did
+    for MPD LeNet-300-100's fc1 and fc2). The gather reads each strip's nr images column by column,
+    nr values cols apart, slower per element than the training layer's row-by-row gather; skipping
+    the (k, N, ·) arrays and two passes over them more than repays it (LeNet-300-100's fc1 at batch
+    64: 35 against 53 µs, benchmarks/README.md)."""
+    x = np.ascontiguousarray(x)
+    return _stacked_in_lanes(x, np.ascontiguousarray(w), np.ascontiguousarray(bias), padded_gather, valid_rows,
+                             tile_columns(x.dtype))

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from mpdref.kernels import cpu, direct_conv, gemm, threads
+from mpdref.kernels import blockdiag, cpu, direct_conv, gemm, threads
 from mpdref.ops import activation, block, conv, dense, pool
+from mpdref.kernels.intrinsics import tile_columns
 from mpdref.ops._checks import common_float_dtype
 from mpdref.ops import __all__  # noqa: F401  (the same names as the reference set)
 from mpdref.ops import (  # noqa: F401  (the ops that have no compiled equal are the reference's)
@@ -185,6 +186,19 @@ def block_dense_forward(x, w, b, padded_gather, valid_rows):
     `threads.numba_pass()` the stacked product on Numba's threads (`_stacked_matmul`)."""
     return block.block_dense_forward(x, w, b, padded_gather, valid_rows, gather_blocks=_gather_blocks,
                                      rows_from_blocks=_rows_from_blocks, matmul=_stacked_matmul)
+
+
+def block_dense_inference(x, w, b, padded_gather, valid_rows):
+    """`mpdref.ops.block_dense_inference` in one parallel pass with the images in the vector lanes
+    (`kernels.blockdiag.stacked_blocks_in_lanes`; the reference's sums to rounding), for a batch of at
+    least one tile's columns (32 float32 images on AVX-512); a smaller one as block_dense_forward."""
+    common_float_dtype("block_dense_inference", x=x, w=w, b=b)
+    k, _, c_max = w.shape
+    if x.ndim != 2 or padded_gather.shape != (k * c_max,) or b.shape != valid_rows.shape:
+        return block_dense_forward(x, w, b, padded_gather, valid_rows)[0]  # which names the problem
+    if x.shape[0] < tile_columns(x.dtype):
+        return block_dense_forward(x, w, b, padded_gather, valid_rows)[0]
+    return blockdiag.stacked_blocks_in_lanes(x, w, b, padded_gather, valid_rows)
 
 
 def block_dense_backward(dout, cache, need_dx=True):

@@ -4,10 +4,11 @@ A weight trained under M = P_r B P_cᵀ (`mpdref.mpd.masks`) is k dense blocks. 
 permutations of consecutive layers compose into one gather per layer, since ReLU,
 max-pooling, dropout and the bias commute with a permutation of units or channels, and
 flattening turns a channel order into a feature order. A dense layer in block form is
-`ops.block_dense_forward` (the blocks stacked and zero-padded, one batched product); a
-conv layer is `ops.grouped_conv2d_forward` (one group per block, sizes free). The block
-layers have the interface of `mpdref.models`' layers, so a BlockNetwork runs, and trains
-with `mpdref.train.fit`, through the same loop as a Network.
+`ops.block_dense_forward` (the blocks stacked and zero-padded, one batched product; a pass
+that keeps no cache, inference, takes `ops.block_dense_inference`, one compiled pass on the
+fast set); a conv layer is `ops.grouped_conv2d_forward` (one group per block, sizes free).
+The block layers have the interface of `mpdref.models`' layers, so a BlockNetwork runs, and
+trains with `mpdref.train.fit`, through the same loop as a Network.
 """
 from __future__ import annotations
 
@@ -74,6 +75,10 @@ class BlockDense(BlockLayer):
     def forward(self, params, x, train, rng):
         return self.ops.block_dense_forward(x, params[self.weight_name], params[f"{self.name}.bias"],
                                             self.padded_gather, self.valid_rows)
+
+    def infer(self, params, x, train, rng):
+        return self.ops.block_dense_inference(x, params[self.weight_name], params[f"{self.name}.bias"],
+                                              self.padded_gather, self.valid_rows)
 
     def backward(self, dout, cache, need_dx):
         dx, dw, db = self.ops.block_dense_backward(dout, cache, need_dx)

@@ -15,7 +15,7 @@ from mpdref.ops.activation import (
     relu_backward,
     relu_forward,
 )
-from mpdref.ops.block import block_dense_backward, block_dense_forward, block_diagonal_matmul
+from mpdref.ops.block import block_dense_backward, block_dense_forward, block_dense_inference, block_diagonal_matmul
 from mpdref.ops.conv import conv2d_backward, conv2d_forward, grouped_conv2d_backward, grouped_conv2d_forward
 from mpdref.ops.dense import dense_backward, dense_forward
 from mpdref.ops.loss import (
@@ -31,6 +31,7 @@ from mpdref.ops.pool import max_pool2d_backward, max_pool2d_forward
 __all__ = [
     "block_dense_backward",
     "block_dense_forward",
+    "block_dense_inference",
     "block_diagonal_matmul",
     "conv2d_backward",
     "conv2d_forward",

@@ -88,6 +88,14 @@ def block_dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, padded_gath
     return rows_from_blocks(ys, valid_rows, b), (xs, w, padded_gather, valid_rows, x.shape[1])
 
 
+def block_dense_inference(x: np.ndarray, w: np.ndarray, b: np.ndarray, padded_gather: np.ndarray,
+                          valid_rows: np.ndarray) -> np.ndarray:
+    """block_dense_forward's y alone, for a pass that keeps no cache (inference). The reference is
+    block_dense_forward itself; the fast set computes it in one compiled pass
+    (`mpdref.kernels.blockdiag.stacked_blocks_in_lanes`)."""
+    return block_dense_forward(x, w, b, padded_gather, valid_rows)[0]
+
+
 def block_dense_backward(dout: np.ndarray, cache, need_dx: bool = True, blocks_from_rows=blocks_from_rows,
                          scatter_blocks=scatter_blocks, matmul=np.matmul):
     """dout (N, rows) -> (dx (N, cols) or None, dw (k, R, C), db (rows,)):
