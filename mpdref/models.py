@@ -228,6 +228,18 @@ class Classifier:
         return float(np.mean(self.predict(x, batch_size) != y))
 
 
+def _inference_order(layers: list) -> list:
+    """The layers in the order an inference pass runs them: a ReLU followed by a max-pooling runs after
+    it. The two commute, since ReLU is monotone: max_i max(a_i, 0) = max(max_i a_i, 0) for every window,
+    the same value (but for the sign of a zero result); pooled first, the ReLU reads a quarter of the
+    values (2 × 2 windows: Deep MNIST's two ReLUs at batch 1024, 11.6 ms of a 138 ms pass before)."""
+    order = list(layers)
+    for i in range(len(order) - 1):
+        if isinstance(order[i], ReLU) and isinstance(order[i + 1], MaxPool2d):
+            order[i], order[i + 1] = order[i + 1], order[i]
+    return order
+
+
 class LayerStack(Classifier):
     """The loop over a list of layers (see "layers" above) that a network and its MPD block form share.
 
@@ -263,11 +275,12 @@ class LayerStack(Classifier):
         reuse_freed_memory()  # once per process: the next pass reuses this one's freed arrays (see there)
         caches = []
         with self.pass_threads():
-            for layer in self.layers:
-                if keep_caches:
+            if keep_caches:
+                for layer in self.layers:
                     x, cache = layer.forward(self.params, x, train, self.rng)
                     caches.append(cache)
-                else:
+            else:
+                for layer in _inference_order(self.layers):
                     x = layer.infer(self.params, x, train, self.rng)
         return x, caches
 

@@ -238,3 +238,20 @@ def test_input_checks():
         net.forward(np.zeros((1, 1, 28, 28)))
     with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
         net.forward(np.zeros((1, 784), np.float32))
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_an_inference_pass_pools_before_its_relu_and_gives_the_same_values(backend, rng, monkeypatch):
+    """forward (no cache kept) runs a ReLU that a max-pooling follows after the pooling, which commutes
+    with it; the values are the training pass's exactly (assert_array_equal: -0.0 == 0.0)."""
+    net = models.build("deep-mnist", np.float64, seed=1, backend=backend)
+    x = rng.standard_normal((3, 1, 28, 28))
+    order = []
+    for cls in (models.ReLU, models.MaxPool2d):
+        original = cls.infer
+        monkeypatch.setattr(cls, "infer", lambda self, *a, original=original: order.append(type(self).__name__)
+                            or original(self, *a))
+    logits = net.forward(x)
+    assert order == ["MaxPool2d", "ReLU", "MaxPool2d", "ReLU", "ReLU"]  # the last: fc1's, no pool after it
+    z, _ = net._run(x, False)  # the pass that keeps caches: the layers in their own order
+    np.testing.assert_array_equal(logits, z)
