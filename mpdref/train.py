@@ -182,8 +182,13 @@ class WeightAverage:
     """
 
     def __init__(self, params: dict[str, np.ndarray], mean: dict[str, np.ndarray] | None = None, count: int = 0):
+        if mean is not None:
+            for k, v in params.items():
+                if mean[k].dtype != v.dtype or mean[k].shape != v.shape:
+                    raise ValueError(f"the mean of {k} is {mean[k].dtype} {mean[k].shape}, the parameter "
+                                     f"{v.dtype} {v.shape}")
         self.mean = ({k: np.zeros_like(v) for k, v in params.items()} if mean is None
-                     else {k: np.array(mean[k], dtype=v.dtype) for k, v in params.items()})
+                     else {k: np.array(mean[k]) for k, v in params.items()})
         self.count = count
 
     def add(self, params: dict[str, np.ndarray]) -> None:

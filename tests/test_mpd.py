@@ -571,19 +571,22 @@ def _stacked_layer(rng, dtype, col_sizes, row_sizes):
     ((100,), (10,)),                           # one block (an unmasked layer)
     ((3, 9, 1), (1, 13, 2)),                   # a block of one row, a block of one column
 ])
-def test_stacked_blocks_in_lanes_equal_the_reference_layer(dtype, col_sizes, row_sizes, rng):
+@pytest.mark.parametrize("tile", ["avx512", "avx2"])
+def test_stacked_blocks_in_lanes_equal_the_reference_layer(dtype, col_sizes, row_sizes, tile, rng):
     from mpdref.kernels import blockdiag
+    from mpdref.kernels.config import CPU_TILES
     from mpdref.kernels.intrinsics import tile_columns
     from mpdref.ops import block
 
     layer, w, bias = _stacked_layer(rng, dtype, col_sizes, row_sizes)
-    nr = tile_columns(dtype)
+    tile = CPU_TILES[tile]  # the host's and the other (LLVM splits vectors wider than the CPU's)
+    nr = tile_columns(dtype, tile)
     blocks = [w[b, :r, :c] for b, (r, c) in enumerate(zip(row_sizes, col_sizes))]
     for n in (1, nr - 1, nr, nr + 5, 3 * nr):  # a strip short of lanes, whole strips, a short last strip
         x = rng.standard_normal((n, sum(col_sizes))).astype(dtype)
         expected = block.block_dense_forward(x, w, bias, layer.padded_gather, layer.valid_rows)[0]
         results = on_each_thread_count(lambda: blockdiag.stacked_blocks_in_lanes(
-            x, w, bias, layer.padded_gather, layer.valid_rows))
+            x, w, bias, layer.padded_gather, layer.valid_rows, tile))
         tol = 1e-5 if dtype == np.float32 else 1e-13
         for got in results:
             assert got.shape == expected.shape and got.dtype == dtype and got.flags.c_contiguous
@@ -620,14 +623,26 @@ def test_the_fast_block_inference_takes_the_lanes_from_a_tile_of_images_on(rng, 
                                       layer.valid_rows)
         with pytest.raises(TypeError):
             ops.block_dense_inference(np.ones((nr, 23), np.float64), w, bias, layer.padded_gather, layer.valid_rows)
+    # the lanes kernel reads through the index tables unchecked: one pointing outside is refused first
+    x = np.ones((nr, 23), np.float32)
+    for gather, valid, problem in ((layer.padded_gather + 1, layer.valid_rows, "padded_gather"),
+                                   (np.where(layer.padded_gather < 0, -2, layer.padded_gather), layer.valid_rows,
+                                    "padded_gather"),
+                                   (layer.padded_gather, np.append(layer.valid_rows[:-1], w.shape[0] * w.shape[1]), "valid_rows")):
+        with pytest.raises(ValueError, match=f"block_dense_inference: {problem} must hold"):
+            fast_ops.block_dense_inference(x, w, bias, gather, valid)
 
 
 @pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5"])
 def test_a_block_network_infers_without_caches_what_its_training_pass_computes(name, rng, monkeypatch):
     """forward (no backward follows) runs each layer's `infer`; the logits of the pass that keeps caches
     for a backward pass agree to rounding, at a batch that takes the lanes."""
+    from mpdref.kernels import blockdiag
     from mpdref.mpd import BlockDense, to_block_diagonal
 
+    lanes = []
+    kernel = blockdiag.stacked_blocks_in_lanes
+    monkeypatch.setattr(blockdiag, "stacked_blocks_in_lanes", lambda *a: lanes.append(a[0].shape) or kernel(*a))
     masked = models.build(name, np.float32, seed=2)
     for layer, k in MPD_KS[name].items():
         shape = masked.params[layer].shape
@@ -646,3 +661,4 @@ def test_a_block_network_infers_without_caches_what_its_training_pass_computes(n
     assert_close(logits, from_masked, rtol=1e-4, atol=max_norm_atol(1e-4, logits), name="masked")
     dense_blocks = sum(isinstance(layer, BlockDense) for layer in block.layers)  # they override infer
     assert dense_blocks >= 1 and len(caches) == len(block.layers) == len(inferred) + dense_blocks
+    assert len(lanes) == dense_blocks and all(shape[0] == 70 for shape in lanes)  # every one in the lanes

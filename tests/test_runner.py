@@ -488,7 +488,11 @@ def test_a_load_stage_starts_from_a_model_file_with_its_masks(tmp_path, mnist_di
     assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
     assert a.masks.keys() == b.masks.keys() == {"fc1.weight", "fc2.weight"}
     assert all(np.array_equal(a.masks[k], b.masks[k]) for k in a.masks)
-    assert len(metrics["stages"][0]["sha256"]) == 64
+    import hashlib
+
+    report = metrics["stages"][0]
+    assert report["sha256"] == hashlib.sha256((tmp_path / "first" / "model.h5").read_bytes()).hexdigest()
+    assert report["path"] == str((tmp_path / "first" / "model.h5").resolve())
 
 
 @pytest.mark.mnist
@@ -498,6 +502,10 @@ def test_a_load_stage_names_a_missing_or_foreign_file(tmp_path, mnist_dir):
     models.save(models.build("lenet-5"), tmp_path / "lenet-5.h5")
     with pytest.raises(ValueError, match="lenet-5.h5 holds a lenet-5 network in float32; this run's is lenet-300-100"):
         run_experiment(_load_and_average_config(mnist_dir, tmp_path / "lenet-5.h5"), tmp_path / "b", progress=False)
+    models.save(models.build("lenet-300-100", np.float64), tmp_path / "float64.h5")
+    with pytest.raises(ValueError, match="holds a lenet-300-100 network in float64; this run's is lenet-300-100 in "
+                                         "float32"):
+        run_experiment(_load_and_average_config(mnist_dir, tmp_path / "float64.h5"), tmp_path / "d", progress=False)
     (tmp_path / "torn.h5").write_bytes((tmp_path / "lenet-5.h5").read_bytes()[:5000])
     with pytest.raises(FormatError, match="torn.h5"):
         run_experiment(_load_and_average_config(mnist_dir, tmp_path / "torn.h5"), tmp_path / "c", progress=False)
@@ -531,9 +539,10 @@ def test_an_swa_stage_ends_on_the_mean_of_its_epochs_weights_under_the_masks(tmp
 
 
 @pytest.mark.mnist
-@pytest.mark.parametrize("stop_after", [3, 4])
+@pytest.mark.parametrize("stop_after", [1, 2, 3, 4])
 def test_an_swa_stage_interrupted_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch, stop_after):
     _pruned_run(mnist_dir, tmp_path / "first")
-    # checkpoints: 1 the load stage's end; 2-4 the swa stage's epochs (the running mean in them)
+    # checkpoints: 1 the load stage's end (the swa stage starts over); 2-4 the swa stage's epochs (the
+    # running mean of 1, 2 and 3 epochs' weights in them; after 4 only the stage's end is left)
     assert_resume_is_bit_identical(_load_and_average_config(mnist_dir, tmp_path / "first" / "model.h5"),
                                    tmp_path, monkeypatch, stop_after)

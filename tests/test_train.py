@@ -299,5 +299,12 @@ def test_weight_average_is_the_mean_of_the_snapshots_and_keeps_masked_zeros(rng)
     for k in params:
         np.testing.assert_allclose(params[k], np.mean([s[k] for s in snapshots], axis=0), rtol=1e-13, atol=1e-15)
     assert np.all(params["w"][~mask] == 0.0)
-    resumed = WeightAverage(params, {k: v.astype(np.float32) for k, v in average.mean.items()}, average.count)
-    assert resumed.mean["w"].dtype == np.float64 and resumed.count == 7
+    with pytest.raises(ValueError, match="the mean of w is float32"):
+        WeightAverage(params, {k: v.astype(np.float32) for k, v in average.mean.items()}, average.count)
+    resumed = WeightAverage(params, average.mean, average.count)  # as a checkpoint restores it
+    more = {"w": rng.standard_normal((30, 20)) * mask, "b": rng.standard_normal(20)}
+    resumed.add(more)
+    resumed.apply(params)
+    for k in params:
+        np.testing.assert_allclose(params[k], np.mean([s[k] for s in snapshots + [more]], axis=0), rtol=1e-13,
+                                   atol=1e-15)

@@ -42,7 +42,7 @@ from numba import prange
 
 from mpdref.kernels.allocator import reuse_freed_memory
 from mpdref.kernels.config import PARALLEL, SERIAL, CpuTile
-from mpdref.kernels.intrinsics import (CPU_TILE, TILE_ROWS, gathered_tile_product, make_tile_product, prefetch,
+from mpdref.kernels.intrinsics import (CPU_TILE, make_gathered_tile_product, make_tile_product, prefetch,
                                       prefetch_ahead, tile_columns)
 
 
@@ -286,63 +286,74 @@ def block_diagonal_matmul_permuted(flat, offsets, row_bounds, col_bounds, row_pe
 # ----------------------------------------------------------------------------- the stacked blocks, images in lanes
 
 
-@numba.njit(**PARALLEL)
-def _stacked_in_lanes(x, w, bias, padded_gather, valid_rows, nr):
-    """See stacked_blocks_in_lanes. Per strip of nr images (the units the threads share):
+@functools.cache
+def lanes_kernel_for(tile: CpuTile):
+    """The compiled kernel of stacked_blocks_in_lanes for register tiles of this shape (its arguments:
+    x, w, bias, padded_gather, valid_rows, nr = tile_columns(dtype, tile))."""
+    tile_rows = tile.rows
+    tile_product = make_gathered_tile_product(tile)
 
-    1. gather: xt (k·C, nr), xt[p, lane] = x[i0 + lane, padded_gather[p]] (0 for a padding column,
-       index -1, and for the lanes past the batch): block b's inputs are rows b·C .. b·C + C − 1;
-    2. multiply: for each block, tiles of TILE_ROWS of its rows of w (read where they lie; a tile's
-       rows past R repeat row R − 1, and their results are never read) × nr images,
-       grid[(b·R_pad + r), lane] = Σ_{c < C} w[b, r, c] · xt[b·C + c, lane];
-    3. out: y[i0 + lane, q] = grid[row of output q, lane] + bias[q], each image's row in order.
-    """
-    n, cols = x.shape
-    k, r_max, c_max = w.shape
-    rows = len(valid_rows)
-    r_pad = -(-r_max // TILE_ROWS) * TILE_ROWS
-    w_flat = w.ravel()
-    x_flat = x.ravel()
-    w_rows = np.empty(k * r_pad, dtype=np.int64)  # where each tile row of w starts in w_flat
-    for b in range(k):
-        for m in range(r_pad):
-            w_rows[b * r_pad + m] = (b * r_max + min(m, r_max - 1)) * c_max
-    grid_row = np.empty(rows, dtype=np.int64)  # output q's row of the grid: block b's rows are r_pad apart
-    for q in range(rows):
-        grid_row[q] = valid_rows[q] + valid_rows[q] // r_max * (r_pad - r_max)
-    steps = np.arange(c_max) * nr
-    depth = k * c_max
-    y = np.empty((n, rows), dtype=x.dtype)
-    for strip in prange(-(-n // nr)):
-        i0 = strip * nr
-        m = min(nr, n - i0)
-        xt = np.empty(depth * nr, dtype=x.dtype)
-        for p in range(depth):
-            src = padded_gather[p]
-            if src >= 0 and m == nr:  # a whole strip: nr loads cols apart (one vector gather)
-                for lane in range(nr):
-                    xt[p * nr + lane] = x_flat[(i0 + lane) * cols + src]
-            else:
-                for lane in range(nr):
-                    xt[p * nr + lane] = x_flat[(i0 + lane) * cols + src] if src >= 0 and lane < m else 0
-        grid = np.empty(k * r_pad * nr, dtype=x.dtype)
+    @numba.njit(**PARALLEL)
+    def stacked_in_lanes(x, w, bias, padded_gather, valid_rows, nr):
+        """See stacked_blocks_in_lanes. Per strip of nr images (the units the threads share):
+
+        1. gather: xt (k·C, nr), xt[p, lane] = x[i0 + lane, padded_gather[p]] (0 for a padding column,
+           index -1, and for the lanes past the batch): block b's inputs are rows b·C .. b·C + C − 1;
+        2. multiply: for each block, tiles of TILE_ROWS of its rows of w (read where they lie; a tile's
+           rows past R repeat row R − 1, and their results are never read) × nr images,
+           grid[(b·R_pad + r), lane] = Σ_{c < C} w[b, r, c] · xt[b·C + c, lane];
+        3. out: y[i0 + lane, q] = grid[row of output q, lane] + bias[q], each image's row in order.
+        """
+        n, cols = x.shape
+        k, r_max, c_max = w.shape
+        rows = len(valid_rows)
+        r_pad = -(-r_max // tile_rows) * tile_rows
+        w_flat = w.ravel()
+        x_flat = x.ravel()
+        w_rows = np.empty(k * r_pad, dtype=np.int64)  # where each tile row of w starts in w_flat
         for b in range(k):
-            for t0 in range(0, r_pad, TILE_ROWS):
-                gathered_tile_product(w_flat, 0, w_rows, b * r_pad + t0, xt, b * c_max * nr, steps, grid,
-                                      (b * r_pad + t0) * nr, nr, c_max, False)
-        for lane in range(m):
-            out = y[i0 + lane]
-            for q in range(rows):
-                out[q] = grid[grid_row[q] * nr + lane] + bias[q]
-    return y
+            for m in range(r_pad):
+                w_rows[b * r_pad + m] = (b * r_max + min(m, r_max - 1)) * c_max
+        grid_row = np.empty(rows, dtype=np.int64)  # output q's row of the grid: block b's rows are r_pad apart
+        for q in range(rows):
+            grid_row[q] = valid_rows[q] + valid_rows[q] // r_max * (r_pad - r_max)
+        steps = np.arange(c_max) * nr
+        depth = k * c_max
+        y = np.empty((n, rows), dtype=x.dtype)
+        for strip in prange(-(-n // nr)):
+            i0 = strip * nr
+            m = min(nr, n - i0)
+            xt = np.empty(depth * nr, dtype=x.dtype)
+            for p in range(depth):
+                src = padded_gather[p]
+                if src >= 0 and m == nr:  # a whole strip: nr loads cols apart (one vector gather)
+                    for lane in range(nr):
+                        xt[p * nr + lane] = x_flat[(i0 + lane) * cols + src]
+                else:
+                    for lane in range(nr):
+                        xt[p * nr + lane] = x_flat[(i0 + lane) * cols + src] if src >= 0 and lane < m else 0
+            grid = np.empty(k * r_pad * nr, dtype=x.dtype)
+            for b in range(k):
+                for t0 in range(0, r_pad, tile_rows):
+                    tile_product(w_flat, 0, w_rows, b * r_pad + t0, xt, b * c_max * nr, steps, grid,
+                                 (b * r_pad + t0) * nr, nr, c_max, False)
+            for lane in range(m):
+                out = y[i0 + lane]
+                for q in range(rows):
+                    out[q] = grid[grid_row[q] * nr + lane] + bias[q]
+        return y
+
+    return stacked_in_lanes
 
 
-def stacked_blocks_in_lanes(x, w, bias, padded_gather, valid_rows):
+def stacked_blocks_in_lanes(x, w, bias, padded_gather, valid_rows, tile: CpuTile = CPU_TILE):
     """y (N, rows) = `mpdref.ops.block_dense_forward`'s y for x (N, cols), the stacked zero-padded blocks
-    w (k, R, C), bias (rows,) and the layer's padded_gather and valid_rows (arguments checked by the
-    caller), in one parallel pass with the images in the vector lanes: the gather, the k products and
-    the rows put back with the bias, with no (k, N, C) or (k, N, R) array in between (the block form's
-    training layer keeps those for its backward pass; inference needs none).
+    w (k, R, C), bias (rows,) and the layer's padded_gather and valid_rows (shapes and index ranges
+    checked by the caller, `mpdref.kernels.fast_ops.block_dense_inference`; tiles of shape `tile`,
+    the host's by default), in one parallel pass with the images in the vector lanes: the gather,
+    the k products and the rows put back with the bias, with no (k, N, C) or (k, N, R) array in
+    between (the block form's training layer keeps those for its backward pass; inference needs
+    none).
 
     Each output is one running sum over its block's C columns in order, padding included (products
     with zero), then plus the bias: the reference's sums to rounding (the same bits where BLAS's
@@ -352,5 +363,5 @@ def stacked_blocks_in_lanes(x, w, bias, padded_gather, valid_rows):
     the (k, N, ·) arrays and two passes over them more than repays it (LeNet-300-100's fc1 at batch
     64: 35 against 53 µs, benchmarks/README.md)."""
     x = np.ascontiguousarray(x)
-    return _stacked_in_lanes(x, np.ascontiguousarray(w), np.ascontiguousarray(bias), padded_gather, valid_rows,
-                             tile_columns(x.dtype))
+    return lanes_kernel_for(tile)(x, np.ascontiguousarray(w), np.ascontiguousarray(bias), padded_gather, valid_rows,
+                                  tile_columns(x.dtype, tile))

@@ -4,12 +4,14 @@ The same functions, names and signatures as `mpdref.ops`; where a Numba kernel o
 `mpdref.kernels.cpu` does an op's data movement in one pass, the function here is the
 reference op with that kernel put in: the arithmetic (the matrix products, the sums)
 is the reference's own, so the two sets agree bit for bit (the tests hold them to it).
-Two exceptions compute the same sums in another order, equal to the reference to
+Three exceptions compute the same sums in another order, equal to the reference to
 rounding: the stride-1 convolution (`mpdref.kernels.direct_conv`, forward and backward;
-both held to the loop oracle of tests/naive.py), and a dense layer's large products and the
+both held to the loop oracle of tests/naive.py); a dense layer's large products and the
 block form's large stacked products inside a pass on Numba's threads
 (`mpdref.kernels.threads.numba_pass`, every pass of a network on this set), which
-`mpdref.kernels.gemm` computes there instead of BLAS. Every other op
+`mpdref.kernels.gemm` computes there instead of BLAS; and the block form's inference layer
+(`block_dense_inference`) from a batch of one tile's columns on, in one pass with the images
+in the vector lanes (`mpdref.kernels.blockdiag.stacked_blocks_in_lanes`). Every other op
 is the reference itself. A network takes this set by default and the
 reference with ``backend="reference"`` (`mpdref.models.build`).
 """
@@ -18,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from mpdref.kernels import blockdiag, cpu, direct_conv, gemm, threads
-from mpdref.ops import activation, block, conv, dense, pool
 from mpdref.kernels.intrinsics import tile_columns
+from mpdref.ops import activation, block, conv, dense, pool
 from mpdref.ops._checks import common_float_dtype
 from mpdref.ops import __all__  # noqa: F401  (the same names as the reference set)
 from mpdref.ops import (  # noqa: F401  (the ops that have no compiled equal are the reference's)
@@ -198,6 +200,12 @@ def block_dense_inference(x, w, b, padded_gather, valid_rows):
         return block_dense_forward(x, w, b, padded_gather, valid_rows)[0]  # which names the problem
     if x.shape[0] < tile_columns(x.dtype):
         return block_dense_forward(x, w, b, padded_gather, valid_rows)[0]
+    # The kernel reads through the two tables unchecked: check that none points outside.
+    if len(padded_gather) and not -1 <= padded_gather.min() <= padded_gather.max() < x.shape[1]:
+        raise ValueError(f"block_dense_inference: padded_gather must hold column indices in [0, {x.shape[1]}) "
+                         "or -1 (padding)")
+    if len(valid_rows) and not 0 <= valid_rows.min() <= valid_rows.max() < w.shape[0] * w.shape[1]:
+        raise ValueError(f"block_dense_inference: valid_rows must hold indices in [0, {w.shape[0] * w.shape[1]})")
     return blockdiag.stacked_blocks_in_lanes(x, w, b, padded_gather, valid_rows)
 
 

@@ -1,7 +1,8 @@
 """The reference path: pure forward/backward functions in plain NumPy, NCHW, weights in PyTorch layout.
 
 Each op is a pair ``X_forward(...) -> (out, cache)`` and ``X_backward(dout, cache) -> grads``
-that reads like the equation in its docstring. The dtype of the output is the dtype of
+that reads like the equation in its docstring (and `block_dense_inference`, the block layer's
+forward output alone, for passes that keep no cache). The dtype of the output is the dtype of
 the input (float32 or float64); mixing them raises TypeError. Nothing here uses Numba:
 the compiled equals of some of these functions are in `mpdref.kernels.fast_ops`, and a
 network chooses between the two sets with ``backend=`` (`mpdref.models.build`).

@@ -1,5 +1,6 @@
 """The stages of the reference core: train (from scratch or further, masked or in MPD block form), teacher,
-evaluate; and the recipe and distillation settings that other training stages share."""
+evaluate, swa (stochastic weight averaging), load (start from a model file); and the recipe and
+distillation settings that other training stages share."""
 from __future__ import annotations
 
 import hashlib
@@ -271,7 +272,7 @@ class EvaluateStage(Stage):
 
 
 @register
-class AverageStage(Stage):
+class WeightAveragingStage(Stage):
     """Stochastic weight averaging: train on, and end on the mean of the weights at each epoch's end."""
 
     type = "swa"
@@ -300,7 +301,11 @@ class AverageStage(Stage):
         average = WeightAverage(net.params)
         if resume is not None:
             sgd.velocity = resume["velocity"]
-            average = WeightAverage(net.params, resume["swa_mean"], resume["stage_state"]["averaged"])
+            averaged = resume["stage_state"]["averaged"]
+            if averaged != resume["epochs_done"]:
+                raise FormatError(f"{ctx.out / 'checkpoint.h5'}: the swa stage's mean holds {averaged} epochs' "
+                                  f"weights, its progress {resume['epochs_done']} epochs")
+            average = WeightAverage(net.params, resume["swa_mean"], averaged)
 
         def after_epoch(epoch, record):
             average.add(net.params)
@@ -335,6 +340,7 @@ class LoadStage(Stage):
         path = Path(settings["file"])
         if not path.is_file():
             raise FileNotFoundError(f"load: no model file at {path}")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
         loaded = models.load(path)  # FormatError names the file and the problem
         net = ctx.net
         if loaded.name != net.name or loaded.dtype != net.dtype:
@@ -342,4 +348,6 @@ class LoadStage(Stage):
                              f"{net.name} in {net.dtype}")
         net.params = {k: np.ascontiguousarray(v) for k, v in loaded.params.items()}
         net.masks = dict(loaded.masks)
-        return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **ctx.errors()}
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise RuntimeError(f"load: {path} changed while it was read; run again")
+        return {"file": str(path), "path": str(path.resolve()), "sha256": digest, **ctx.errors()}
