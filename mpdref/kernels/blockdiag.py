@@ -360,10 +360,9 @@ def stacked_blocks_in_lanes(x, w, bias, padded_gather, valid_rows, tile: CpuTile
     w (k, R, C), bias (rows,) and the layer's padded_gather and valid_rows (shapes checked by the caller,
     `mpdref.kernels.fast_ops.block_dense_inference`; the tables' index ranges by the kernel, which
     raises ValueError; tiles of shape `tile`, the host's by default), in one parallel pass with the
-    images in the vector lanes: the gather,
-    the k products and the rows put back with the bias, with no (k, N, C) or (k, N, R) array in
-    between (the block form's training layer keeps those for its backward pass; inference needs
-    none).
+    images in the vector lanes: the gather, the k products and the rows put back with the bias, with
+    no (k, N, C) or (k, N, R) array in between (the block form's training layer keeps those for its
+    backward pass; inference needs none).
 
     Each output is one running sum over its block's C columns in order, padding included (products
     with zero), then plus the bias: the reference's sums to rounding (the same bits where BLAS's

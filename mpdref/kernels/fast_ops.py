@@ -194,10 +194,7 @@ def block_dense_inference(x, w, b, padded_gather, valid_rows):
     """`mpdref.ops.block_dense_inference` in one parallel pass with the images in the vector lanes
     (`kernels.blockdiag.stacked_blocks_in_lanes`; the reference's sums to rounding), for a batch of at
     least one tile's columns (32 float32 images on AVX-512); a smaller one as block_dense_forward."""
-    common_float_dtype("block_dense_inference", x=x, w=w, b=b)
-    k, _, c_max = w.shape
-    if x.ndim != 2 or padded_gather.shape != (k * c_max,) or b.shape != valid_rows.shape:
-        return block_dense_forward(x, w, b, padded_gather, valid_rows)[0]  # which names the problem
+    block.check_block_dense_args(x, w, b, padded_gather, valid_rows)
     if x.shape[0] < tile_columns(x.dtype):
         return block_dense_forward(x, w, b, padded_gather, valid_rows)[0]
     return blockdiag.stacked_blocks_in_lanes(x, w, b, padded_gather, valid_rows)  # which checks the index tables

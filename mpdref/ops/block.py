@@ -69,6 +69,16 @@ def scatter_blocks(dxs: np.ndarray, padded_gather: np.ndarray, cols: int) -> np.
     return dx
 
 
+def check_block_dense_args(x: np.ndarray, w: np.ndarray, b: np.ndarray, padded_gather: np.ndarray,
+                           valid_rows: np.ndarray) -> None:
+    """Raise on arguments block_dense_forward cannot take (dtypes, shapes), naming them."""
+    common_float_dtype("block_dense_forward", x=x, w=w, b=b)
+    k, _, c_max = w.shape
+    if x.ndim != 2 or padded_gather.shape != (k * c_max,) or b.shape != valid_rows.shape:
+        raise ValueError(f"block_dense_forward: shapes do not fit: x {x.shape}, w {w.shape}, b {b.shape}, "
+                         f"padded_gather {padded_gather.shape}, valid_rows {valid_rows.shape}")
+
+
 def block_dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, padded_gather: np.ndarray,
                         valid_rows: np.ndarray, gather_blocks=gather_blocks, rows_from_blocks=rows_from_blocks,
                         matmul=np.matmul):
@@ -78,12 +88,8 @@ def block_dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, padded_gath
 
     `gather_blocks`, `rows_from_blocks`: the data movement (this module's, or compiled equals); `matmul`:
     the stacked product (NumPy's, or one on other threads, equal to rounding)."""
-    common_float_dtype("block_dense_forward", x=x, w=w, b=b)
-    k, r_max, c_max = w.shape
-    if x.ndim != 2 or padded_gather.shape != (k * c_max,) or b.shape != valid_rows.shape:
-        raise ValueError(f"block_dense_forward: shapes do not fit: x {x.shape}, w {w.shape}, b {b.shape}, "
-                         f"padded_gather {padded_gather.shape}, valid_rows {valid_rows.shape}")
-    xs = gather_blocks(np.ascontiguousarray(x), padded_gather, k)  # (k, N, C)
+    check_block_dense_args(x, w, b, padded_gather, valid_rows)
+    xs = gather_blocks(np.ascontiguousarray(x), padded_gather, w.shape[0])  # (k, N, C)
     ys = matmul(xs, w.transpose(0, 2, 1))  # (k, N, R)
     return rows_from_blocks(ys, valid_rows, b), (xs, w, padded_gather, valid_rows, x.shape[1])
 

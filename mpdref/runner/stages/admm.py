@@ -22,7 +22,7 @@ from mpdref.runner.options import Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
 from mpdref.runner.stages.train import (DISTILL_OPTIONS, LEVELS_OPTIONS, RECIPE_OPTIONS, TrainStage,
                                         distillation_from, fit_in_stage, levels_problems, per_weight,
-                                        recipe_from)
+                                        recipe_from, recipe_problems)
 from mpdref.train import SGD
 
 ADMM_OPTIONS = {
@@ -53,11 +53,7 @@ class _ADMMStage(Stage):
         problems = []
         if (settings[cls.target] is None) == (settings[f"{cls.target}_all"] is None):
             problems.append(f"give exactly one of {cls.target} and {cls.target}_all")
-        try:
-            recipe_from({**settings, "epochs": settings["epochs_per_update"] * settings["updates"]})
-        except (ValueError, TypeError) as e:
-            problems.append(str(e))
-        return problems
+        return problems + recipe_problems({**settings, "epochs": settings["epochs_per_update"] * settings["updates"]})
 
     def constraints(self, net, settings) -> dict:
         """{weight name: its setting} for every constrained weight."""

@@ -49,6 +49,15 @@ def recipe_from(settings: dict) -> Recipe:
     return Recipe(**{k: (tuple(v) if k == "milestones" else v) for k, v in settings.items() if k in RECIPE_OPTIONS})
 
 
+def recipe_problems(settings: dict) -> list[str]:
+    """What makes recipe_from(settings) fail (a stage's check), or nothing."""
+    try:
+        recipe_from(settings)
+    except (ValueError, TypeError) as e:
+        return [str(e)]
+    return []
+
+
 def is_level(value) -> bool:
     """Whether `value` names levels of `mpdref.admm` ('binary', 'ternary' or bits b)."""
     try:
@@ -182,11 +191,7 @@ class TrainStage(Stage):
         if both:
             problems.append(f"freeze and levels both name {', '.join(both)}: a weight is frozen or retrained "
                             "on levels, not both")
-        try:
-            recipe_from(settings)
-        except (ValueError, TypeError) as e:
-            problems.append(str(e))
-        return problems
+        return problems + recipe_problems(settings)
 
     def run(self, ctx, settings, resume):
         recipe = recipe_from(settings)
@@ -288,11 +293,7 @@ class WeightAveragingStage(Stage):
 
     @classmethod
     def check(cls, settings, model):
-        try:
-            recipe_from(settings)
-        except (ValueError, TypeError) as e:
-            return [str(e)]
-        return []
+        return recipe_problems(settings)
 
     def run(self, ctx, settings, resume):
         recipe = recipe_from(settings)
@@ -301,18 +302,15 @@ class WeightAveragingStage(Stage):
         average = WeightAverage(net.params)
         if resume is not None:
             sgd.velocity = resume["velocity"]
-            averaged = resume["stage_state"]["averaged"]
-            if averaged != resume["epochs_done"]:
-                raise FormatError(f"{ctx.out / 'checkpoint.h5'}: the swa stage's mean holds {averaged} epochs' "
-                                  f"weights, its progress {resume['epochs_done']} epochs")
-            average = WeightAverage(net.params, resume["swa_mean"], averaged)
+            # one snapshot an epoch: the checkpoint's epochs are the mean's count
+            average = WeightAverage(net.params, resume["swa_mean"], resume["epochs_done"])
 
         def after_epoch(epoch, record):
             average.add(net.params)
             record["averaged"] = average.count
 
         def stage_state():
-            return {"groups": {"swa_mean": average.mean}, "progress": {"averaged": average.count}}
+            return {"groups": {"swa_mean": average.mean}}
 
         distill, teacher = distillation_from(ctx, settings)
         fit_in_stage(ctx, net, recipe, sgd, resume, lambda: sgd.velocity, distill=distill, epoch_hook=after_epoch,
@@ -346,8 +344,8 @@ class LoadStage(Stage):
         if loaded.name != net.name or loaded.dtype != net.dtype:
             raise ValueError(f"load: {path} holds a {loaded.name} network in {loaded.dtype}; this run's is "
                              f"{net.name} in {net.dtype}")
-        net.params = {k: np.ascontiguousarray(v) for k, v in loaded.params.items()}
-        net.masks = dict(loaded.masks)
         if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
             raise RuntimeError(f"load: {path} changed while it was read; run again")
+        net.params = {k: np.ascontiguousarray(v) for k, v in loaded.params.items()}
+        net.masks = dict(loaded.masks)
         return {"file": str(path), "path": str(path.resolve()), "sha256": digest, **ctx.errors()}
