@@ -12,8 +12,8 @@ weights are zero (set when the mask is set) and training keeps them zero.
 A network computes with one of two op sets, its `backend`: "fast" (the default:
 `mpdref.kernels.fast_ops`, the reference with its data movement compiled) or
 "reference" (`mpdref.ops`, plain NumPy: what an audit reads). The two agree to rounding
-(bit for bit where both leave every product to BLAS on one thread: a network without
-convolutions at a small batch; `mpdref.kernels.fast_ops` says where they differ);
+(the logits bit for bit where both leave every product to BLAS on one thread: a network
+without convolutions at a small batch; `mpdref.kernels.fast_ops` says where they differ);
 ``build(..., backend="reference")`` or ``net.use_backend("reference")`` chooses.
 """
 from __future__ import annotations
@@ -338,7 +338,7 @@ class LayerStack(Classifier):
             if teacher is not None:
                 teacher_logits, temperature, weight = teacher
                 teacher = (teacher_logits[:, self.output_order], temperature, weight)
-        loss, dout = ops.training_loss(z, y, teacher)
+        loss, dout = self.layers[-1].ops.training_loss(z, y, teacher)  # the last layer's op set
         return loss, self._backward(dout, caches), self._class_logits(z)
 
 

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -186,6 +188,58 @@ def test_distillation_at_weight_zero_is_cross_entropy_to_the_bit(ops, dtype, rng
     assert loss.dtype == dtype and grad.dtype == dtype
     assert loss == ce
     np.testing.assert_array_equal(grad, ce_grad)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, classes", [(1, 2), (7, 10), (64, 10), (33, 3)])
+@pytest.mark.parametrize("teacher", [None, (4.0, 0.9), (0.5, 1.0), (2.0, 0.0)])
+def test_the_compiled_training_loss_equals_the_reference_to_rounding(n, classes, dtype, teacher, rng):
+    # fast_ops.training_loss sums each row in order with libm's exp and log: to rounding, not the bit
+    z = (rng.standard_normal((n, classes)) * 6).astype(dtype)
+    z[0, 0] += 80  # a dominant logit: the log-sum-exp's shift matters
+    y = rng.integers(0, classes, n)
+    if teacher is not None:
+        teacher = ((rng.standard_normal((n, classes)) * 5).astype(dtype), *teacher)
+    loss, grad = fast_ops.training_loss(z, y, teacher)
+    expected_loss, expected_grad = reference_ops.training_loss(z, y, teacher)
+    eps = np.finfo(dtype).eps
+    assert loss.dtype == grad.dtype == dtype and grad.shape == (n, classes)
+    assert abs(loss - expected_loss) <= 8 * eps * max(1.0, abs(expected_loss))
+    assert_close(grad, expected_grad, rtol=0, atol=8 * eps * float(np.abs(expected_grad).max()))
+    # each row of the gradient sums to zero (two differences of distributions, each entry at most 1 / n)
+    assert np.abs(grad.sum(axis=1, dtype=np.float64)).max() <= 4 * classes * eps / n
+
+
+def test_the_compiled_training_loss_refuses_and_propagates_as_the_reference(rng):
+    z = rng.standard_normal((4, 5))
+    for labels in ([0, 1, 5, 2], [0, -1, 1, 2]):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+            fast_ops.training_loss(z, np.array(labels))
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+            fast_ops.training_loss(z, np.array(labels), (z, 2.0, 0.5))
+    with pytest.raises(ValueError, match="labels must be integers of shape"):
+        fast_ops.training_loss(z, np.array([0.0, 1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="teacher_logits must have the logits' shape"):
+        fast_ops.training_loss(z, np.arange(4), (z[:3], 2.0, 0.5))
+    with pytest.raises(ValueError, match="temperature > 0"):
+        fast_ops.training_loss(z, np.arange(4), (z, 0.0, 0.5))
+    with pytest.raises(TypeError, match="float32 or all float64"):
+        fast_ops.training_loss(z.astype(np.float32), np.arange(4), (z, 2.0, 0.5))
+    # A NaN or an infinity among the logits makes the loss NaN, as in the reference (training stops on it)
+    for bad in (np.nan, np.inf):
+        z_bad = z.copy()
+        z_bad[2, 3] = bad
+        with np.errstate(invalid="ignore"):
+            assert np.isnan(reference_ops.training_loss(z_bad, np.arange(4))[0])
+        assert np.isnan(fast_ops.training_loss(z_bad, np.arange(4))[0])
+        assert np.isnan(fast_ops.training_loss(z_bad, np.arange(4), (z, 2.0, 0.5))[0])
+    # an empty batch: what the reference does (it raises)
+    with pytest.raises(Exception) as reference_error, np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference_ops.training_loss(z[:0], np.arange(0))
+    with pytest.raises(reference_error.type), np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast_ops.training_loss(z[:0], np.arange(0))
 
 
 def test_distillation_refuses_what_it_cannot_use(ops):

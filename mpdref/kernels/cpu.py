@@ -208,6 +208,80 @@ def relu_backward(dout, y, out):
         out[i] = dout[i] if y[i] > 0 else 0
 
 
+# ----------------------------------------------------------------------------- the training loss
+# `mpdref.ops.training_loss` row by row, in the logits' dtype (the constants arrive in it): one exp per
+# logit, where the reference takes a second (softmax as exp of the log-softmax; here e / Σ e), the
+# row sums in order, libm's exp and log, where NumPy sums pairwise with its own vectorized exp and
+# log: equal to the reference to rounding (tests/test_ops.py). About fifteen NumPy calls of a few
+# microseconds each become one compiled pass.
+
+
+@numba.njit(**SERIAL)
+def _softmax_row(z, probs):
+    """probs = softmax(z) = e / Σ e with e = exp(z − max z), for one row; returns (max z, log Σ e),
+    from which log softmax(z)_c = (z_c − max z) − log Σ e (`mpdref.ops.log_softmax`). NaN propagates."""
+    m = z[0]
+    for c in range(1, z.size):
+        if z[c] > m or z[c] != z[c]:
+            m = z[c]
+    s = z[0] - z[0]  # zero, in z's dtype
+    for c in range(z.size):
+        e = np.exp(z[c] - m)
+        probs[c] = e
+        s += e
+    for c in range(z.size):
+        probs[c] /= s
+    return m, np.log(s)
+
+
+@numba.njit(**SERIAL)
+def softmax_cross_entropy(logits, labels, inv_n, dlogits):
+    """Σ_n −log softmax(z_n)[y_n] (the loss times N, in float64), and dlogits = (softmax(z_n) −
+    onehot(y_n)) · inv_n in place: `mpdref.ops.softmax_cross_entropy_forward` and `_backward`
+    (dloss = 1) in one pass. A label outside [0, classes) stops it: (NaN, its row)."""
+    n, classes = logits.shape
+    total = 0.0
+    for i in range(n):
+        y = labels[i]
+        if y < 0 or y >= classes:
+            return np.nan, i
+        row = dlogits[i]
+        m, log_s = _softmax_row(logits[i], row)
+        total -= (logits[i, y] - m) - log_s
+        row[y] -= 1
+        for c in range(classes):
+            row[c] *= inv_n
+    return total, -1
+
+
+@numba.njit(**SERIAL)
+def distillation(logits, labels, teacher_logits, temperature, hard_scale, soft_scale, inv_n, dlogits):
+    """`mpdref.ops.distillation_forward` and `_backward` (dloss = 1) in one pass: the cross-entropy's
+    sum as `softmax_cross_entropy` gives it, Σ_n KL(q_n ‖ p_n) (both in float64), and in place
+    dlogits = (softmax(z_n) − onehot(y_n)) · inv_n · hard_scale + (p_n − q_n) · soft_scale,
+    p = softmax(z / T), q = softmax(t / T); hard_scale = 1 − α and soft_scale = α·T·inv_n in the
+    logits' dtype, as the reference computes them."""
+    n, classes = logits.shape
+    total, bad = softmax_cross_entropy(logits, labels, inv_n, dlogits)
+    if bad >= 0:
+        return total, np.nan, bad
+    scratch = np.empty((4, classes), dtype=logits.dtype)
+    z_t, t_t, p, q = scratch[0], scratch[1], scratch[2], scratch[3]
+    kl = 0.0
+    for i in range(n):
+        for c in range(classes):
+            z_t[c] = logits[i, c] / temperature
+            t_t[c] = teacher_logits[i, c] / temperature
+        m_p, log_s_p = _softmax_row(z_t, p)
+        m_q, log_s_q = _softmax_row(t_t, q)
+        row = dlogits[i]
+        for c in range(classes):
+            kl += q[c] * (((t_t[c] - m_q) - log_s_q) - ((z_t[c] - m_p) - log_s_p))
+            row[c] *= hard_scale
+            row[c] += (p[c] - q[c]) * soft_scale
+    return total, kl, -1
+
+
 # ----------------------------------------------------------------------------- MPD block form (mpdref.mpd)
 # The layout moves of the block form's dense layers (`mpdref.ops.block`), each one pass;
 # tests/test_mpd.py holds each equal to its NumPy reference.

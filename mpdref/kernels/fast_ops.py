@@ -4,14 +4,17 @@ The same functions, names and signatures as `mpdref.ops`; where a Numba kernel o
 `mpdref.kernels.cpu` does an op's data movement in one pass, the function here is the
 reference op with that kernel put in: the arithmetic (the matrix products, the sums)
 is the reference's own, so the two sets agree bit for bit (the tests hold them to it).
-Three exceptions compute the same sums in another order, equal to the reference to
+Four exceptions compute the same sums in another order, equal to the reference to
 rounding: the stride-1 convolution (`mpdref.kernels.direct_conv`, forward and backward;
 both held to the loop oracle of tests/naive.py); a dense layer's large products and the
 block form's large stacked products inside a pass on Numba's threads
 (`mpdref.kernels.threads.numba_pass`, every pass of a network on this set), which
 `mpdref.kernels.gemm` computes there instead of BLAS; and the block form's inference layer
 (`block_dense_inference`) from a batch of one tile's columns on, in one pass with the images
-in the vector lanes (`mpdref.kernels.blockdiag.stacked_blocks_in_lanes`). Every other op
+in the vector lanes (`mpdref.kernels.blockdiag.stacked_blocks_in_lanes`); and a training step's
+loss and its gradient (`training_loss`), in one pass per row with the row sums in order, the
+softmax as e / Σ e and libm's exp and log (`mpdref.kernels.cpu.softmax_cross_entropy`,
+`distillation`). Every other op
 is the reference itself. A network takes this set by default and the
 reference with ``backend="reference"`` (`mpdref.models.build`).
 """
@@ -21,7 +24,7 @@ import numpy as np
 
 from mpdref.kernels import blockdiag, cpu, direct_conv, gemm, threads
 from mpdref.kernels.intrinsics import tile_columns
-from mpdref.ops import activation, block, conv, dense, pool
+from mpdref.ops import activation, block, conv, dense, loss, pool
 from mpdref.ops._checks import common_float_dtype
 from mpdref.ops import __all__  # noqa: F401  (the same names as the reference set)
 from mpdref.ops import (  # noqa: F401  (the ops that have no compiled equal are the reference's)
@@ -36,7 +39,6 @@ from mpdref.ops import (  # noqa: F401  (the ops that have no compiled equal are
     log_softmax,
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
-    training_loss,
 )
 
 
@@ -205,3 +207,33 @@ def block_dense_backward(dout, cache, need_dx=True):
     products as in block_dense_forward."""
     return block.block_dense_backward(dout, cache, need_dx, blocks_from_rows=_blocks_from_rows,
                                       scatter_blocks=_scatter_blocks, matmul=_stacked_matmul)
+
+
+def training_loss(logits, labels, teacher=None):
+    """`mpdref.ops.training_loss` (the loss and dL/dlogits of a training step) by the compiled passes of
+    `kernels.cpu` (softmax_cross_entropy, distillation): the reference's formulas, its checks and
+    errors, its constants in the logits' dtype; equal to it to rounding (the row sums run in order,
+    the softmax is e / Σ e, not the exp of the log-softmax, and exp and log are libm's). A step of LeNet-300-100 at batch 64 spent about 20 µs of its 0.4 ms in
+    the reference's fifteen NumPy calls."""
+    if teacher is not None:
+        loss.check_distillation_args(logits, *teacher)
+    labels = loss.check_logits_and_labels(logits, labels)
+    n, classes = logits.shape
+    if n == 0:
+        return loss.training_loss(logits, labels, teacher)  # the reference's mean of nothing
+    t = logits.dtype.type
+    inv_n = t(1.0 / n)  # the reference's dloss / n, dloss = 1
+    dlogits = np.empty((n, classes), dtype=logits.dtype)
+    if teacher is None:
+        total, bad = cpu.softmax_cross_entropy(logits, labels, inv_n, dlogits)
+        if bad >= 0:
+            raise loss.label_range_error(classes)
+        return t(total / n), dlogits
+    teacher_logits, temperature, weight = teacher
+    temperature_t, weight_t = t(temperature), t(weight)
+    total, kl, bad = cpu.distillation(logits, labels, teacher_logits, temperature_t, 1 - weight_t,
+                                      weight_t * temperature_t * inv_n, inv_n, dlogits)
+    if bad >= 0:
+        raise loss.label_range_error(classes)
+    hard, soft = t(total / n), t(kl / n) * temperature_t ** 2
+    return t(t(1 - weight) * hard + t(weight) * soft), dlogits

@@ -12,23 +12,35 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def check_logits_and_labels(logits: np.ndarray, labels) -> np.ndarray:
+    """Raise unless logits are (N, classes) float and labels N integers (their range is checked
+    where they are used: `label_range_error`); return the labels as an array."""
+    common_float_dtype("softmax_cross_entropy_forward", logits=logits)
+    require_ndim("softmax_cross_entropy_forward", "logits", logits, 2, "(N, classes)")
+    labels = np.asarray(labels)
+    n = logits.shape[0]
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"softmax_cross_entropy_forward: labels must be integers of shape ({n},), "
+            f"got {labels.dtype} {labels.shape}"
+        )
+    return labels
+
+
+def label_range_error(classes: int) -> ValueError:
+    return ValueError(f"softmax_cross_entropy_forward: labels must lie in [0, {classes})")
+
+
 def softmax_cross_entropy_forward(logits: np.ndarray, labels: np.ndarray):
     """L = -(1/N) Σ_n log softmax(z_n)[y_n].
 
     logits (N, classes) float, labels (N,) integers in [0, classes) -> (L, cache),
     L a scalar of the logits' dtype.
     """
-    common_float_dtype("softmax_cross_entropy_forward", logits=logits)
-    require_ndim("softmax_cross_entropy_forward", "logits", logits, 2, "(N, classes)")
-    labels = np.asarray(labels)
+    labels = check_logits_and_labels(logits, labels)
     n, classes = logits.shape
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"softmax_cross_entropy_forward: labels must be integers of shape ({n},), "
-            f"got {labels.dtype} {labels.shape}"
-        )
     if n and (labels.min() < 0 or labels.max() >= classes):
-        raise ValueError(f"softmax_cross_entropy_forward: labels must lie in [0, {classes})")
+        raise label_range_error(classes)
     log_probs = log_softmax(logits)
     loss = -log_probs[np.arange(n), labels].mean(dtype=logits.dtype)
     return logits.dtype.type(loss), (log_probs, labels)
@@ -56,13 +68,7 @@ def distillation_forward(logits: np.ndarray, labels: np.ndarray, teacher_logits:
     logits, teacher_logits (N, classes) of one dtype, labels (N,) integers; α = `weight`
     in [0, 1] (0: plain cross-entropy), T = `temperature` > 0 -> (L, cache).
     """
-    common_float_dtype("distillation_forward", logits=logits, teacher_logits=teacher_logits)
-    if teacher_logits.shape != logits.shape:
-        raise ValueError(f"distillation_forward: teacher_logits must have the logits' shape {logits.shape}, "
-                         f"got {teacher_logits.shape}")
-    if not temperature > 0 or not 0 <= weight <= 1:
-        raise ValueError(f"distillation_forward: need temperature > 0 and weight in [0, 1], "
-                         f"got {temperature!r} and {weight!r}")
+    check_distillation_args(logits, teacher_logits, temperature, weight)
     t = logits.dtype.type
     hard, hard_cache = softmax_cross_entropy_forward(logits, labels)
     log_p = log_softmax(logits / t(temperature))          # (N, classes)
@@ -72,6 +78,17 @@ def distillation_forward(logits: np.ndarray, labels: np.ndarray, teacher_logits:
     soft = kl.mean(dtype=logits.dtype) * t(temperature) ** 2
     loss = t(1 - weight) * hard + t(weight) * soft
     return t(loss), (hard_cache, log_p, q, t(temperature), t(weight))
+
+
+def check_distillation_args(logits, teacher_logits, temperature, weight) -> None:
+    """Raise unless the teacher's logits match the logits, T > 0 and α is in [0, 1]."""
+    common_float_dtype("distillation_forward", logits=logits, teacher_logits=teacher_logits)
+    if teacher_logits.shape != logits.shape:
+        raise ValueError(f"distillation_forward: teacher_logits must have the logits' shape {logits.shape}, "
+                         f"got {teacher_logits.shape}")
+    if not temperature > 0 or not 0 <= weight <= 1:
+        raise ValueError(f"distillation_forward: need temperature > 0 and weight in [0, 1], "
+                         f"got {temperature!r} and {weight!r}")
 
 
 def distillation_backward(dloss, cache):
