@@ -209,11 +209,12 @@ def relu_backward(dout, y, out):
 
 
 # ----------------------------------------------------------------------------- the training loss
-# `mpdref.ops.training_loss` row by row, in the logits' dtype (the constants arrive in it): one exp per
-# logit, where the reference takes a second (softmax as exp of the log-softmax; here e / Σ e), the
-# row sums in order, libm's exp and log, where NumPy sums pairwise with its own vectorized exp and
-# log: equal to the reference to rounding (tests/test_ops.py). About fifteen NumPy calls of a few
-# microseconds each become one compiled pass.
+# `mpdref.ops.training_loss` row by row: the gradient in the logits' dtype (the constants arrive in
+# it), the loss's two sums over the batch in float64; one exp per logit, where the reference takes a
+# second (softmax as the exp of the log-softmax; here e / Σ e), each row's sum in order, libm's exp
+# and log, where NumPy sums pairwise with its own vectorized exp and log: equal to the reference
+# to rounding (tests/test_ops.py). About fifteen NumPy calls of a few microseconds each become one
+# compiled pass.
 
 
 @numba.njit(**SERIAL)
@@ -224,8 +225,9 @@ def _softmax_row(z, probs):
     for c in range(1, z.size):
         if z[c] > m or z[c] != z[c]:
             m = z[c]
-    s = z[0] - z[0]  # zero, in z's dtype
-    for c in range(z.size):
+    s = np.exp(z[0] - m)  # (the first term, not a zero made of z[0] - z[0]: that is NaN where z[0] is -inf)
+    probs[0] = s
+    for c in range(1, z.size):
         e = np.exp(z[c] - m)
         probs[c] = e
         s += e
@@ -248,7 +250,7 @@ def softmax_cross_entropy(logits, labels, inv_n, dlogits):
         row = dlogits[i]
         m, log_s = _softmax_row(logits[i], row)
         total -= (logits[i, y] - m) - log_s
-        row[y] -= 1
+        row[y] -= 1  # (in float64 for a float32 row, then rounded: the float32 difference itself, bit for bit)
         for c in range(classes):
             row[c] *= inv_n
     return total, -1

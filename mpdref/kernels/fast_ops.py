@@ -4,7 +4,7 @@ The same functions, names and signatures as `mpdref.ops`; where a Numba kernel o
 `mpdref.kernels.cpu` does an op's data movement in one pass, the function here is the
 reference op with that kernel put in: the arithmetic (the matrix products, the sums)
 is the reference's own, so the two sets agree bit for bit (the tests hold them to it).
-Four exceptions compute the same sums in another order, equal to the reference to
+Four exceptions compute the same values another way, equal to the reference to
 rounding: the stride-1 convolution (`mpdref.kernels.direct_conv`, forward and backward;
 both held to the loop oracle of tests/naive.py); a dense layer's large products and the
 block form's large stacked products inside a pass on Numba's threads
@@ -12,10 +12,10 @@ block form's large stacked products inside a pass on Numba's threads
 `mpdref.kernels.gemm` computes there instead of BLAS; and the block form's inference layer
 (`block_dense_inference`) from a batch of one tile's columns on, in one pass with the images
 in the vector lanes (`mpdref.kernels.blockdiag.stacked_blocks_in_lanes`); and a training step's
-loss and its gradient (`training_loss`), in one pass per row with the row sums in order, the
-softmax as e / Σ e and libm's exp and log (`mpdref.kernels.cpu.softmax_cross_entropy`,
-`distillation`). Every other op
-is the reference itself. A network takes this set by default and the
+loss and its gradient (`training_loss`), in one pass per row with each row's sum in order,
+the softmax as e / Σ e (not the exp of the log-softmax), libm's exp and log, and the loss
+summed over the batch in float64 (`mpdref.kernels.cpu.softmax_cross_entropy`,
+`distillation`). Every other op is the reference itself. A network takes this set by default and the
 reference with ``backend="reference"`` (`mpdref.models.build`).
 """
 from __future__ import annotations
@@ -210,14 +210,14 @@ def block_dense_backward(dout, cache, need_dx=True):
 
 
 def training_loss(logits, labels, teacher=None):
-    """`mpdref.ops.training_loss` (the loss and dL/dlogits of a training step) by the compiled passes of
-    `kernels.cpu` (softmax_cross_entropy, distillation): the reference's formulas, its checks and
-    errors, its constants in the logits' dtype; equal to it to rounding (the row sums run in order,
-    the softmax is e / Σ e, not the exp of the log-softmax, and exp and log are libm's). A step of LeNet-300-100 at batch 64 spent about 20 µs of its 0.4 ms in
-    the reference's fifteen NumPy calls."""
+    """`mpdref.ops.training_loss` (the loss and dL/dlogits of a training step) by the compiled passes
+    of `kernels.cpu` (softmax_cross_entropy, distillation): the reference's checks and errors, its
+    constants in the logits' dtype; equal to it to rounding (see the module's text). The
+    reference's fifteen NumPy calls took about 20 µs of a 0.4 ms LeNet-300-100 step at batch 64."""
     if teacher is not None:
         loss.check_distillation_args(logits, *teacher)
-    labels = loss.check_logits_and_labels(logits, labels)
+    # (as the machine's integers: one compilation per logits dtype, and labels of any byte order)
+    labels = loss.check_logits_and_labels(logits, labels).astype(np.intp, copy=False)
     n, classes = logits.shape
     if n == 0:
         return loss.training_loss(logits, labels, teacher)  # the reference's mean of nothing
