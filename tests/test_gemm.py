@@ -113,6 +113,35 @@ def test_fast_dense_layer_in_a_numba_pass_equals_the_reference(shape, dtype, rng
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_mid_sized_product_goes_to_the_gemm_where_it_needs_no_padding(dtype, rng, monkeypatch):
+    """LeNet-300-100's fc2 at batch 64 (1.9 M multiply-adds, between SMALL_UNPADDED_PRODUCT and
+    SMALL_PRODUCT): its forward product w xᵀ is 64 wide, whole half panels, and goes to the gemm; its
+    backward products are 300 wide (padded) and stay with BLAS; both to rounding of the reference."""
+    n, fan_in, fan_out = 64, 300, 100
+    assert gemm.SMALL_UNPADDED_PRODUCT <= n * fan_in * fan_out < gemm.SMALL_PRODUCT
+    assert n % tile_columns(dtype, gemm.HALF_TILE) == 0 and fan_in % tile_columns(dtype, gemm.HALF_TILE) != 0
+    assert not gemm.is_small(fan_out, fan_in, n, dtype) and gemm.is_small(n, fan_out, fan_in, dtype)
+    assert gemm.is_small(fan_out, fan_in, n)  # without a dtype: the padded rule
+    calls = []
+    matmul = gemm.matmul
+    monkeypatch.setattr(gemm, "matmul", lambda a, b: calls.append((a.shape, b.shape)) or matmul(a, b))
+    x = rng.standard_normal((n, fan_in)).astype(dtype)
+    w = rng.standard_normal((fan_out, fan_in)).astype(dtype)
+    b = rng.standard_normal(fan_out).astype(dtype)
+    dy = rng.standard_normal((n, fan_out)).astype(dtype)
+    with threads.numba_pass():
+        y, cache = fast_ops.dense_forward(x, w, b)
+        grads = fast_ops.dense_backward(dy, cache)
+    assert calls == [((fan_out, fan_in), (fan_in, n))]
+    with threads.blas_on_one_thread():
+        y_ref, cache_ref = dense.dense_forward(x, w, b)
+        grads_ref = dense.dense_backward(dy, cache_ref)
+    assert_close(y, y_ref, rtol=0, atol=max_norm_atol(TOL[dtype] * np.sqrt(fan_in), y_ref), name="y")
+    for got, want in zip(grads, grads_ref):
+        np.testing.assert_array_equal(got, want)  # BLAS's on one thread, as the reference's there
+
+
 def test_fast_dense_layer_checks_its_arguments_in_a_numba_pass():
     w, b = np.zeros((1024, 3136), np.float32), np.zeros(1024, np.float32)
     with threads.numba_pass():

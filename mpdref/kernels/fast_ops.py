@@ -48,7 +48,7 @@ def dense_forward(x, w, b):
     copy of w) and b added in the copy back to (N, out) (`gemm.transposed`; one addition per
     element, as NumPy's), unless it is small (`gemm.is_small`: BLAS's, on one thread)."""
     if not threads.in_numba_pass() or (isinstance(x, np.ndarray) and isinstance(w, np.ndarray) and x.ndim == 2
-                                       and w.ndim == 2 and gemm.is_small(*x.shape, w.shape[0])):
+                                       and w.ndim == 2 and gemm.is_small(w.shape[0], x.shape[1], x.shape[0], x.dtype)):
         return dense.dense_forward(x, w, b)  # which checks the arguments
     dense.check_dense_args(x, w, b)
     yt = gemm.matmul(w, gemm.transposed(x))  # (out, N)
@@ -59,7 +59,8 @@ def dense_backward(dout, cache, need_dx=True):
     """`mpdref.ops.dense_backward`; inside `threads.numba_pass()`, dx = dy w and dw = dyᵀ x by
     `kernels.gemm.matmul` (db as the reference), unless they are small (`gemm.is_small`)."""
     x, w = cache
-    if not threads.in_numba_pass() or gemm.is_small(*x.shape, w.shape[0]):
+    # (both products are x.shape[1] wide: dy w (N, out) @ (out, in), dyᵀ x (out, N) @ (N, in))
+    if not threads.in_numba_pass() or gemm.is_small(*dout.shape, x.shape[1], x.dtype):
         return dense.dense_backward(dout, cache, need_dx)
     dx = gemm.matmul(dout, w) if need_dx else None
     dw = gemm.matmul(gemm.transposed(dout), x)

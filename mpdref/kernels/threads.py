@@ -18,7 +18,7 @@ inside `numba_pass()`, with BLAS on one thread and the large dense products on N
   against 9.3 ms with BLAS kept to one thread, and an MPD Deep MNIST forward pass at batch 64
   ran at 2,300 against 5,900 images/s.
 
-The products below `gemm.SMALL_PRODUCT` stay with BLAS, on its one thread.
+The products that `gemm.is_small` calls small stay with BLAS, on its one thread.
 
 The limit goes through threadpoolctl, which finds the BLAS library NumPy loaded and calls
 its own set-threads function; it is undone on leaving the block.
