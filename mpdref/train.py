@@ -188,7 +188,7 @@ class WeightAverage:
                     raise ValueError(f"the mean of {k} is {mean[k].dtype} {mean[k].shape}, the parameter "
                                      f"{v.dtype} {v.shape}")
         self.mean = ({k: np.zeros_like(v) for k, v in params.items()} if mean is None
-                     else {k: np.array(mean[k]) for k, v in params.items()})
+                     else {k: np.array(mean[k]) for k in params})
         self.count = count
 
     def add(self, params: dict[str, np.ndarray]) -> None:

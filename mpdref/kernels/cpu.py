@@ -258,8 +258,9 @@ def softmax_cross_entropy(logits, labels, inv_n, dlogits):
 
 @numba.njit(**SERIAL)
 def distillation(logits, labels, teacher_logits, temperature, hard_scale, soft_scale, inv_n, dlogits):
-    """`mpdref.ops.distillation_forward` and `_backward` (dloss = 1) in one pass: the cross-entropy's
-    sum as `softmax_cross_entropy` gives it, Σ_n KL(q_n ‖ p_n) (both in float64), and in place
+    """`mpdref.ops.distillation_forward` and `_backward` (dloss = 1) in one call (two passes over the
+    rows: `softmax_cross_entropy`'s, then the soft term's): the cross-entropy's sum as
+    `softmax_cross_entropy` gives it, Σ_n KL(q_n ‖ p_n) (both in float64), and in place
     dlogits = (softmax(z_n) − onehot(y_n)) · inv_n · hard_scale + (p_n − q_n) · soft_scale,
     p = softmax(z / T), q = softmax(t / T); hard_scale = 1 − α and soft_scale = α·T·inv_n in the
     logits' dtype, as the reference computes them."""

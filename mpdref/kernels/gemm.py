@@ -113,7 +113,9 @@ def transposed(a: np.ndarray, row_addend: np.ndarray | None = None) -> np.ndarra
 def is_small(m: int, k: int, n: int, dtype=None) -> bool:
     """Whether an (m, k) @ (k, n) product is better left to BLAS on one thread: below SMALL_PRODUCT
     multiply-adds; with its dtype given, below SMALL_UNPADDED_PRODUCT where n is a whole number of
-    half panels (`matmul` then copies nothing into a padded layout)."""
+    half panels (`matmul` then copies nothing into a padded layout). The dense layers give the dtype;
+    the block form's stacked products (`fast_ops._stacked_matmul`) do not: the lower bound was
+    measured on LeNet-300-100's fc2 only."""
     if dtype is not None and n % tile_columns(dtype, HALF_TILE) == 0:
         return m * k * n < SMALL_UNPADDED_PRODUCT
     return m * k * n < SMALL_PRODUCT
