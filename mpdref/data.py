@@ -269,6 +269,29 @@ def to_network_input(images: np.ndarray, dtype=np.float32) -> np.ndarray:
     return x
 
 
+def shift_images(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Each image moved by whole pixels (random-translation augmentation): image i down by
+    offsets[i, 0] rows and right by offsets[i, 1] columns (negative: up, left),
+
+        out[i, c, r, q] = x[i, c, clip(r − offsets[i, 0]), clip(q − offsets[i, 1])],
+
+    clip(·) holding an index in the image, so the uncovered margin repeats the edge pixel: MNIST's
+    digits sit 4 pixels inside a blank border, whose normalized value the margin thus takes, whatever
+    the normalization. x (N, C, H, W), offsets (N, 2) integers; a new array of x's dtype."""
+    x = np.asarray(x)
+    offsets = np.asarray(offsets)
+    if x.ndim != 4:
+        raise ValueError(f"shift_images needs images (N, C, H, W), not an array of shape {x.shape}")
+    if offsets.shape != (len(x), 2) or not np.issubdtype(offsets.dtype, np.integer):
+        raise ValueError(f"shift_images needs integer offsets of shape ({len(x)}, 2), not {offsets.dtype} "
+                         f"{offsets.shape}")
+    n, channels, h, w = x.shape
+    rows = np.clip(np.arange(h) - offsets[:, :1], 0, h - 1)  # (N, H)
+    cols = np.clip(np.arange(w) - offsets[:, 1:], 0, w - 1)  # (N, W)
+    return x[np.arange(n)[:, None, None, None], np.arange(channels)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
+
+
 # ----------------------------------------------------------------------------- fetching
 
 

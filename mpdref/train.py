@@ -22,12 +22,14 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 from tqdm import tqdm
 
+from mpdref.data import shift_images
 from mpdref.kernels.allocator import reuse_freed_memory
 from mpdref.kernels.cpu import sgd_momentum_update
 from mpdref.models import Network
 from mpdref.streams import random_stream
 
 SCHEDULES = ("cosine", "step", "constant")
+MAX_SHIFT = 8  # pixels: a recipe's largest random translation (more moves a 28 × 28 digit out of its image)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Recipe:
     schedule: str = "cosine"  # cosine: η_t = η/2·(1 + cos(π t / T)), per step
     milestones: tuple[int, ...] = field(default=())  # step: epochs after which η ← γ·η
     gamma: float = 0.1
+    shift: int = 0  # random translations: each image moved by up to `shift` pixels each way (see fit)
 
     def __post_init__(self):
         problems = []
@@ -59,6 +62,8 @@ class Recipe:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if not 0 < self.gamma <= 1:
             problems.append(f"gamma must be in (0, 1], not {self.gamma!r}")
+        if not (isinstance(self.shift, int) and 0 <= self.shift <= MAX_SHIFT):
+            problems.append(f"shift must be an integer in [0, {MAX_SHIFT}], not {self.shift!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -211,11 +216,16 @@ class Distillation:
 
     logits: the teacher's logits (N, classes) for every training image, in the training set's
     order and the student's dtype; computed once, since the teacher does not change.
+    network: the teacher itself (anything with forward(x) -> logits and a dtype), for a recipe
+    with random shifts: the teacher sees the student's shifted images, not the originals (a
+    "consistent" teacher, Beyer et al., "Knowledge distillation: A good teacher is patient and
+    consistent", CVPR 2022), at one teacher forward pass a step.
     """
 
     logits: np.ndarray
     temperature: float = 4.0
     weight: float = 0.9
+    network: object | None = None
 
     def __post_init__(self):
         if not self.temperature > 0 or not 0 <= self.weight <= 1:
@@ -224,9 +234,17 @@ class Distillation:
         if not np.all(np.isfinite(self.logits)):
             raise ValueError("the teacher's logits are not all finite")
 
-    def targets(self, idx: np.ndarray):
-        """The teacher argument of `loss_grads_and_logits` for the training images `idx`."""
-        return self.logits[idx], self.temperature, self.weight
+    def targets(self, idx: np.ndarray, images: np.ndarray | None = None):
+        """The teacher argument of `loss_grads_and_logits` for the training images `idx`: the stored
+        logits, or with `images` (those images as the student sees them, e.g. shifted) the teacher
+        network's logits of them."""
+        if images is None:
+            return self.logits[idx], self.temperature, self.weight
+        if self.network is None:
+            raise ValueError("soft targets for changed (e.g. shifted) images need the teacher network, "
+                             "not only its logits of the training images")
+        logits = self.network.forward(images.astype(self.network.dtype, copy=False))
+        return logits.astype(self.logits.dtype, copy=False), self.temperature, self.weight
 
 
 def _shuffle_rng(seed: int) -> np.random.Generator:
@@ -260,18 +278,30 @@ def fit(
     and the number of epochs already done as `start_epoch`. With `distill`, the
     loss is the distillation loss against the teacher's logits (the reported train
     loss too); without, softmax cross-entropy.
+
+    With recipe.shift = s > 0, each epoch's images are randomly translated
+    (`mpdref.data.shift_images`): after the epoch's permutation, the shuffling
+    generator draws one (rows, columns) offset per image, each uniform in
+    [-s, s]; the train loss and error are those of the shifted images, the
+    validation and test errors those of the originals. Distillation then needs
+    the teacher network (`Distillation.network`), which sees the shifted images.
+    With s = 0 nothing more is drawn, so such runs are as they were.
     """
     reuse_freed_memory()
     x_train, y_train = train
     n = len(x_train)
     if distill is not None and distill.logits.shape[0] != n:
         raise ValueError(f"the teacher's logits cover {distill.logits.shape[0]} images, the training set {n}")
+    if recipe.shift and distill is not None and distill.network is None:
+        raise ValueError(f"a recipe with shift = {recipe.shift} distils from the teacher network (which sees the "
+                         "shifted images); this Distillation holds only the teacher's logits")
     steps_per_epoch = math.ceil(n / recipe.batch_size)
     optimizer = optimizer or SGD(net, recipe.momentum, recipe.weight_decay)
     rng = shuffle_rng if shuffle_rng is not None else _shuffle_rng(seed)
     history = []
     for epoch in range(start_epoch, recipe.epochs):
         order = rng.permutation(n)
+        offsets = rng.integers(-recipe.shift, recipe.shift + 1, size=(n, 2)) if recipe.shift else None
         started = time.perf_counter()
         loss_sum = 0.0
         wrong = 0
@@ -284,7 +314,9 @@ def fit(
                 idx = order[b * recipe.batch_size : (b + 1) * recipe.batch_size]
                 # np.take copies the same rows as x_train[idx], a few µs sooner (benchmarks/README.md)
                 xb, yb = np.take(x_train, idx, axis=0), y_train[idx]
-                teacher = None if distill is None else distill.targets(idx)
+                if offsets is not None:
+                    xb = shift_images(xb, offsets[b * recipe.batch_size : (b + 1) * recipe.batch_size])
+                teacher = None if distill is None else distill.targets(idx, None if offsets is None else xb)
                 loss, grads, logits = net.loss_grads_and_logits(xb, yb, teacher=teacher)
                 if not np.isfinite(loss):
                     raise FloatingPointError(

@@ -131,15 +131,15 @@ def test_demo_runs_the_three_pipelines(capsys, tmp_path, mnist_dir):
 
 
 # What `mpdref demo` ran before its pipelines moved into mpdref/configs/demo/*.toml, resolved (with the
-# train stage's later `freeze`, `levels` and `levels_all` settings at their defaults).
+# train stage's later `freeze`, `levels`, `levels_all` and `shift` settings at their defaults).
 DEMO_TRAIN = {"type": "train", "name": "train", "epochs": 30, "batch_size": 64, "lr": 0.05, "momentum": 0.9,
-              "weight_decay": 0.0001, "schedule": "cosine", "milestones": [], "gamma": 0.1, "form": "masked",
+              "weight_decay": 0.0001, "schedule": "cosine", "milestones": [], "gamma": 0.1, "shift": 0, "form": "masked",
               "freeze": [], "levels": None, "levels_all": None, "teacher": None, "temperature": 4.0,
               "teacher_weight": 0.9}
 DEMO_RETRAIN = {**DEMO_TRAIN, "lr": 0.02, "teacher": "train"}
 DEMO_QUANTIZE = {"type": "quantize", "name": "quantize", "bits": None, "init": "linear", "epochs": 1,
                  "batch_size": 64, "momentum": 0.9, "weight_decay": 0.0, "schedule": "cosine", "milestones": [],
-                 "gamma": 0.1, "teacher": None, "temperature": 4.0, "teacher_weight": 0.9}
+                 "gamma": 0.1, "shift": 0, "teacher": None, "temperature": 4.0, "teacher_weight": 0.9}
 DEMO_ENCODE = {"type": "encode", "name": "encode", "index_bits": None, "max_code_length": 11,
                "fold_biases": True}
 DEMO_STAGES = {

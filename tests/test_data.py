@@ -174,3 +174,32 @@ def test_fetch_offline_fails_at_once_saying_where_to_put_the_files(tmp_path):
     assert time.monotonic() - started < 5
     assert str(tmp_path / "d") in str(info.value)
     assert os.listdir(tmp_path / "d") == []
+
+
+def test_shift_images_moves_each_image_by_its_own_offset_and_repeats_the_edge(rng):
+    x = rng.standard_normal((5, 2, 7, 6)).astype(np.float32)
+    offsets = np.array([[0, 0], [1, -2], [-3, 2], [6, 0], [-1, -1]])
+    out = data.shift_images(x, offsets)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    for i, (dy, dx) in enumerate(offsets):  # the formula, one pixel at a time
+        for c in range(2):
+            for r in range(7):
+                for q in range(6):
+                    assert out[i, c, r, q] == x[i, c, min(max(r - dy, 0), 6), min(max(q - dx, 0), 5)]
+    assert np.array_equal(out[0], x[0])
+    # a digit inside a blank (constant) border moves whole, and the margin it leaves is the border's value
+    img = np.full((1, 1, 28, 28), -0.42, np.float32)
+    img[0, 0, 10:15, 8:20] = rng.random((5, 12))
+    moved = data.shift_images(img, np.array([[2, -3]]))
+    assert np.array_equal(moved[0, 0, 12:17, 5:17], img[0, 0, 10:15, 8:20])
+    assert np.count_nonzero(moved != -0.42) == np.count_nonzero(img != -0.42)
+
+
+def test_shift_images_refuses_shapes_it_cannot_take():
+    x = np.zeros((3, 1, 28, 28), np.float32)
+    with pytest.raises(ValueError, match=r"integer offsets of shape \(3, 2\)"):
+        data.shift_images(x, np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match="integer offsets"):
+        data.shift_images(x, np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"images \(N, C, H, W\)"):
+        data.shift_images(x[:, 0], np.zeros((3, 2), np.int64))

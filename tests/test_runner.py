@@ -337,6 +337,38 @@ def test_a_distilled_run_resumes_bit_identically(tmp_path, mnist_dir, monkeypatc
     assert_resume_is_bit_identical(_distilled_config(mnist_dir), tmp_path, monkeypatch, stop_after)
 
 
+def _shifted_config(mnist_dir):
+    return resolve_config({
+        "experiment": {"model": "lenet-300-100", "seed": 2},
+        "data": {"root": str(mnist_dir), "train_limit": 320, "validation_size": 100},
+        "stages": [{"type": "train", "epochs": 2, "batch_size": 32, "shift": 2},
+                   {"type": "admm_prune", "keep_all": 0.3, "updates": 2, "batch_size": 32, "shift": 1,
+                    "teacher": "train"},
+                   {"type": "train", "name": "retrain", "epochs": 2, "batch_size": 32, "shift": 1,
+                    "teacher": "train"}]})
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("stop_after", [1, 4])
+def test_a_run_on_shifted_images_resumes_bit_identically(tmp_path, mnist_dir, monkeypatch, stop_after):
+    assert_resume_is_bit_identical(_shifted_config(mnist_dir), tmp_path, monkeypatch, stop_after)
+
+
+@pytest.mark.mnist
+def test_a_shift_setting_reaches_every_stage_and_changes_the_run(tmp_path, mnist_dir):
+    shifted = _shifted_config(mnist_dir)
+    assert [s["shift"] for s in shifted["stages"]] == [2, 1, 1]
+    plain = resolve_config({**shifted, "stages": [{k: v for k, v in s.items() if k != "shift"}
+                                                  for s in shifted["stages"]]})
+    assert [s["shift"] for s in plain["stages"]] == [0, 0, 0]  # the default: the images as they are
+    run_experiment(shifted, tmp_path / "shifted", progress=False)
+    run_experiment(plain, tmp_path / "plain", progress=False)
+    a, b = models.load(tmp_path / "shifted" / "model.h5"), models.load(tmp_path / "plain" / "model.h5")
+    assert not np.array_equal(a.params["fc1.weight"], b.params["fc1.weight"])
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.shift: .*an integer in \[0, 8\]"):
+        resolve_config({**shifted, "stages": [{**shifted["stages"][0], "shift": 9}]})
+
+
 @pytest.mark.mnist
 def test_stages_sharing_a_teacher_load_and_run_it_once(tmp_path, mnist_dir, monkeypatch):
     import mpdref.models

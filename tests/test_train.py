@@ -139,7 +139,8 @@ def test_learning_rate_schedules():
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(momentum=1.0), dict(schedule="linear"),
-                                 dict(batch_size=0), dict(weight_decay=float("nan")), dict(gamma=0.0)])
+                                 dict(batch_size=0), dict(weight_decay=float("nan")), dict(gamma=0.0),
+                                 dict(shift=-1), dict(shift=9), dict(shift=1.5)])
 def test_bad_recipes_are_refused_before_any_work(bad):
     with pytest.raises(ValueError):
         Recipe(**bad)
@@ -308,3 +309,58 @@ def test_weight_average_is_the_mean_of_the_snapshots_and_keeps_masked_zeros(rng)
     for k in params:
         np.testing.assert_allclose(params[k], np.mean([s[k] for s in snapshots + [more]], axis=0), rtol=1e-13,
                                    atol=1e-15)
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_shifted_training_is_the_documented_loop(rng, distilled):
+    """fit with recipe.shift: per epoch the permutation, then one offset pair per image from the same
+    generator, each image shifted before its step; a teacher network sees the shifted images."""
+    from mpdref.streams import random_stream
+    from mpdref.train import Distillation
+
+    x, labels = synthetic(80, rng)
+    recipe = Recipe(epochs=2, batch_size=32, lr=0.05, shift=2)
+    teacher = models.build("lenet-300-100", seed=9)
+    distill = Distillation(teacher.logits(x), 3.0, 0.7, network=teacher) if distilled else None
+    net = models.build("lenet-300-100", seed=1)
+    fit(net, (x, labels), recipe, seed=4, progress=False, distill=distill)
+
+    by_hand = models.build("lenet-300-100", seed=1)
+    sgd = SGD(by_hand, recipe.momentum, recipe.weight_decay)
+    draws = random_stream(4, "fit")
+    moved = 0
+    for epoch in range(recipe.epochs):
+        order = draws.permutation(80)
+        offsets = draws.integers(-2, 3, size=(80, 2))
+        assert offsets.min() == -2 and offsets.max() == 2
+        for b in range(3):
+            idx = order[32 * b : 32 * (b + 1)]
+            xb = data.shift_images(x[idx], offsets[32 * b : 32 * (b + 1)])
+            moved += int(np.sum(np.any(xb != x[idx], axis=(1, 2, 3))))
+            soft = None if distill is None else (teacher.forward(xb), 3.0, 0.7)
+            _, grads, _ = by_hand.loss_grads_and_logits(xb, labels[idx], teacher=soft)
+            sgd.step(grads, learning_rate(recipe, epoch * 3 + b, 3))
+    assert moved > 100  # most images did move
+    for k in net.params:
+        assert np.array_equal(net.params[k], by_hand.params[k]), k
+    unshifted = models.build("lenet-300-100", seed=1)
+    fit(unshifted, (x, labels), recipe.replace(shift=0), seed=4, progress=False,
+        distill=None if distill is None else Distillation(distill.logits, 3.0, 0.7))
+    assert not np.array_equal(unshifted.params["fc1.weight"], net.params["fc1.weight"])
+
+
+def test_shifted_distillation_needs_the_teacher_network(rng):
+    from mpdref.train import Distillation
+
+    x, labels = synthetic(64, rng)
+    only_logits = Distillation(np.zeros((64, 10), np.float32))
+    with pytest.raises(ValueError, match="shift = 1 distils from the teacher network"):
+        fit(models.build("lenet-300-100"), (x, labels), Recipe(epochs=1, shift=1), progress=False,
+            distill=only_logits)
+    with pytest.raises(ValueError, match="need the teacher network"):
+        only_logits.targets(np.arange(4), x[:4])
+    teacher = models.build("lenet-5", dtype=np.float64)
+    with_network = Distillation(np.zeros((64, 10), np.float32), network=teacher)
+    logits, _, _ = with_network.targets(np.arange(4), x[:4])
+    assert logits.dtype == np.float32  # the student's dtype, from a float64 teacher
+    assert np.array_equal(logits, teacher.forward(x[:4].astype(np.float64)).astype(np.float32))

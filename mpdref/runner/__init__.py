@@ -66,7 +66,7 @@ class RunContext:
         self.log_lines = log_lines
         self.results = results
         self._datasets = None
-        self.teachers = {}  # model file -> (its logits over the training set, its report): stages share a teacher
+        self.teachers = {}  # model file -> (its logits over the training set, its report, the network): stages share it
         # The fingerprint of config.json as written: a newer mpdref that fills in a new default
         # still resumes an older run.
         self._digest = digest or config_digest(config)

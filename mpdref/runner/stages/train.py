@@ -16,7 +16,7 @@ from mpdref.mpd import block_arrays, to_block_diagonal
 from mpdref.runner.options import REQUIRED, Option
 from mpdref.runner.registry import Stage, register, weight_setting_problems
 from mpdref.streams import random_stream
-from mpdref.train import DEFAULT_RECIPES, SCHEDULES, SGD, Distillation, Recipe, WeightAverage, fit
+from mpdref.train import DEFAULT_RECIPES, MAX_SHIFT, SCHEDULES, SGD, Distillation, Recipe, WeightAverage, fit
 
 RECIPE_OPTIONS = {
     "epochs": Option(int, check=lambda v: v >= 1, accepted="an integer >= 1"),
@@ -29,6 +29,10 @@ RECIPE_OPTIONS = {
                                                    for m in v),
                          accepted="a list of epoch numbers >= 1"),
     "gamma": Option(float, check=lambda v: 0 < v <= 1, accepted="a number in (0, 1]"),
+    "shift": Option(int, check=lambda v: 0 <= v <= MAX_SHIFT, accepted=f"an integer in [0, {MAX_SHIFT}]",
+                    help="random translations: each training image moved by up to this many pixels down or up "
+                         "and right or left, drawn anew each epoch (mpdref.train.fit); a teacher sees the "
+                         "shifted images too; 0: the images as they are"),
 }
 
 
@@ -117,9 +121,10 @@ def distillation_from(ctx, settings: dict) -> tuple[Distillation | None, dict]:
         # run directory goes (and whichever run made a shared stage, mpdref.runner.shared)
         shown = path.relative_to(ctx.out) if path.is_relative_to(ctx.out) else path
         ctx.teachers[str(path)] = (teacher.logits(train_images.astype(teacher.dtype, copy=False)),
-                                   {"file": str(shown), "model": teacher.name, **ctx.errors(teacher)})
-    logits, report = ctx.teachers[str(path)]
-    distill = Distillation(logits.astype(ctx.net.dtype), settings["temperature"], settings["teacher_weight"])
+                                   {"file": str(shown), "model": teacher.name, **ctx.errors(teacher)}, teacher)
+    logits, report, teacher = ctx.teachers[str(path)]
+    distill = Distillation(logits.astype(ctx.net.dtype), settings["temperature"], settings["teacher_weight"],
+                           network=teacher)
     return distill, report
 
 
