@@ -115,10 +115,12 @@ def test_fast_dense_layer_in_a_numba_pass_equals_the_reference(shape, dtype, rng
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_mid_sized_product_goes_to_the_gemm_where_it_needs_no_padding(dtype, rng, monkeypatch):
-    """LeNet-300-100's fc2 at batch 64 (1.9 M multiply-adds, between SMALL_UNPADDED_PRODUCT and
-    SMALL_PRODUCT): its forward product w xᵀ is 64 wide, whole half panels, and goes to the gemm; its
-    backward products are 300 wide (padded) and stay with BLAS; both to rounding of the reference."""
-    n, fan_in, fan_out = 64, 300, 100
+    """A layer the size of LeNet-300-100's fc2 at batch 64 (1.9 M multiply-adds, between
+    SMALL_UNPADDED_PRODUCT and SMALL_PRODUCT), its fan-in 301: its forward product w xᵀ is 64 wide,
+    whole half panels on every CPU, and goes to the gemm; its backward products are 301 wide (odd:
+    padded on every CPU) and stay with BLAS; both to rounding of the reference. (fc2's own fan-in,
+    300, is a whole number of half panels where a half tile is 4 wide, float64 on AVX2.)"""
+    n, fan_in, fan_out = 64, 301, 100
     assert gemm.SMALL_UNPADDED_PRODUCT <= n * fan_in * fan_out < gemm.SMALL_PRODUCT
     assert n % tile_columns(dtype, gemm.HALF_TILE) == 0 and fan_in % tile_columns(dtype, gemm.HALF_TILE) != 0
     assert not gemm.is_small(fan_out, fan_in, n, dtype) and gemm.is_small(n, fan_out, fan_in, dtype)

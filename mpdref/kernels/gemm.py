@@ -54,7 +54,7 @@ SLICE_BYTES = 16 * 1024
 SMALL_PRODUCT = 1 << 22
 #: the same for a product whose width is a whole number of half panels (no padded copies of b and c):
 #: LeNet-300-100's fc2 forward, w xᵀ at batch 64 (1.9 M), 23.8 µs here against 30.9 µs on BLAS's
-#: thread; its backward products (300 wide: padded) 22.8 and 24.2 against 20.6 and 20.5 µs
+#: thread; its backward products (300 wide: padded on AVX-512) 22.8 and 24.2 against 20.6 and 20.5 µs
 SMALL_UNPADDED_PRODUCT = 1 << 20
 
 
