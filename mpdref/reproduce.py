@@ -162,7 +162,7 @@ CLAIMS = (
           (Measure("weight-data ratio", ">=", "32x"), Measure("test error", "<=", "0.80%")),
           note="the error bound: mpdref's required target from the README, the dense LeNet-5's"),
 
-    Claim("admm-nn", "LeNet-5, progressive ADMM pruning and 3-bit ADMM quantization; the weight data (kept "
+    Claim("admm-nn", "LeNet-5, progressive ADMM pruning and 4, 2, 2, 3-bit ADMM quantization; the weight data (kept "
           "weights x index bits, the paper's count)", "admm-compressed-lenet-5.toml",
           (Measure("weight-data ratio", ">=", "1,910x"), Measure("test error", "<=", "0.80%"))),
     Claim("admm-nn", "The same network's whole .mpdz file (positions, codebooks and biases included)",
