@@ -162,8 +162,8 @@ CLAIMS = (
           (Measure("weight-data ratio", ">=", "32x"), Measure("test error", "<=", "0.80%")),
           note="the error bound: mpdref's required target from the README, the dense LeNet-5's"),
 
-    Claim("admm-nn", "LeNet-5, progressive ADMM pruning and 4, 2, 2, 3-bit ADMM quantization; the weight data (kept "
-          "weights x index bits, the paper's count)", "admm-compressed-lenet-5.toml",
+    Claim("admm-nn", "LeNet-5, progressive ADMM pruning and ADMM quantization (4, 2, 2 and 3 bits by layer); "
+          "the weight data (kept weights x index bits, the paper's count)", "admm-compressed-lenet-5.toml",
           (Measure("weight-data ratio", ">=", "1,910x"), Measure("test error", "<=", "0.80%"))),
     Claim("admm-nn", "The same network's whole .mpdz file (positions, codebooks and biases included)",
           "admm-compressed-lenet-5.toml", (Measure("file ratio", ">=", "300x"), Measure("test error", "<=", "0.80%")),
